@@ -1,0 +1,152 @@
+/* backend.h: the op table every backend implements (the CPU reference now, CUDA next).
+ *
+ * The forward passes (model_*.c) are written only against this table. Activations are f32 rows
+ * in backend memory (host memory for the CPU backend, device memory for CUDA); pointer
+ * arithmetic on them is fine, dereferencing them on the host is not. Weights are eng_weight /
+ * eng_vec made resident by weight_prepare / vec_prepare.
+ *
+ * Numeric contract of the CPU reference: f32 activations and accumulation, weights dequantized
+ * exactly, no intermediate bf16 rounding. Every op returns PP_STATUS_OK or the backend's error
+ * (a device fault), never aborts. Dimension names follow STYLE.md: n_tokens, n_head, n_head_kv,
+ * d_head, d_rope, d_ff, n_expert, n_expert_used, n_vocab.
+ */
+#ifndef ENG_BACKEND_H
+#define ENG_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "weights.h"
+
+typedef struct eng_backend eng_backend;
+
+/* RoPE parameters for one model: the rotated slice of each head and its frequencies. */
+typedef struct eng_rope {
+    int d_rope;          /* rotated width (even) */
+    bool interleaved;    /* true: GPT-J pairs (2j, 2j+1), result stored de-interleaved as HF's
+                            apply_rotary_pos_emb_interleave does; false: neox half split
+                            (j, j + d_rope/2) */
+    float cos_sin_scale; /* YaRN attention_factor multiplying cos and sin (1 otherwise) */
+    const float *inv_freq; /* [d_rope/2] f32, host (owned by the model); linear scaling is
+                              already folded in */
+} eng_rope;
+
+/* Causal attention over a KV cache for one sequence. Query token t sits at position pos0 + t and
+ * sees keys 0 .. pos0 + t. Query head h reads KV head h / (n_head / n_head_kv). */
+typedef struct eng_attn_args {
+    int n_tokens, n_head, n_head_kv;
+    int d_qk, d_v;
+    int pos0;
+    float scale;          /* softmax scale on q.k */
+    const float *q;       /* [n_tokens][n_head][d_qk] rows q_stride apart */
+    int64_t q_stride;
+    const float *k;       /* cache [pos0 + n_tokens][n_head_kv][d_qk], rows kv_k_stride apart */
+    int64_t k_stride;
+    const float *v;       /* cache [pos0 + n_tokens][n_head_kv][d_v], rows kv_v_stride apart */
+    int64_t v_stride;
+    float *out;           /* [n_tokens][n_head][d_v], rows out_stride apart */
+    int64_t out_stride;
+} eng_attn_args;
+
+/* MLA attention in the absorbed (latent-cache) form, DeepSeek-V3: per head h,
+ *   q_lat = W_UK_h^T q_nope_h                 (W_UK_h = kv_b rows [h*(d_nope+d_v), +d_nope))
+ *   score = scale * (q_lat . c_kv[j] + q_pe_h . k_pe[j]),  j = 0 .. pos0 + t
+ *   out_h = W_UV_h (sum_j softmax(score)_j c_kv[j])   (W_UV_h = the next d_v rows)
+ */
+typedef struct eng_mla_args {
+    int n_tokens, n_head;
+    int d_nope, d_rope, d_v, kv_lora_rank;
+    int pos0;
+    float scale;
+    const float *q;          /* [n_tokens][n_head][d_nope + d_rope] (nope first), q_stride apart */
+    int64_t q_stride;
+    const float *ckv;        /* cache [pos0 + n_tokens][kv_lora_rank] (normalised c_kv) */
+    const float *kpe;        /* cache [pos0 + n_tokens][d_rope] (post-RoPE k_pe) */
+    const eng_weight *kv_b;  /* [n_head * (d_nope + d_v)][kv_lora_rank] */
+    float *out;              /* [n_tokens][n_head][d_v] contiguous */
+} eng_mla_args;
+
+typedef enum eng_router_kind {
+    ENG_ROUTER_SOFTMAX = 0, /* Qwen3-MoE: softmax over all experts, top-k, optional renorm */
+    ENG_ROUTER_SIGMOID,     /* DeepSeek-V3: sigmoid, bias for selection only, group limit,
+                               optional renorm (+1e-20), times routed_scaling_factor */
+} eng_router_kind;
+
+typedef struct eng_route_args {
+    eng_router_kind kind;
+    int n_tokens, n_expert, n_expert_used;
+    int n_group, topk_group;       /* sigmoid router only */
+    bool norm_topk_prob;
+    float routed_scaling_factor;   /* sigmoid router only */
+    const eng_vec *bias;           /* e_score_correction_bias [n_expert] or NULL */
+    const float *logits;           /* [n_tokens][n_expert] router logits */
+    int32_t *idx;                  /* out [n_tokens][n_expert_used] expert ids, backend memory */
+    float *weight;                 /* out [n_tokens][n_expert_used] combine weights, backend memory */
+} eng_route_args;
+
+/* Routed experts: out[t] = sum_i weight[t][i] * down_e(silu(gate_e(x[t])) * up_e(x[t])),
+ * e = idx[t][i]. Accumulated in f32. */
+typedef struct eng_moe_args {
+    int n_tokens, d_model, d_ff_expert, n_expert, n_expert_used;
+    const float *x;                /* [n_tokens][d_model] */
+    const eng_weight *gate;        /* [n_expert] each [d_ff_expert][d_model] */
+    const eng_weight *up;          /* [n_expert] each [d_ff_expert][d_model] */
+    const eng_weight *down;        /* [n_expert] each [d_model][d_ff_expert] */
+    const int32_t *idx;            /* [n_tokens][n_expert_used], backend memory */
+    const float *weight;           /* [n_tokens][n_expert_used], backend memory */
+    float *out;                    /* [n_tokens][d_model], overwritten */
+} eng_moe_args;
+
+typedef struct eng_backend_ops {
+    const char *name;
+    void (*destroy)(eng_backend *be);
+
+    /* memory */
+    pp_status (*alloc)(eng_backend *be, size_t bytes, void **out);
+    void (*free)(eng_backend *be, void *ptr);
+    pp_status (*upload)(eng_backend *be, void *dst, const void *src, size_t bytes);
+    pp_status (*download)(eng_backend *be, void *dst, const void *src, size_t bytes);
+    pp_status (*copy)(eng_backend *be, float *dst, const float *src, size_t n);
+
+    /* out[t] = table row ids[t], dequantized. ids: [n_tokens] host. */
+    pp_status (*embedding)(eng_backend *be, const eng_weight *table, const int32_t *ids,
+                           int n_tokens, float *out);
+    /* y[t] = x[t] W^T; x rows x_stride apart ([n_tokens][w->n_in]), y rows y_stride apart. */
+    pp_status (*matmul)(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w,
+                        float *y, int64_t y_stride, int n_tokens);
+    /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, over n_rows rows of width d = w->n; rows
+     * x_stride / out_stride apart (may alias). */
+    pp_status (*rmsnorm)(eng_backend *be, const float *x, int64_t x_stride, const eng_vec *w,
+                         float eps, float *out, int64_t out_stride, int n_rows);
+    /* out[i] = a[i] + b[i] (may alias a or b). */
+    pp_status (*add)(eng_backend *be, const float *a, const float *b, float *out, size_t n);
+    /* Rotates, in place, the slice [rope_offset, rope_offset + d_rope) of every head of x:
+     * [n_tokens][n_head][...] with heads head_stride apart and tokens token_stride apart;
+     * token t is at position pos0 + t. */
+    pp_status (*rope)(eng_backend *be, float *x, int n_tokens, int n_head, int64_t token_stride,
+                      int64_t head_stride, int rope_offset, int pos0, const eng_rope *rope);
+    /* out[t][i] = silu(gate[t][i]) * up[t][i], rows of d_ff. */
+    pp_status (*swiglu)(eng_backend *be, const float *gate, int64_t gate_stride, const float *up,
+                        int64_t up_stride, float *out, int64_t out_stride, int n_tokens, int d_ff);
+    pp_status (*attention)(eng_backend *be, const eng_attn_args *args);
+    pp_status (*mla_absorbed)(eng_backend *be, const eng_mla_args *args);
+    pp_status (*moe_route)(eng_backend *be, const eng_route_args *args);
+    pp_status (*moe_experts)(eng_backend *be, const eng_moe_args *args);
+} eng_backend_ops;
+
+struct eng_backend {
+    const eng_backend_ops *ops;
+};
+
+/* Creates the CPU reference backend with n_threads worker threads (<= 0: one per core). */
+pp_status eng_backend_cpu_create(int n_threads, eng_backend **out, eng_err *err);
+
+static inline void eng_backend_destroy(eng_backend *be)
+{
+    if (be)
+        be->ops->destroy(be);
+}
+
+#endif /* ENG_BACKEND_H */

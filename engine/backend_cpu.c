@@ -1,0 +1,522 @@
+/* backend_cpu.c: the CPU reference backend, the oracle every other backend is checked against.
+ *
+ * Invariant: f32 activations, f32 products with wide (several-accumulator or double)
+ * reductions, weights dequantized exactly a few rows at a time into per-thread scratch; never a
+ * whole matrix converted. Parallel loops go through the threadpool; each task writes disjoint
+ * outputs.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "threadpool.h"
+
+/* Rows of a weight dequantized together by one matmul task: 16 rows of Kimi K2's widest input
+ * (18432) are 1.2 MB of f32, which stays in L2 on current CPUs. */
+#define MATMUL_ROWS 16
+
+typedef struct cpu_scratch {
+    float *buf;
+    size_t n; /* floats */
+} cpu_scratch;
+
+typedef struct cpu_backend {
+    eng_backend base;
+    eng_threadpool *pool;
+    int n_threads;
+    cpu_scratch *scratch; /* [n_threads] per-thread buffers, grown before each parallel loop */
+} cpu_backend;
+
+static cpu_backend *as_cpu(eng_backend *be) { return (cpu_backend *)be; }
+
+/* Makes every thread's scratch at least n floats; called on the calling thread before a loop. */
+static pp_status scratch_reserve(cpu_backend *cb, size_t n)
+{
+    for (int i = 0; i < cb->n_threads; i++) {
+        if (cb->scratch[i].n >= n)
+            continue;
+        float *p = realloc(cb->scratch[i].buf, n * sizeof(float));
+        if (!p)
+            return PP_STATUS_OUT_OF_MEMORY;
+        cb->scratch[i].buf = p;
+        cb->scratch[i].n = n;
+    }
+    return PP_STATUS_OK;
+}
+
+static float dot_f32(const float *a, const float *b, int64_t n)
+{
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            s[j] += a[i + j] * b[i + j];
+    float tail = 0.0f;
+    for (; i < n; i++)
+        tail += a[i] * b[i];
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7])) + tail;
+}
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+
+static pp_status cpu_alloc(eng_backend *be, size_t bytes, void **out)
+{
+    (void)be;
+    *out = calloc(1, bytes ? bytes : 1);
+    return *out ? PP_STATUS_OK : PP_STATUS_OUT_OF_MEMORY;
+}
+
+static void cpu_free(eng_backend *be, void *ptr)
+{
+    (void)be;
+    free(ptr);
+}
+
+static pp_status cpu_memcpy(eng_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes)
+        memmove(dst, src, bytes);
+    return PP_STATUS_OK;
+}
+
+static pp_status cpu_copy(eng_backend *be, float *dst, const float *src, size_t n)
+{
+    return cpu_memcpy(be, dst, src, n * sizeof(float));
+}
+
+/* ---- embedding ------------------------------------------------------------------------------- */
+
+static pp_status cpu_embedding(eng_backend *be, const eng_weight *table, const int32_t *ids,
+                               int n_tokens, float *out)
+{
+    (void)be;
+    for (int t = 0; t < n_tokens; t++)
+        eng_weight_row_f32(table, ids[t], 0, table->n_in, out + (int64_t)t * table->n_in);
+    return PP_STATUS_OK;
+}
+
+/* ---- matmul ---------------------------------------------------------------------------------- */
+
+typedef struct matmul_ctx {
+    cpu_backend *cb;
+    const float *x;
+    int64_t x_stride;
+    const eng_weight *w;
+    float *y;
+    int64_t y_stride;
+    int n_tokens;
+} matmul_ctx;
+
+static void matmul_task(void *p, int task, int thread)
+{
+    matmul_ctx *c = p;
+    const eng_weight *w = c->w;
+    int64_t n0 = (int64_t)task * MATMUL_ROWS;
+    int64_t n1 = n0 + MATMUL_ROWS < w->n_out ? n0 + MATMUL_ROWS : w->n_out;
+    float *rows = c->cb->scratch[thread].buf; /* [MATMUL_ROWS][n_in] */
+    for (int64_t n = n0; n < n1; n++)
+        eng_weight_row_f32(w, n, 0, w->n_in, rows + (n - n0) * w->n_in);
+    for (int t = 0; t < c->n_tokens; t++) {
+        const float *xt = c->x + (int64_t)t * c->x_stride;
+        float *yt = c->y + (int64_t)t * c->y_stride;
+        for (int64_t n = n0; n < n1; n++)
+            yt[n] = dot_f32(xt, rows + (n - n0) * w->n_in, w->n_in);
+    }
+}
+
+static pp_status cpu_matmul(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w,
+                            float *y, int64_t y_stride, int n_tokens)
+{
+    cpu_backend *cb = as_cpu(be);
+    if (n_tokens <= 0)
+        return PP_STATUS_OK;
+    pp_status st = scratch_reserve(cb, (size_t)MATMUL_ROWS * (size_t)w->n_in);
+    if (st != PP_STATUS_OK)
+        return st;
+    matmul_ctx c = {cb, x, x_stride, w, y, y_stride, n_tokens};
+    int n_tasks = (int)((w->n_out + MATMUL_ROWS - 1) / MATMUL_ROWS);
+    eng_threadpool_run(cb->pool, n_tasks, matmul_task, &c);
+    return PP_STATUS_OK;
+}
+
+/* ---- elementwise ----------------------------------------------------------------------------- */
+
+static pp_status cpu_rmsnorm(eng_backend *be, const float *x, int64_t x_stride, const eng_vec *w,
+                             float eps, float *out, int64_t out_stride, int n_rows)
+{
+    (void)be;
+    int64_t d = w->n;
+    for (int r = 0; r < n_rows; r++) {
+        const float *xr = x + (int64_t)r * x_stride;
+        float *o = out + (int64_t)r * out_stride;
+        double ss = 0.0;
+        for (int64_t i = 0; i < d; i++)
+            ss += (double)xr[i] * (double)xr[i];
+        float inv = (float)(1.0 / sqrt(ss / (double)d + (double)eps));
+        for (int64_t i = 0; i < d; i++)
+            o[i] = xr[i] * inv * eng_load_f32(w->data, w->dtype, (size_t)i);
+    }
+    return PP_STATUS_OK;
+}
+
+static pp_status cpu_add(eng_backend *be, const float *a, const float *b, float *out, size_t n)
+{
+    (void)be;
+    for (size_t i = 0; i < n; i++)
+        out[i] = a[i] + b[i];
+    return PP_STATUS_OK;
+}
+
+static pp_status cpu_rope(eng_backend *be, float *x, int n_tokens, int n_head, int64_t token_stride,
+                          int64_t head_stride, int rope_offset, int pos0, const eng_rope *rope)
+{
+    (void)be;
+    int half = rope->d_rope / 2;
+    float tmp[1024]; /* d_rope <= 1024, checked at model load */
+    for (int t = 0; t < n_tokens; t++) {
+        float pos = (float)(pos0 + t);
+        for (int h = 0; h < n_head; h++) {
+            float *v = x + (int64_t)t * token_stride + (int64_t)h * head_stride + rope_offset;
+            for (int j = 0; j < half; j++) {
+                /* as HF: f32 angle, f32 cos/sin, then the attention factor */
+                float ang = pos * rope->inv_freq[j];
+                float c = (float)cos((double)ang) * rope->cos_sin_scale;
+                float s = (float)sin((double)ang) * rope->cos_sin_scale;
+                float a, b;
+                if (rope->interleaved) {
+                    a = v[2 * j];
+                    b = v[2 * j + 1];
+                } else {
+                    a = v[j];
+                    b = v[j + half];
+                }
+                tmp[j] = a * c - b * s;
+                tmp[j + half] = b * c + a * s;
+            }
+            memcpy(v, tmp, (size_t)rope->d_rope * sizeof(float));
+        }
+    }
+    return PP_STATUS_OK;
+}
+
+static pp_status cpu_swiglu(eng_backend *be, const float *gate, int64_t gate_stride, const float *up,
+                            int64_t up_stride, float *out, int64_t out_stride, int n_tokens, int d_ff)
+{
+    (void)be;
+    for (int t = 0; t < n_tokens; t++) {
+        const float *g = gate + (int64_t)t * gate_stride;
+        const float *u = up + (int64_t)t * up_stride;
+        float *o = out + (int64_t)t * out_stride;
+        for (int i = 0; i < d_ff; i++)
+            o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+    return PP_STATUS_OK;
+}
+
+/* ---- attention ------------------------------------------------------------------------------- */
+
+/* Softmax of s[0..n) in place (max-subtracted, double sum); returns nothing. */
+static void softmax_inplace(float *s, int n)
+{
+    float mx = -INFINITY;
+    for (int j = 0; j < n; j++)
+        mx = s[j] > mx ? s[j] : mx;
+    double sum = 0.0;
+    for (int j = 0; j < n; j++) {
+        s[j] = expf(s[j] - mx);
+        sum += s[j];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int j = 0; j < n; j++)
+        s[j] *= inv;
+}
+
+typedef struct attn_ctx {
+    cpu_backend *cb;
+    const eng_attn_args *a;
+} attn_ctx;
+
+static void attention_task(void *p, int task, int thread)
+{
+    attn_ctx *c = p;
+    const eng_attn_args *a = c->a;
+    int t = task / a->n_head, h = task % a->n_head;
+    int kvh = h / (a->n_head / a->n_head_kv);
+    int n_keys = a->pos0 + t + 1;
+    float *s = c->cb->scratch[thread].buf; /* [n_keys] */
+    const float *q = a->q + (int64_t)t * a->q_stride + (int64_t)h * a->d_qk;
+    for (int j = 0; j < n_keys; j++)
+        s[j] = dot_f32(q, a->k + (int64_t)j * a->k_stride + (int64_t)kvh * a->d_qk, a->d_qk) * a->scale;
+    softmax_inplace(s, n_keys);
+    float *o = a->out + (int64_t)t * a->out_stride + (int64_t)h * a->d_v;
+    for (int i = 0; i < a->d_v; i++)
+        o[i] = 0.0f;
+    for (int j = 0; j < n_keys; j++) {
+        const float *v = a->v + (int64_t)j * a->v_stride + (int64_t)kvh * a->d_v;
+        for (int i = 0; i < a->d_v; i++)
+            o[i] += s[j] * v[i];
+    }
+}
+
+static pp_status cpu_attention(eng_backend *be, const eng_attn_args *a)
+{
+    cpu_backend *cb = as_cpu(be);
+    pp_status st = scratch_reserve(cb, (size_t)(a->pos0 + a->n_tokens));
+    if (st != PP_STATUS_OK)
+        return st;
+    attn_ctx c = {cb, a};
+    eng_threadpool_run(cb->pool, a->n_tokens * a->n_head, attention_task, &c);
+    return PP_STATUS_OK;
+}
+
+typedef struct mla_ctx {
+    cpu_backend *cb;
+    const eng_mla_args *a;
+} mla_ctx;
+
+/* One task per head: dequantize W_UK_h and W_UV_h once, then run every query token. */
+static void mla_task(void *p, int h, int thread)
+{
+    mla_ctx *c = p;
+    const eng_mla_args *a = c->a;
+    int r = a->kv_lora_rank;
+    int n_ctx = a->pos0 + a->n_tokens;
+    int d_qk = a->d_nope + a->d_rope;
+    float *wuk = c->cb->scratch[thread].buf;      /* [d_nope][r] */
+    float *wuv = wuk + (int64_t)a->d_nope * r;    /* [d_v][r] */
+    float *qlat = wuv + (int64_t)a->d_v * r;      /* [r] */
+    float *olat = qlat + r;                       /* [r] */
+    float *s = olat + r;                          /* [n_ctx] */
+    int64_t row0 = (int64_t)h * (a->d_nope + a->d_v);
+    for (int i = 0; i < a->d_nope; i++)
+        eng_weight_row_f32(a->kv_b, row0 + i, 0, r, wuk + (int64_t)i * r);
+    for (int i = 0; i < a->d_v; i++)
+        eng_weight_row_f32(a->kv_b, row0 + a->d_nope + i, 0, r, wuv + (int64_t)i * r);
+    for (int t = 0; t < a->n_tokens; t++) {
+        const float *q = a->q + (int64_t)t * a->q_stride + (int64_t)h * d_qk;
+        for (int k = 0; k < r; k++)
+            qlat[k] = 0.0f;
+        for (int i = 0; i < a->d_nope; i++)
+            for (int k = 0; k < r; k++)
+                qlat[k] += q[i] * wuk[(int64_t)i * r + k];
+        int n_keys = a->pos0 + t + 1;
+        for (int j = 0; j < n_keys; j++)
+            s[j] = (dot_f32(qlat, a->ckv + (int64_t)j * r, r) +
+                    dot_f32(q + a->d_nope, a->kpe + (int64_t)j * a->d_rope, a->d_rope)) *
+                   a->scale;
+        softmax_inplace(s, n_keys);
+        for (int k = 0; k < r; k++)
+            olat[k] = 0.0f;
+        for (int j = 0; j < n_keys; j++)
+            for (int k = 0; k < r; k++)
+                olat[k] += s[j] * a->ckv[(int64_t)j * r + k];
+        float *o = a->out + ((int64_t)t * a->n_head + h) * a->d_v;
+        for (int i = 0; i < a->d_v; i++)
+            o[i] = dot_f32(wuv + (int64_t)i * r, olat, r);
+    }
+    (void)n_ctx;
+}
+
+static pp_status cpu_mla_absorbed(eng_backend *be, const eng_mla_args *a)
+{
+    cpu_backend *cb = as_cpu(be);
+    size_t r = (size_t)a->kv_lora_rank;
+    size_t need = (size_t)(a->d_nope + a->d_v) * r + 2 * r + (size_t)(a->pos0 + a->n_tokens);
+    pp_status st = scratch_reserve(cb, need);
+    if (st != PP_STATUS_OK)
+        return st;
+    mla_ctx c = {cb, a};
+    eng_threadpool_run(cb->pool, a->n_head, mla_task, &c);
+    return PP_STATUS_OK;
+}
+
+/* ---- MoE ------------------------------------------------------------------------------------- */
+
+/* Indices of the k largest v[0..n) in descending order, ties to the lower index. */
+static void topk_desc(const float *v, int n, int k, int32_t *idx)
+{
+    for (int i = 0; i < k; i++) {
+        int best = -1;
+        for (int e = 0; e < n; e++) {
+            bool taken = false;
+            for (int j = 0; j < i; j++)
+                taken = taken || idx[j] == e;
+            if (!taken && (best < 0 || v[e] > v[best]))
+                best = e;
+        }
+        idx[i] = best;
+    }
+}
+
+static pp_status cpu_moe_route(eng_backend *be, const eng_route_args *a)
+{
+    (void)be;
+    int E = a->n_expert, K = a->n_expert_used;
+    float *prob = malloc((size_t)E * 2 * sizeof(float));
+    if (!prob)
+        return PP_STATUS_OUT_OF_MEMORY;
+    float *choice = prob + E;
+    for (int t = 0; t < a->n_tokens; t++) {
+        const float *lg = a->logits + (int64_t)t * E;
+        int32_t *idx = a->idx + (int64_t)t * K;
+        float *w = a->weight + (int64_t)t * K;
+        if (a->kind == ENG_ROUTER_SOFTMAX) {
+            memcpy(prob, lg, (size_t)E * sizeof(float));
+            softmax_inplace(prob, E);
+            topk_desc(prob, E, K, idx);
+            double sum = 0.0;
+            for (int i = 0; i < K; i++) {
+                w[i] = prob[idx[i]];
+                sum += w[i];
+            }
+            if (a->norm_topk_prob)
+                for (int i = 0; i < K; i++)
+                    w[i] = (float)(w[i] / sum);
+            continue;
+        }
+        /* sigmoid router (DeepSeek-V3 noaux_tc) */
+        for (int e = 0; e < E; e++) {
+            prob[e] = 1.0f / (1.0f + expf(-lg[e]));
+            choice[e] = prob[e] + (a->bias ? eng_load_f32(a->bias->data, a->bias->dtype, (size_t)e) : 0.0f);
+        }
+        if (a->n_group > 1) {
+            int per = E / a->n_group;
+            float gscore[256];
+            for (int g = 0; g < a->n_group; g++) {
+                int32_t top2[2];
+                topk_desc(choice + g * per, per, 2, top2);
+                gscore[g] = choice[g * per + top2[0]] + choice[g * per + top2[1]];
+            }
+            int32_t gsel[256];
+            topk_desc(gscore, a->n_group, a->topk_group, gsel);
+            for (int g = 0; g < a->n_group; g++) {
+                bool keep = false;
+                for (int i = 0; i < a->topk_group; i++)
+                    keep = keep || gsel[i] == g;
+                if (!keep) /* HF masks with 0.0, not -inf */
+                    for (int e = g * per; e < (g + 1) * per; e++)
+                        choice[e] = 0.0f;
+            }
+        }
+        topk_desc(choice, E, K, idx);
+        double sum = 0.0;
+        for (int i = 0; i < K; i++) {
+            w[i] = prob[idx[i]];
+            sum += w[i];
+        }
+        for (int i = 0; i < K; i++) {
+            float wi = a->norm_topk_prob ? (float)(w[i] / (sum + 1e-20)) : w[i];
+            w[i] = wi * a->routed_scaling_factor;
+        }
+    }
+    free(prob);
+    return PP_STATUS_OK;
+}
+
+static pp_status cpu_moe_experts(eng_backend *be, const eng_moe_args *a)
+{
+    int T = a->n_tokens, K = a->n_expert_used, D = a->d_model, F = a->d_ff_expert;
+    size_t n_x = (size_t)T * (size_t)D, n_h = (size_t)T * (size_t)F;
+    float *xe = malloc((n_x * 2 + n_h * 2) * sizeof(float));
+    int32_t *tok = malloc((size_t)T * sizeof(int32_t));
+    float *tw = malloc((size_t)T * sizeof(float));
+    pp_status st = PP_STATUS_OK;
+    if (!xe || !tok || !tw) {
+        st = PP_STATUS_OUT_OF_MEMORY;
+        goto done;
+    }
+    float *ye = xe + n_x, *g = ye + n_x, *u = g + n_h;
+    memset(a->out, 0, n_x * sizeof(float));
+    for (int e = 0; e < a->n_expert; e++) {
+        int n = 0;
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < K; i++)
+                if (a->idx[(int64_t)t * K + i] == e) {
+                    tok[n] = t;
+                    tw[n] = a->weight[(int64_t)t * K + i];
+                    memcpy(xe + (int64_t)n * D, a->x + (int64_t)t * D, (size_t)D * sizeof(float));
+                    n++;
+                }
+        if (n == 0)
+            continue;
+        if ((st = cpu_matmul(be, xe, D, &a->gate[e], g, F, n)) != PP_STATUS_OK ||
+            (st = cpu_matmul(be, xe, D, &a->up[e], u, F, n)) != PP_STATUS_OK)
+            goto done;
+        cpu_swiglu(be, g, F, u, F, g, F, n, F);
+        if ((st = cpu_matmul(be, g, F, &a->down[e], ye, D, n)) != PP_STATUS_OK)
+            goto done;
+        for (int i = 0; i < n; i++) {
+            float *o = a->out + (int64_t)tok[i] * D;
+            const float *y = ye + (int64_t)i * D;
+            for (int d = 0; d < D; d++)
+                o[d] += tw[i] * y[d];
+        }
+    }
+done:
+    free(xe);
+    free(tok);
+    free(tw);
+    return st;
+}
+
+/* ---- lifetime -------------------------------------------------------------------------------- */
+
+static void cpu_destroy(eng_backend *be)
+{
+    cpu_backend *cb = as_cpu(be);
+    if (!cb)
+        return;
+    eng_threadpool_destroy(cb->pool);
+    if (cb->scratch)
+        for (int i = 0; i < cb->n_threads; i++)
+            free(cb->scratch[i].buf);
+    free(cb->scratch);
+    free(cb);
+}
+
+static const eng_backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_memcpy,
+    .download = cpu_memcpy,
+    .copy = cpu_copy,
+    .embedding = cpu_embedding,
+    .matmul = cpu_matmul,
+    .rmsnorm = cpu_rmsnorm,
+    .add = cpu_add,
+    .rope = cpu_rope,
+    .swiglu = cpu_swiglu,
+    .attention = cpu_attention,
+    .mla_absorbed = cpu_mla_absorbed,
+    .moe_route = cpu_moe_route,
+    .moe_experts = cpu_moe_experts,
+};
+
+pp_status eng_backend_cpu_create(int n_threads, eng_backend **out, eng_err *err)
+{
+    *out = NULL;
+    if (n_threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = n > 0 ? (int)n : 1;
+    }
+    if (n_threads > 256)
+        n_threads = 256;
+    cpu_backend *cb = calloc(1, sizeof *cb);
+    if (!cb)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "cpu backend: out of memory");
+    cb->base.ops = &cpu_ops;
+    cb->n_threads = n_threads;
+    cb->scratch = calloc((size_t)n_threads, sizeof *cb->scratch);
+    pp_status st = cb->scratch ? eng_threadpool_create(n_threads, &cb->pool, err)
+                               : eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "cpu backend: out of memory");
+    if (st != PP_STATUS_OK) {
+        cpu_destroy(&cb->base);
+        return st;
+    }
+    *out = &cb->base;
+    return PP_STATUS_OK;
+}

@@ -1,0 +1,125 @@
+/* common.h: the engine's shared vocabulary: error slot, stored dtypes and their exact
+ * conversions to f32.
+ *
+ * Invariant: every conversion here is exact (bf16, f16 and fp8 e4m3 values are all representable
+ * in f32), so the CPU reference dequantizes stored weights without rounding.
+ */
+#ifndef ENG_COMMON_H
+#define ENG_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "paraphym.h"
+
+/* Error slot filled by a failing call: a human-readable message naming the file, tensor or key
+ * at fault. Callers own it (usually on the stack). */
+typedef struct eng_err {
+    char msg[1024];
+} eng_err;
+
+/* Sets err->msg (printf format) when err is non-NULL and returns status, so a failure path
+ * reads `return eng_fail(err, PP_STATUS_BAD_FORMAT, "...", ...);`. */
+pp_status eng_fail(eng_err *err, pp_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Prefixes err->msg with a context string ("loading layer 3: ..."). */
+void eng_err_prefix(eng_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Dtypes a safetensors file may hold. ENG_DTYPE_UNKNOWN never describes a loaded tensor. */
+typedef enum eng_dtype {
+    ENG_DTYPE_UNKNOWN = 0,
+    ENG_DTYPE_F64,
+    ENG_DTYPE_F32,
+    ENG_DTYPE_F16,
+    ENG_DTYPE_BF16,
+    ENG_DTYPE_F8_E4M3,
+    ENG_DTYPE_F8_E5M2,
+    ENG_DTYPE_I64,
+    ENG_DTYPE_I32,
+    ENG_DTYPE_I16,
+    ENG_DTYPE_I8,
+    ENG_DTYPE_U8,
+    ENG_DTYPE_BOOL,
+} eng_dtype;
+
+/* Bytes per element (0 for UNKNOWN). */
+size_t eng_dtype_size(eng_dtype dtype);
+/* The safetensors spelling ("BF16", "F8_E4M3", ...). */
+const char *eng_dtype_name(eng_dtype dtype);
+/* Parses the safetensors spelling; ENG_DTYPE_UNKNOWN when not recognised. */
+eng_dtype eng_dtype_parse(const char *name);
+
+static inline float eng_bf16_to_f32(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static inline float eng_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while ((man & 0x400u) == 0) {
+                man <<= 1;
+                exp--;
+            }
+            man &= 0x3ffu;
+            u = sign | (exp << 23) | (man << 13);
+        }
+    } else if (exp == 0x1f) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* float8_e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa; no infinities, 0x7f/0xff are NaN. */
+static inline float eng_fp8_e4m3_to_f32(uint8_t v)
+{
+    uint32_t sign = (uint32_t)(v & 0x80u) << 24;
+    uint32_t exp = (v >> 3) & 0xfu;
+    uint32_t man = v & 0x7u;
+    uint32_t u;
+    if (exp == 0xf && man == 0x7) {
+        u = sign | 0x7fc00000u;
+    } else if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: man * 2^-9 */
+            float f = (float)man * (1.0f / 512.0f);
+            return (v & 0x80u) ? -f : f;
+        }
+    } else {
+        u = sign | ((exp + 127 - 7) << 23) | (man << 20);
+    }
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Reads element i of a vector stored as F32, BF16 or F16 and widens it to f32. */
+static inline float eng_load_f32(const void *data, eng_dtype dtype, size_t i)
+{
+    switch (dtype) {
+    case ENG_DTYPE_F32: return ((const float *)data)[i];
+    case ENG_DTYPE_BF16: return eng_bf16_to_f32(((const uint16_t *)data)[i]);
+    case ENG_DTYPE_F16: return eng_f16_to_f32(((const uint16_t *)data)[i]);
+    default: return 0.0f;
+    }
+}
+
+#endif /* ENG_COMMON_H */

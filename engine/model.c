@@ -1,0 +1,375 @@
+/* model.c: loading a checkpoint directory, sessions (KV cache + scratch) and the parts of the
+ * forward pass every family shares: embedding, final norm, lm_head. */
+#include "model_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+void eng_model_opts_default(eng_model_opts *opts)
+{
+    memset(opts, 0, sizeof *opts);
+    opts->backend = "cpu";
+    opts->n_threads = 0;
+    opts->mla = ENG_MLA_ABSORBED;
+}
+
+pp_status eng_bind_linear(eng_model *m, const char *prefix, int64_t n_out, int64_t n_in,
+                          eng_weight *out, eng_err *err)
+{
+    return eng_weight_bind(m->st, &m->cfg, prefix, n_out, n_in, out, err);
+}
+
+pp_status eng_bind_vec(eng_model *m, const char *name, int64_t n, eng_vec *out, eng_err *err)
+{
+    return eng_vec_bind(m->st, name, n, out, err);
+}
+
+pp_status eng_bind_layer_linear(eng_model *m, int layer, const char *suffix, int64_t n_out,
+                                int64_t n_in, eng_weight *out, eng_err *err)
+{
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%d.%s", layer, suffix);
+    return eng_bind_linear(m, name, n_out, n_in, out, err);
+}
+
+pp_status eng_bind_layer_vec(eng_model *m, int layer, const char *suffix, int64_t n, eng_vec *out,
+                             eng_err *err)
+{
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%d.%s", layer, suffix);
+    return eng_bind_vec(m, name, n, out, err);
+}
+
+static const eng_family *family_for(eng_arch arch)
+{
+    switch (arch) {
+    case ENG_ARCH_DEEPSEEK_V3: return &eng_family_deepseek;
+    case ENG_ARCH_QWEN3_MOE: return &eng_family_qwen3_moe;
+    case ENG_ARCH_PHI3: return &eng_family_phi3;
+    }
+    return NULL;
+}
+
+pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model **out, eng_err *err)
+{
+    *out = NULL;
+    eng_model_opts defaults;
+    if (!opts) {
+        eng_model_opts_default(&defaults);
+        opts = &defaults;
+    }
+    if (!dir)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "no model directory given");
+    if (opts->backend && strcmp(opts->backend, "cpu") != 0)
+        return eng_fail(err, PP_STATUS_UNSUPPORTED,
+                        "backend '%s' is not available in this build (available: cpu)", opts->backend);
+    eng_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    m->opts = *opts;
+    m->opts.backend = "cpu";
+    pp_status st = eng_config_load(dir, &m->cfg, err);
+    if (st != PP_STATUS_OK)
+        goto fail;
+    const eng_config *c = &m->cfg;
+    m->family = family_for(c->arch);
+    if (!m->family) {
+        st = eng_fail(err, PP_STATUS_INTERNAL, "no forward pass for architecture %d", (int)c->arch);
+        goto fail;
+    }
+    if ((st = eng_st_open_dir(dir, &m->st, err)) != PP_STATUS_OK)
+        goto fail;
+    if ((st = eng_rope_init(c, m->inv_freq, &m->rope, err)) != PP_STATUS_OK)
+        goto fail;
+    m->attn_scale = eng_attn_scale(c);
+    if ((st = eng_bind_linear(m, "model.embed_tokens", c->n_vocab, c->d_model, &m->embed, err)) != PP_STATUS_OK)
+        goto fail;
+    if (m->embed.fmt == ENG_WFMT_INT4_GROUP) {
+        st = eng_fail(err, PP_STATUS_UNSUPPORTED, "an int4-packed embedding table is not supported");
+        goto fail;
+    }
+    if (c->tie_word_embeddings) {
+        m->lm_head = m->embed;
+    } else if ((st = eng_bind_linear(m, "lm_head", c->n_vocab, c->d_model, &m->lm_head, err)) != PP_STATUS_OK) {
+        goto fail;
+    }
+    if ((st = eng_bind_vec(m, "model.norm.weight", c->d_model, &m->final_norm, err)) != PP_STATUS_OK)
+        goto fail;
+    if ((st = eng_backend_cpu_create(opts->n_threads, &m->be, err)) != PP_STATUS_OK)
+        goto fail;
+    if ((st = m->family->bind(m, err)) != PP_STATUS_OK)
+        goto fail;
+    *out = m;
+    return PP_STATUS_OK;
+fail:
+    eng_err_prefix(err, "loading %s", dir);
+    eng_model_free(m);
+    return st;
+}
+
+void eng_model_free(eng_model *m)
+{
+    if (!m)
+        return;
+    if (m->family && m->layers)
+        m->family->unbind(m);
+    eng_backend_destroy(m->be);
+    eng_st_set_close(m->st);
+    free(m);
+}
+
+const eng_config *eng_model_config(const eng_model *m) { return &m->cfg; }
+const char *eng_model_backend_name(const eng_model *m) { return m->be->ops->name; }
+size_t eng_model_weight_bytes(const eng_model *m) { return eng_st_total_bytes(m->st); }
+
+/* ---- shared blocks: SwiGLU MLP and routed experts ------------------------------------------- */
+
+pp_status eng_mlp_bind(eng_model *m, const char *prefix, int64_t d_ff, eng_mlp *mlp, eng_err *err)
+{
+    char name[256];
+    int64_t d = m->cfg.d_model;
+    pp_status st;
+    snprintf(name, sizeof name, "%s.gate_proj", prefix);
+    if ((st = eng_bind_linear(m, name, d_ff, d, &mlp->gate, err)) != PP_STATUS_OK)
+        return st;
+    snprintf(name, sizeof name, "%s.up_proj", prefix);
+    if ((st = eng_bind_linear(m, name, d_ff, d, &mlp->up, err)) != PP_STATUS_OK)
+        return st;
+    snprintf(name, sizeof name, "%s.down_proj", prefix);
+    return eng_bind_linear(m, name, d, d_ff, &mlp->down, err);
+}
+
+pp_status eng_mlp_forward(eng_backend *be, const eng_mlp *mlp, const float *x, int n_tokens,
+                          float *g, float *u, float *out, eng_err *err)
+{
+    int64_t d = mlp->gate.n_in, f = mlp->gate.n_out;
+    ENG_TRY(be->ops->matmul(be, x, d, &mlp->gate, g, f, n_tokens));
+    ENG_TRY(be->ops->matmul(be, x, d, &mlp->up, u, f, n_tokens));
+    ENG_TRY(be->ops->swiglu(be, g, f, u, f, g, f, n_tokens, (int)f));
+    ENG_TRY(be->ops->matmul(be, g, f, &mlp->down, out, mlp->down.n_out, n_tokens));
+    return PP_STATUS_OK;
+}
+
+pp_status eng_moe_bind(eng_model *m, int layer, eng_router_kind kind, eng_moe *moe, eng_err *err)
+{
+    const eng_config *c = &m->cfg;
+    char name[256];
+    pp_status st;
+    memset(moe, 0, sizeof *moe);
+    moe->kind = kind;
+    snprintf(name, sizeof name, "model.layers.%d.mlp.gate", layer);
+    if ((st = eng_bind_linear(m, name, c->n_expert, c->d_model, &moe->router, err)) != PP_STATUS_OK)
+        return st;
+    if (kind == ENG_ROUTER_SIGMOID) {
+        snprintf(name, sizeof name, "model.layers.%d.mlp.gate.e_score_correction_bias", layer);
+        if (eng_st_find(m->st, name) &&
+            (st = eng_bind_vec(m, name, c->n_expert, &moe->bias, err)) != PP_STATUS_OK)
+            return st;
+    }
+    moe->gate = calloc((size_t)c->n_expert, sizeof(eng_weight));
+    moe->up = calloc((size_t)c->n_expert, sizeof(eng_weight));
+    moe->down = calloc((size_t)c->n_expert, sizeof(eng_weight));
+    if (!moe->gate || !moe->up || !moe->down)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory binding experts");
+    for (int e = 0; e < c->n_expert; e++) {
+        eng_mlp x;
+        snprintf(name, sizeof name, "model.layers.%d.mlp.experts.%d", layer, e);
+        if ((st = eng_mlp_bind(m, name, c->d_ff_expert, &x, err)) != PP_STATUS_OK)
+            return st;
+        moe->gate[e] = x.gate;
+        moe->up[e] = x.up;
+        moe->down[e] = x.down;
+    }
+    if (kind == ENG_ROUTER_SIGMOID && c->n_shared_experts > 0) {
+        snprintf(name, sizeof name, "model.layers.%d.mlp.shared_experts", layer);
+        if ((st = eng_mlp_bind(m, name, (int64_t)c->d_ff_expert * c->n_shared_experts, &moe->shared,
+                               err)) != PP_STATUS_OK)
+            return st;
+        moe->has_shared = true;
+    }
+    return PP_STATUS_OK;
+}
+
+void eng_moe_unbind(eng_moe *moe)
+{
+    free(moe->gate);
+    free(moe->up);
+    free(moe->down);
+    moe->gate = moe->up = moe->down = NULL;
+}
+
+size_t eng_moe_scratch_floats(const eng_config *c, int n_tokens)
+{
+    size_t T = (size_t)n_tokens;
+    size_t f_shared = (size_t)c->d_ff_expert * (size_t)(c->n_shared_experts > 0 ? c->n_shared_experts : 1);
+    return T * (size_t)c->n_expert              /* router logits */
+           + 2 * T * (size_t)c->n_expert_used   /* idx, weight */
+           + T * (size_t)c->d_model             /* shared output */
+           + 2 * T * f_shared;                  /* shared g, u */
+}
+
+pp_status eng_moe_forward(eng_model *m, const eng_moe *moe, const float *x, int n_tokens,
+                          float *scratch, float *out, eng_err *err)
+{
+    const eng_config *c = &m->cfg;
+    eng_backend *be = m->be;
+    size_t T = (size_t)n_tokens;
+    float *logits = scratch;                                   /* [T][n_expert] */
+    int32_t *idx = (int32_t *)(logits + T * (size_t)c->n_expert); /* [T][n_expert_used] */
+    float *w = (float *)(idx + T * (size_t)c->n_expert_used);    /* [T][n_expert_used] */
+    float *sh = w + T * (size_t)c->n_expert_used;               /* [T][d_model] */
+    float *g = sh + T * (size_t)c->d_model;
+    size_t f_shared = (size_t)c->d_ff_expert * (size_t)(c->n_shared_experts > 0 ? c->n_shared_experts : 1);
+    float *u = g + T * f_shared;
+
+    ENG_TRY(be->ops->matmul(be, x, c->d_model, &moe->router, logits, c->n_expert, n_tokens));
+    eng_route_args ra = {
+        .kind = moe->kind,
+        .n_tokens = n_tokens,
+        .n_expert = c->n_expert,
+        .n_expert_used = c->n_expert_used,
+        .n_group = c->n_group,
+        .topk_group = c->topk_group,
+        .norm_topk_prob = c->norm_topk_prob,
+        .routed_scaling_factor = (float)c->routed_scaling_factor,
+        .bias = moe->bias.data ? &moe->bias : NULL,
+        .logits = logits,
+        .idx = idx,
+        .weight = w,
+    };
+    ENG_TRY(be->ops->moe_route(be, &ra));
+    eng_moe_args ma = {
+        .n_tokens = n_tokens,
+        .d_model = c->d_model,
+        .d_ff_expert = c->d_ff_expert,
+        .n_expert = c->n_expert,
+        .n_expert_used = c->n_expert_used,
+        .x = x,
+        .gate = moe->gate,
+        .up = moe->up,
+        .down = moe->down,
+        .idx = idx,
+        .weight = w,
+        .out = out,
+    };
+    ENG_TRY(be->ops->moe_experts(be, &ma));
+    if (moe->has_shared) {
+        pp_status st = eng_mlp_forward(be, &moe->shared, x, n_tokens, g, u, sh, err);
+        if (st != PP_STATUS_OK)
+            return st;
+        ENG_TRY(be->ops->add(be, out, sh, out, T * (size_t)c->d_model));
+    }
+    return PP_STATUS_OK;
+}
+
+/* ---- sessions -------------------------------------------------------------------------------- */
+
+pp_status eng_session_create(eng_model *m, int n_ctx, eng_session **out, eng_err *err)
+{
+    *out = NULL;
+    if (!m || n_ctx <= 0)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "session: n_ctx must be positive (got %d)", n_ctx);
+    eng_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "session: out of memory");
+    s->m = m;
+    s->n_ctx = n_ctx;
+    m->family->kv_widths(m, &s->k_width, &s->v_width);
+    int L = m->cfg.n_layer;
+    s->k_cache = calloc((size_t)L, sizeof *s->k_cache);
+    s->v_cache = calloc((size_t)L, sizeof *s->v_cache);
+    if (!s->k_cache || !s->v_cache)
+        goto oom;
+    for (int l = 0; l < L; l++) {
+        size_t kb = (size_t)n_ctx * (size_t)s->k_width * sizeof(float);
+        size_t vb = (size_t)n_ctx * (size_t)s->v_width * sizeof(float);
+        if (m->be->ops->alloc(m->be, kb, (void **)&s->k_cache[l]) != PP_STATUS_OK ||
+            m->be->ops->alloc(m->be, vb, (void **)&s->v_cache[l]) != PP_STATUS_OK)
+            goto oom;
+    }
+    *out = s;
+    return PP_STATUS_OK;
+oom:
+    eng_session_free(s);
+    return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "session: cannot allocate the KV cache for %d positions",
+                    n_ctx);
+}
+
+void eng_session_free(eng_session *s)
+{
+    if (!s)
+        return;
+    eng_backend *be = s->m->be;
+    for (int l = 0; l < s->m->cfg.n_layer; l++) {
+        if (s->k_cache && s->k_cache[l])
+            be->ops->free(be, s->k_cache[l]);
+        if (s->v_cache && s->v_cache[l])
+            be->ops->free(be, s->v_cache[l]);
+    }
+    free(s->k_cache);
+    free(s->v_cache);
+    if (s->scratch)
+        be->ops->free(be, s->scratch);
+    free(s);
+}
+
+void eng_session_reset(eng_session *s) { s->pos = 0; }
+int eng_session_pos(const eng_session *s) { return s->pos; }
+int eng_session_n_ctx(const eng_session *s) { return s->n_ctx; }
+
+pp_status eng_session_scratch(eng_session *s, size_t n, float **out, eng_err *err)
+{
+    eng_backend *be = s->m->be;
+    if (s->scratch_floats < n) {
+        if (s->scratch)
+            be->ops->free(be, s->scratch);
+        s->scratch = NULL;
+        s->scratch_floats = 0;
+        if (be->ops->alloc(be, n * sizeof(float), (void **)&s->scratch) != PP_STATUS_OK)
+            return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "cannot allocate %zu bytes of scratch",
+                            n * sizeof(float));
+        s->scratch_floats = n;
+    }
+    *out = s->scratch;
+    return PP_STATUS_OK;
+}
+
+pp_status eng_session_forward(eng_session *s, const int32_t *ids, int n_tokens, float *logits,
+                              bool all_logits, eng_err *err)
+{
+    eng_model *m = s->m;
+    const eng_config *c = &m->cfg;
+    eng_backend *be = m->be;
+    if (n_tokens <= 0 || !ids)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "forward: no tokens given");
+    if (n_tokens > s->n_ctx - s->pos)
+        return eng_fail(err, PP_STATUS_INVALID_ARG,
+                        "forward: %d tokens at position %d overflow the context of %d", n_tokens,
+                        s->pos, s->n_ctx);
+    for (int t = 0; t < n_tokens; t++)
+        if (ids[t] < 0 || ids[t] >= c->n_vocab)
+            return eng_fail(err, PP_STATUS_INVALID_ARG, "token id %d at index %d is outside [0, %d)",
+                            ids[t], t, c->n_vocab);
+
+    int n_out = all_logits ? n_tokens : 1;
+    size_t n_h = (size_t)n_tokens * (size_t)c->d_model;
+    size_t n_logits = (size_t)n_out * (size_t)c->n_vocab;
+    size_t n_fam = m->family->scratch_floats(m, n_tokens, s->pos + n_tokens);
+    float *base;
+    pp_status st = eng_session_scratch(s, n_h + n_logits + n_fam, &base, err);
+    if (st != PP_STATUS_OK)
+        return st;
+    float *h = base;           /* [n_tokens][d_model] */
+    float *lg = h + n_h;       /* [n_out][n_vocab] */
+
+    ENG_TRY(be->ops->embedding(be, &m->embed, ids, n_tokens, h));
+    if ((st = m->family->forward(s, h, n_tokens, lg + n_logits, err)) != PP_STATUS_OK)
+        return st;
+    float *hf = h + (size_t)(n_tokens - n_out) * (size_t)c->d_model; /* rows that get logits */
+    ENG_TRY(be->ops->rmsnorm(be, hf, c->d_model, &m->final_norm, c->norm_eps, hf, c->d_model, n_out));
+    ENG_TRY(be->ops->matmul(be, hf, c->d_model, &m->lm_head, lg, c->n_vocab, n_out));
+    if (logits)
+        ENG_TRY(be->ops->download(be, logits, lg, n_logits * sizeof(float)));
+    s->pos += n_tokens;
+    return PP_STATUS_OK;
+}

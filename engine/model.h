@@ -1,0 +1,57 @@
+/* model.h: loading a checkpoint directory and running it: the engine's entry points.
+ *
+ * An eng_model holds the config, the memory-mapped weights and the backend; it is read-only
+ * after load and may be shared by sessions on one thread at a time (the backend's scratch is not
+ * shared-safe). An eng_session holds one sequence's KV cache and position.
+ */
+#ifndef ENG_MODEL_H
+#define ENG_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "config.h"
+
+typedef struct eng_model eng_model;
+typedef struct eng_session eng_session;
+
+typedef enum eng_mla_mode {
+    ENG_MLA_NAIVE = 0, /* HF's form: per-head K (d_nope + d_rope) and V (d_v) cached */
+    ENG_MLA_ABSORBED,  /* latent cache: c_kv (kv_lora_rank) + k_pe (d_rope) per token */
+} eng_mla_mode;
+
+typedef struct eng_model_opts {
+    const char *backend; /* "cpu" (default) */
+    int n_threads;       /* CPU threads; <= 0: one per core */
+    eng_mla_mode mla;    /* DeepSeek-V3 attention form; default ENG_MLA_ABSORBED */
+} eng_model_opts;
+
+void eng_model_opts_default(eng_model_opts *opts);
+
+/* Loads DIR (config.json + safetensors). Returns PP_STATUS_OK and *out, or an error with
+ * *out = NULL and a message in err: NOT_FOUND (no config.json, missing tensor or shard),
+ * BAD_FORMAT, UNSUPPORTED, INVALID_ARG (bad option), OUT_OF_MEMORY. */
+pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model **out, eng_err *err);
+void eng_model_free(eng_model *model); /* NULL-safe; sessions must be freed first */
+
+const eng_config *eng_model_config(const eng_model *model);
+const char *eng_model_backend_name(const eng_model *model);
+/* Bytes of weights as stored (what the model maps). */
+size_t eng_model_weight_bytes(const eng_model *model);
+
+/* A sequence with room for n_ctx positions. */
+pp_status eng_session_create(eng_model *model, int n_ctx, eng_session **out, eng_err *err);
+void eng_session_free(eng_session *session); /* NULL-safe */
+void eng_session_reset(eng_session *session);  /* back to position 0 */
+int eng_session_pos(const eng_session *session);
+int eng_session_n_ctx(const eng_session *session);
+
+/* Runs ids[0 .. n_tokens) at positions pos .. pos + n_tokens - 1, appending to the KV cache.
+ * logits (host, may be NULL): [n_tokens][n_vocab] when all_logits, else [n_vocab] for the last
+ * token. INVALID_ARG (and nothing changes) when an id is outside [0, n_vocab) or the context
+ * would overflow n_ctx. */
+pp_status eng_session_forward(eng_session *session, const int32_t *ids, int n_tokens, float *logits,
+                              bool all_logits, eng_err *err);
+
+#endif /* ENG_MODEL_H */

@@ -1,0 +1,217 @@
+/* model_deepseek.c: DeepSeek-V3 decoder layers (Kimi K2), as HF's DeepseekV3DecoderLayer
+ * computes them:
+ *   x = rmsnorm(h)
+ *   q = q_b(rmsnorm_1e-6(q_a(x)))  (or q_proj(x) when q_lora_rank is null), per head nope | pe
+ *   c_kv | k_pe = kv_a_proj_with_mqa(x); c_kv = rmsnorm_1e-6(c_kv); k_pe shared by all heads
+ *   RoPE (interleaved by default, YaRN) on q_pe and k_pe
+ *   naive MLA:    k_nope | v = kv_b(c_kv) per head, K = k_nope | k_pe, softmax(QK^T * scale) V
+ *   absorbed MLA: the same through the latent cache (c_kv, k_pe), see eng_mla_args
+ *   h += o_proj(attn)
+ *   x = rmsnorm(h); h += dense SwiGLU (layer < first_k_dense_replace) or sigmoid-routed experts
+ *   plus shared experts.
+ * q_a_layernorm and kv_a_layernorm use eps 1e-6 whatever rms_norm_eps says (HF's class default).
+ */
+#include "model_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+/* DeepseekV3RMSNorm's default eps, used by q_a_layernorm and kv_a_layernorm. */
+#define LORA_NORM_EPS 1e-6f
+
+typedef struct ds_layer {
+    eng_vec input_norm, post_norm, q_a_norm, kv_a_norm;
+    eng_weight q_a_proj, q_b_proj, q_proj, kv_a_proj, kv_b_proj, o_proj;
+    bool is_moe;
+    eng_moe moe;
+    eng_mlp mlp;
+} ds_layer;
+
+static pp_status ds_bind(eng_model *m, eng_err *err)
+{
+    const eng_config *c = &m->cfg;
+    ds_layer *layers = calloc((size_t)c->n_layer, sizeof *layers);
+    if (!layers)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    m->layers = layers;
+    int64_t D = c->d_model, H = c->n_head, r = c->kv_lora_rank;
+    int64_t d_qk = c->d_nope + c->d_rope;
+    for (int l = 0; l < c->n_layer; l++) {
+        ds_layer *L = &layers[l];
+        pp_status st = eng_bind_layer_vec(m, l, "input_layernorm.weight", D, &L->input_norm, err);
+        if (st == PP_STATUS_OK)
+            st = eng_bind_layer_vec(m, l, "post_attention_layernorm.weight", D, &L->post_norm, err);
+        if (c->q_lora_rank > 0) {
+            if (st == PP_STATUS_OK)
+                st = eng_bind_layer_linear(m, l, "self_attn.q_a_proj", c->q_lora_rank, D, &L->q_a_proj, err);
+            if (st == PP_STATUS_OK)
+                st = eng_bind_layer_vec(m, l, "self_attn.q_a_layernorm.weight", c->q_lora_rank, &L->q_a_norm, err);
+            if (st == PP_STATUS_OK)
+                st = eng_bind_layer_linear(m, l, "self_attn.q_b_proj", H * d_qk, c->q_lora_rank, &L->q_b_proj, err);
+        } else if (st == PP_STATUS_OK) {
+            st = eng_bind_layer_linear(m, l, "self_attn.q_proj", H * d_qk, D, &L->q_proj, err);
+        }
+        if (st == PP_STATUS_OK)
+            st = eng_bind_layer_linear(m, l, "self_attn.kv_a_proj_with_mqa", r + c->d_rope, D, &L->kv_a_proj, err);
+        if (st == PP_STATUS_OK)
+            st = eng_bind_layer_vec(m, l, "self_attn.kv_a_layernorm.weight", r, &L->kv_a_norm, err);
+        if (st == PP_STATUS_OK)
+            st = eng_bind_layer_linear(m, l, "self_attn.kv_b_proj", H * (c->d_nope + c->d_v), r, &L->kv_b_proj, err);
+        if (st == PP_STATUS_OK)
+            st = eng_bind_layer_linear(m, l, "self_attn.o_proj", D, H * c->d_v, &L->o_proj, err);
+        if (st != PP_STATUS_OK)
+            return st;
+        L->is_moe = eng_config_layer_is_moe(c, l);
+        if (L->is_moe) {
+            st = eng_moe_bind(m, l, ENG_ROUTER_SIGMOID, &L->moe, err);
+        } else {
+            char name[64];
+            snprintf(name, sizeof name, "model.layers.%d.mlp", l);
+            st = eng_mlp_bind(m, name, c->d_ff, &L->mlp, err);
+        }
+        if (st != PP_STATUS_OK)
+            return st;
+    }
+    return PP_STATUS_OK;
+}
+
+static void ds_unbind(eng_model *m)
+{
+    ds_layer *layers = m->layers;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        eng_moe_unbind(&layers[l].moe);
+    free(layers);
+    m->layers = NULL;
+}
+
+static void ds_kv_widths(const eng_model *m, int64_t *k_width, int64_t *v_width)
+{
+    const eng_config *c = &m->cfg;
+    if (m->opts.mla == ENG_MLA_ABSORBED) {
+        *k_width = c->kv_lora_rank; /* c_kv */
+        *v_width = c->d_rope;       /* k_pe */
+    } else {
+        *k_width = (int64_t)c->n_head * (c->d_nope + c->d_rope);
+        *v_width = (int64_t)c->n_head * c->d_v;
+    }
+}
+
+static size_t ds_scratch(const eng_model *m, int n_tokens, int n_ctx)
+{
+    const eng_config *c = &m->cfg;
+    (void)n_ctx;
+    size_t T = (size_t)n_tokens, H = (size_t)c->n_head;
+    size_t d_qk = (size_t)(c->d_nope + c->d_rope);
+    size_t ffn = eng_moe_scratch_floats(c, n_tokens);
+    size_t dense = 2 * T * (size_t)c->d_ff;
+    return T * (size_t)c->d_model * 3                    /* x, o, ffn out */
+           + T * (size_t)c->q_lora_rank                  /* q_a */
+           + T * H * d_qk                                /* q */
+           + T * (size_t)(c->kv_lora_rank + c->d_rope)   /* c_kv | k_pe */
+           + T * H * (size_t)(c->d_nope + c->d_v)        /* kv (naive) */
+           + T * H * (size_t)c->d_v                      /* attn */
+           + (ffn > dense ? ffn : dense);
+}
+
+static pp_status ds_forward(eng_session *s, float *h, int n_tokens, float *scratch, eng_err *err)
+{
+    eng_model *m = s->m;
+    const eng_config *c = &m->cfg;
+    eng_backend *be = m->be;
+    size_t T = (size_t)n_tokens;
+    int64_t D = c->d_model, H = c->n_head, r = c->kv_lora_rank;
+    int64_t d_nope = c->d_nope, d_rope = c->d_rope, d_v = c->d_v, d_qk = d_nope + d_rope;
+    int64_t kva_w = r + d_rope, kvb_w = H * (d_nope + d_v);
+    float *x = scratch;                            /* [T][D] */
+    float *o = x + T * (size_t)D;                  /* [T][D] */
+    float *qa = o + T * (size_t)D;                 /* [T][q_lora_rank] */
+    float *q = qa + T * (size_t)c->q_lora_rank;    /* [T][H][d_nope | d_rope] */
+    float *ckv = q + T * (size_t)(H * d_qk);       /* [T][r | d_rope] */
+    float *kv = ckv + T * (size_t)kva_w;           /* [T][H][d_nope | d_v] (naive) */
+    float *att = kv + T * (size_t)kvb_w;           /* [T][H][d_v] */
+    float *ffn = att + T * (size_t)(H * d_v);      /* MoE / MLP scratch */
+    const ds_layer *layers = m->layers;
+    int pos0 = s->pos;
+    bool absorbed = m->opts.mla == ENG_MLA_ABSORBED;
+
+    for (int l = 0; l < c->n_layer; l++) {
+        const ds_layer *L = &layers[l];
+        ENG_TRY(be->ops->rmsnorm(be, h, D, &L->input_norm, c->norm_eps, x, D, n_tokens));
+        if (c->q_lora_rank > 0) {
+            ENG_TRY(be->ops->matmul(be, x, D, &L->q_a_proj, qa, c->q_lora_rank, n_tokens));
+            ENG_TRY(be->ops->rmsnorm(be, qa, c->q_lora_rank, &L->q_a_norm, LORA_NORM_EPS, qa,
+                                     c->q_lora_rank, n_tokens));
+            ENG_TRY(be->ops->matmul(be, qa, c->q_lora_rank, &L->q_b_proj, q, H * d_qk, n_tokens));
+        } else {
+            ENG_TRY(be->ops->matmul(be, x, D, &L->q_proj, q, H * d_qk, n_tokens));
+        }
+        ENG_TRY(be->ops->matmul(be, x, D, &L->kv_a_proj, ckv, kva_w, n_tokens));
+        ENG_TRY(be->ops->rmsnorm(be, ckv, kva_w, &L->kv_a_norm, LORA_NORM_EPS, ckv, kva_w, n_tokens));
+        ENG_TRY(be->ops->rope(be, q, n_tokens, (int)H, H * d_qk, d_qk, (int)d_nope, pos0, &m->rope));
+        ENG_TRY(be->ops->rope(be, ckv + r, n_tokens, 1, kva_w, 0, 0, pos0, &m->rope));
+
+        if (absorbed) {
+            for (int t = 0; t < n_tokens; t++) {
+                const float *row = ckv + (size_t)t * (size_t)kva_w;
+                ENG_TRY(be->ops->copy(be, s->k_cache[l] + (size_t)(pos0 + t) * (size_t)r, row, (size_t)r));
+                ENG_TRY(be->ops->copy(be, s->v_cache[l] + (size_t)(pos0 + t) * (size_t)d_rope, row + r,
+                                      (size_t)d_rope));
+            }
+            eng_mla_args ma = {
+                .n_tokens = n_tokens, .n_head = (int)H,
+                .d_nope = (int)d_nope, .d_rope = (int)d_rope, .d_v = (int)d_v, .kv_lora_rank = (int)r,
+                .pos0 = pos0, .scale = m->attn_scale,
+                .q = q, .q_stride = H * d_qk,
+                .ckv = s->k_cache[l], .kpe = s->v_cache[l],
+                .kv_b = &L->kv_b_proj,
+                .out = att,
+            };
+            ENG_TRY(be->ops->mla_absorbed(be, &ma));
+        } else {
+            ENG_TRY(be->ops->matmul(be, ckv, kva_w, &L->kv_b_proj, kv, kvb_w, n_tokens));
+            for (int t = 0; t < n_tokens; t++) {
+                float *krow = s->k_cache[l] + (size_t)(pos0 + t) * (size_t)(H * d_qk);
+                float *vrow = s->v_cache[l] + (size_t)(pos0 + t) * (size_t)(H * d_v);
+                const float *kvt = kv + (size_t)t * (size_t)kvb_w;
+                const float *kpe = ckv + (size_t)t * (size_t)kva_w + r;
+                for (int64_t hh = 0; hh < H; hh++) {
+                    const float *src = kvt + hh * (d_nope + d_v);
+                    ENG_TRY(be->ops->copy(be, krow + hh * d_qk, src, (size_t)d_nope));
+                    ENG_TRY(be->ops->copy(be, krow + hh * d_qk + d_nope, kpe, (size_t)d_rope));
+                    ENG_TRY(be->ops->copy(be, vrow + hh * d_v, src + d_nope, (size_t)d_v));
+                }
+            }
+            eng_attn_args aa = {
+                .n_tokens = n_tokens, .n_head = (int)H, .n_head_kv = (int)H,
+                .d_qk = (int)d_qk, .d_v = (int)d_v, .pos0 = pos0, .scale = m->attn_scale,
+                .q = q, .q_stride = H * d_qk,
+                .k = s->k_cache[l], .k_stride = H * d_qk,
+                .v = s->v_cache[l], .v_stride = H * d_v,
+                .out = att, .out_stride = H * d_v,
+            };
+            ENG_TRY(be->ops->attention(be, &aa));
+        }
+        ENG_TRY(be->ops->matmul(be, att, H * d_v, &L->o_proj, o, D, n_tokens));
+        ENG_TRY(be->ops->add(be, h, o, h, T * (size_t)D));
+
+        ENG_TRY(be->ops->rmsnorm(be, h, D, &L->post_norm, c->norm_eps, x, D, n_tokens));
+        pp_status st;
+        if (L->is_moe)
+            st = eng_moe_forward(m, &L->moe, x, n_tokens, ffn, o, err);
+        else
+            st = eng_mlp_forward(be, &L->mlp, x, n_tokens, ffn, ffn + T * (size_t)c->d_ff, o, err);
+        if (st != PP_STATUS_OK)
+            return st;
+        ENG_TRY(be->ops->add(be, h, o, h, T * (size_t)D));
+    }
+    return PP_STATUS_OK;
+}
+
+const eng_family eng_family_deepseek = {
+    .name = "deepseek_v3",
+    .bind = ds_bind,
+    .unbind = ds_unbind,
+    .kv_widths = ds_kv_widths,
+    .scratch_floats = ds_scratch,
+    .forward = ds_forward,
+};

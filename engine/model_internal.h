@@ -1,0 +1,111 @@
+/* model_internal.h: what model.c shares with the per-family forward passes (model_*.c).
+ *
+ * Invariant: model.c owns loading, the embedding, the final norm, lm_head and the session's
+ * memory; a family binds its layer weights and runs its decoder layers over the backend op table
+ * only.
+ */
+#ifndef ENG_MODEL_INTERNAL_H
+#define ENG_MODEL_INTERNAL_H
+
+#include "backend.h"
+#include "model.h"
+#include "rope.h"
+#include "safetensors.h"
+#include "weights.h"
+
+typedef struct eng_family {
+    const char *name;
+    /* Binds layer weights into model->layers (allocated by the family). */
+    pp_status (*bind)(eng_model *m, eng_err *err);
+    void (*unbind)(eng_model *m);
+    /* Floats per token per layer in the K and V caches. */
+    void (*kv_widths)(const eng_model *m, int64_t *k_width, int64_t *v_width);
+    /* Scratch floats one forward of n_tokens needs (beyond the hidden state). */
+    size_t (*scratch_floats)(const eng_model *m, int n_tokens, int n_ctx);
+    /* h: [n_tokens][d_model] residual stream, updated in place through every layer; scratch:
+     * scratch_floats(m, n_tokens, pos + n_tokens) floats of backend memory. Writes the KV cache
+     * at positions s->pos .. s->pos + n_tokens - 1; model.c advances s->pos afterwards. */
+    pp_status (*forward)(eng_session *s, float *h, int n_tokens, float *scratch, eng_err *err);
+} eng_family;
+
+extern const eng_family eng_family_deepseek;
+extern const eng_family eng_family_qwen3_moe;
+extern const eng_family eng_family_phi3;
+
+struct eng_model {
+    eng_config cfg;
+    eng_model_opts opts;
+    eng_st_set *st;
+    eng_backend *be;
+    const eng_family *family;
+    void *layers; /* family-specific */
+
+    eng_weight embed;   /* [n_vocab][d_model] */
+    eng_weight lm_head; /* [n_vocab][d_model] (the embedding when tied) */
+    eng_vec final_norm; /* [d_model] */
+
+    eng_rope rope;
+    float inv_freq[ENG_MAX_ROPE_DIM / 2];
+    float attn_scale;
+};
+
+struct eng_session {
+    eng_model *m;
+    int n_ctx;
+    int pos;
+    int64_t k_width, v_width;
+    float **k_cache;  /* [n_layer] -> [n_ctx][k_width] f32, backend memory */
+    float **v_cache;  /* [n_layer] -> [n_ctx][v_width] f32, backend memory */
+    float *scratch;   /* backend memory, scratch_floats */
+    size_t scratch_floats;
+};
+
+/* Grows the session scratch to at least n floats (backend memory). */
+pp_status eng_session_scratch(eng_session *s, size_t n, float **out, eng_err *err);
+
+/* A SwiGLU MLP: out = down(silu(gate(x)) * up(x)). g, u: [n_tokens][gate->n_out] scratch. */
+typedef struct eng_mlp {
+    eng_weight gate, up, down;
+} eng_mlp;
+pp_status eng_mlp_forward(eng_backend *be, const eng_mlp *mlp, const float *x, int n_tokens,
+                          float *g, float *u, float *out, eng_err *err);
+
+/* A routed-expert block (router, experts, optional shared MLP). */
+typedef struct eng_moe {
+    eng_router_kind kind;
+    eng_weight router;       /* [n_expert][d_model] */
+    eng_vec bias;            /* e_score_correction_bias, data NULL when absent */
+    eng_weight *gate, *up, *down; /* [n_expert] */
+    bool has_shared;
+    eng_mlp shared;
+} eng_moe;
+/* Floats of scratch eng_moe_forward needs for n_tokens. */
+size_t eng_moe_scratch_floats(const eng_config *c, int n_tokens);
+pp_status eng_moe_bind(eng_model *m, int layer, eng_router_kind kind, eng_moe *moe, eng_err *err);
+void eng_moe_unbind(eng_moe *moe);
+/* out[t] = sum of routed experts (+ shared MLP) for x[t]. */
+pp_status eng_moe_forward(eng_model *m, const eng_moe *moe, const float *x, int n_tokens,
+                          float *scratch, float *out, eng_err *err);
+pp_status eng_mlp_bind(eng_model *m, const char *prefix, int64_t d_ff, eng_mlp *mlp, eng_err *err);
+
+/* Helper for the families: binds "<prefix>" as an [n_out][n_in] linear weight, reporting the
+ * name on failure. */
+pp_status eng_bind_linear(eng_model *m, const char *prefix, int64_t n_out, int64_t n_in,
+                          eng_weight *out, eng_err *err);
+pp_status eng_bind_vec(eng_model *m, const char *name, int64_t n, eng_vec *out, eng_err *err);
+/* The same for "model.layers.<layer>.<suffix>". */
+pp_status eng_bind_layer_linear(eng_model *m, int layer, const char *suffix, int64_t n_out,
+                                int64_t n_in, eng_weight *out, eng_err *err);
+pp_status eng_bind_layer_vec(eng_model *m, int layer, const char *suffix, int64_t n, eng_vec *out,
+                             eng_err *err);
+
+/* Checks a backend call: on failure records which op failed. */
+#define ENG_TRY(call)                                                                              \
+    do {                                                                                           \
+        pp_status try_st_ = (call);                                                                \
+        if (try_st_ != PP_STATUS_OK)                                                               \
+            return eng_fail(err, try_st_, "%s failed (%s) at %s:%d", #call,                       \
+                            pp_status_str(try_st_), __FILE__, __LINE__);                           \
+    } while (0)
+
+#endif /* ENG_MODEL_INTERNAL_H */

@@ -1,0 +1,143 @@
+/* test_fixtures.c: teacher-forced logits of a tiny fixture model against Hugging Face's
+ * reference.json.
+ *
+ *   test_fixtures MODEL_DIR [--mla naive|absorbed] [--decode]
+ *
+ * For every case (ids = prompt + the reference's greedy continuation) each position's logits must
+ * be within relative L2 error 1e-4 of the reference row, and the argmax must agree wherever the
+ * reference's top-2 margin exceeds 1e-3 (the issue's bounds; the fixtures README expects an f32
+ * engine near 1e-5). --decode runs the prompt as one prefill and every later id as a one-token
+ * decode step through the KV cache; without it the whole sequence is one prefill.
+ */
+#include <json-c/json.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+
+#define REL_L2_MAX 1e-4
+#define MARGIN_MIN 1e-3
+
+static int argmax(const double *v, int n, double *margin)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best])
+            best = i;
+    double second = -INFINITY;
+    for (int i = 0; i < n; i++)
+        if (i != best && v[i] > second)
+            second = v[i];
+    if (margin)
+        *margin = v[best] - second;
+    return best;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_fixtures MODEL_DIR [--mla naive|absorbed] [--decode]\n");
+        return 2;
+    }
+    const char *dir = argv[1];
+    eng_model_opts mo;
+    eng_model_opts_default(&mo);
+    bool decode = false;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--decode") == 0)
+            decode = true;
+        else if (strcmp(argv[i], "--mla") == 0 && i + 1 < argc)
+            mo.mla = strcmp(argv[++i], "naive") == 0 ? ENG_MLA_NAIVE : ENG_MLA_ABSORBED;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/reference.json", dir);
+    json_object *ref = json_object_from_file(path);
+    if (!ref) {
+        fprintf(stderr, "FAIL: cannot read %s\n", path);
+        return 1;
+    }
+    eng_model *model = NULL;
+    eng_err err = {{0}};
+    if (eng_model_load(dir, &mo, &model, &err) != PP_STATUS_OK) {
+        fprintf(stderr, "FAIL: %s\n", err.msg);
+        json_object_put(ref);
+        return 1;
+    }
+    int n_vocab = eng_model_config(model)->n_vocab;
+    json_object *cases = json_object_object_get(ref, "cases");
+    int failures = 0;
+    double worst = 0.0;
+    int n_rows = 0;
+    for (size_t ci = 0; ci < json_object_array_length(cases); ci++) {
+        json_object *cs = json_object_array_get_idx(cases, ci);
+        json_object *jids = json_object_object_get(cs, "ids");
+        json_object *jlog = json_object_object_get(cs, "logits");
+        int prompt_len = json_object_get_int(json_object_object_get(cs, "prompt_len"));
+        int n = (int)json_object_array_length(jids);
+        int32_t *ids = malloc((size_t)n * sizeof *ids);
+        float *logits = malloc((size_t)n * (size_t)n_vocab * sizeof(float));
+        double *refrow = malloc((size_t)n_vocab * sizeof(double));
+        double *ourrow = malloc((size_t)n_vocab * sizeof(double));
+        for (int i = 0; i < n; i++)
+            ids[i] = json_object_get_int(json_object_array_get_idx(jids, (size_t)i));
+        eng_session *sess = NULL;
+        pp_status st = eng_session_create(model, n, &sess, &err);
+        int prefill = decode ? prompt_len : n;
+        if (st == PP_STATUS_OK)
+            st = eng_session_forward(sess, ids, prefill, logits, true, &err);
+        for (int i = prefill; i < n && st == PP_STATUS_OK; i++)
+            st = eng_session_forward(sess, ids + i, 1, logits + (size_t)i * (size_t)n_vocab, true, &err);
+        if (st != PP_STATUS_OK) {
+            fprintf(stderr, "FAIL case %zu: %s\n", ci, err.msg);
+            failures++;
+        }
+        for (int i = 0; i < n && st == PP_STATUS_OK; i++) {
+            json_object *row = json_object_array_get_idx(jlog, (size_t)i);
+            if ((int)json_object_array_length(row) != n_vocab) {
+                fprintf(stderr, "FAIL case %zu row %d: reference has %zu logits, model %d\n", ci, i,
+                        json_object_array_length(row), n_vocab);
+                failures++;
+                break;
+            }
+            double num = 0.0, den = 0.0;
+            bool finite = true;
+            for (int v = 0; v < n_vocab; v++) {
+                refrow[v] = json_object_get_double(json_object_array_get_idx(row, (size_t)v));
+                ourrow[v] = logits[(size_t)i * (size_t)n_vocab + (size_t)v];
+                finite = finite && isfinite(ourrow[v]);
+                num += (ourrow[v] - refrow[v]) * (ourrow[v] - refrow[v]);
+                den += refrow[v] * refrow[v];
+            }
+            double rel = finite ? sqrt(num / den) : INFINITY;
+            n_rows++;
+            if (rel > worst)
+                worst = rel;
+            double margin;
+            int ref_top = argmax(refrow, n_vocab, &margin);
+            int our_top = argmax(ourrow, n_vocab, NULL);
+            if (!(rel <= REL_L2_MAX)) {
+                fprintf(stderr, "FAIL case %zu position %d: relative L2 error %.3g > %.0e\n", ci, i, rel,
+                        REL_L2_MAX);
+                failures++;
+            }
+            if (margin > MARGIN_MIN && ref_top != our_top) {
+                fprintf(stderr, "FAIL case %zu position %d: argmax %d, reference %d (margin %.4g)\n", ci,
+                        i, our_top, ref_top, margin);
+                failures++;
+            }
+        }
+        eng_session_free(sess);
+        free(ids);
+        free(logits);
+        free(refrow);
+        free(ourrow);
+    }
+    printf("%s: %d rows, worst relative L2 error %.3g (%s, %s)%s\n", dir, n_rows, worst,
+           decode ? "prefill + decode steps" : "one prefill",
+           mo.mla == ENG_MLA_NAIVE ? "naive MLA" : "absorbed MLA", failures ? "" : ": ok");
+    eng_model_free(model);
+    json_object_put(ref);
+    return failures ? 1 : 0;
+}
