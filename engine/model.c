@@ -68,17 +68,22 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
     m->opts = *opts;
     m->opts.backend = "cpu";
+    /* config and safetensors errors name their file; later ones are prefixed with the dir */
     pp_status st = eng_config_load(dir, &m->cfg, err);
-    if (st != PP_STATUS_OK)
-        goto fail;
+    if (st != PP_STATUS_OK) {
+        eng_model_free(m);
+        return st;
+    }
     const eng_config *c = &m->cfg;
     m->family = family_for(c->arch);
     if (!m->family) {
         st = eng_fail(err, PP_STATUS_INTERNAL, "no forward pass for architecture %d", (int)c->arch);
         goto fail;
     }
-    if ((st = eng_st_open_dir(dir, &m->st, err)) != PP_STATUS_OK)
-        goto fail;
+    if ((st = eng_st_open_dir(dir, &m->st, err)) != PP_STATUS_OK) {
+        eng_model_free(m);
+        return st;
+    }
     if ((st = eng_rope_init(c, m->inv_freq, &m->rope, err)) != PP_STATUS_OK)
         goto fail;
     m->attn_scale = eng_attn_scale(c);

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# test_cli.sh: the paraphym command line end to end, good and bad input.
+#   test_cli.sh PARAPHYM_BINARY PROJECT_DIR
+# Bad input must give a clear message on stderr, a non-zero exit that is not a crash (< 128), and
+# nothing on stdout. Good input must print one JSON object whose rows do not depend on --prefill.
+set -u
+bin=$1
+root=$2
+tiny=$root/tests/fixtures/tiny/qwen3_moe_tiny
+nano=$root/models/qwen3_coder_nano
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+
+# expect_fail NAME PATTERN ARGS...: non-zero exit < 128, stderr matching PATTERN, empty stdout.
+expect_fail() {
+    local name=$1 pattern=$2
+    shift 2
+    "$bin" "$@" >"$tmp/out" 2>"$tmp/err"
+    local rc=$?
+    if [ $rc -eq 0 ] || [ $rc -ge 128 ] || [ -s "$tmp/out" ] || ! grep -qiE -e "$pattern" "$tmp/err"; then
+        echo "FAIL $name: rc=$rc stdout=$(head -c 200 "$tmp/out") stderr=$(head -c 400 "$tmp/err")"
+        fails=$((fails + 1))
+    else
+        echo "ok   $name: $(head -c 160 "$tmp/err")"
+    fi
+}
+
+# A copy of a model directory whose files can be damaged.
+copy_model() {
+    rm -rf "$tmp/$2"
+    cp -r "$1" "$tmp/$2"
+    chmod -R u+w "$tmp/$2"
+}
+
+expect_fail "no arguments" "usage"
+expect_fail "unknown command" "unknown command" frobnicate
+expect_fail "missing --model" "--model" logits --ids 1,2
+expect_fail "missing --ids" "--ids" logits --model "$tiny"
+expect_fail "bad ids" "integers" logits --model "$tiny" --ids 1,x,3
+expect_fail "negative id" "integers" logits --model "$tiny" --ids 1,-3
+expect_fail "id >= n_vocab" "outside" logits --model "$tiny" --ids 1,512
+expect_fail "prefill too long" "exceeds" logits --model "$tiny" --ids 1,2 --prefill 3
+expect_fail "bad --mla" "naive or absorbed" logits --model "$tiny" --ids 1 --mla fast
+expect_fail "unknown backend" "backend" logits --model "$tiny" --ids 1 --backend tpu
+expect_fail "not a model dir" "config.json" logits --model "$tmp" --ids 1
+expect_fail "nonexistent dir" "config.json|not found|no such" logits --model "$tmp/nope" --ids 1
+
+copy_model "$nano" shard
+rm "$tmp/shard/model-00002-of-00002.safetensors"
+expect_fail "missing shard" "model-00002-of-00002" logits --model "$tmp/shard" --ids 1
+
+copy_model "$tiny" trunc
+truncate -s 100000 "$tmp/trunc/model.safetensors"
+expect_fail "truncated safetensors" "safetensors|offset|range|truncat" logits --model "$tmp/trunc" --ids 1
+
+copy_model "$tiny" hdr
+printf '\xff\xff\xff\xff\x00\x00\x00\x00' | dd of="$tmp/hdr/model.safetensors" bs=1 count=8 conv=notrunc 2>/dev/null
+expect_fail "header length past EOF" "header" logits --model "$tmp/hdr" --ids 1
+
+copy_model "$tiny" tiny_file
+printf 'abc' >"$tmp/tiny_file/model.safetensors"
+expect_fail "3-byte safetensors" "safetensors|short|truncat" logits --model "$tmp/tiny_file" --ids 1
+
+copy_model "$tiny" cfgtype
+sed -i 's/"hidden_size": 128/"hidden_size": "128"/' "$tmp/cfgtype/config.json"
+expect_fail "config value of the wrong type" "hidden_size" logits --model "$tmp/cfgtype" --ids 1
+
+copy_model "$tiny" cfgtype2
+sed -i 's/"model_type": "qwen3_moe"/"model_type": "llama"/' "$tmp/cfgtype2/config.json"
+expect_fail "unknown model_type" "model_type" logits --model "$tmp/cfgtype2" --ids 1
+
+copy_model "$tiny" cfgjson
+printf '{"model_type": "qwen3_moe", ' >"$tmp/cfgjson/config.json"
+expect_fail "config not JSON" "config.json|json" logits --model "$tmp/cfgjson" --ids 1
+
+copy_model "$tiny" shape
+sed -i 's/"hidden_size": 128/"hidden_size": 64/' "$tmp/shape/config.json"
+expect_fail "weights do not match the config" "shape|expected" logits --model "$tmp/shape" --ids 1
+
+# Good input: one JSON object, n_ids rows of n_vocab, identical whatever --prefill is.
+ids=3,17,42,7,99,1
+"$bin" logits --model "$tiny" --ids $ids >"$tmp/a.json" 2>"$tmp/err" || { echo "FAIL logits: $(cat "$tmp/err")"; fails=$((fails + 1)); }
+"$bin" logits --model "$tiny" --ids $ids --prefill 2 >"$tmp/b.json" 2>"$tmp/err" || { echo "FAIL logits --prefill: $(cat "$tmp/err")"; fails=$((fails + 1)); }
+"$bin" logits --model "$tiny" --ids $ids --prefill 6 --threads 1 >"$tmp/c.json" 2>"$tmp/err" || { echo "FAIL logits --threads: $(cat "$tmp/err")"; fails=$((fails + 1)); }
+if python3 - "$tmp/a.json" "$tmp/b.json" "$tmp/c.json" <<'PY'
+import json, sys
+rows = [json.load(open(p))["logits"] for p in sys.argv[1:]]
+assert all(len(r) == 6 and all(len(x) == 512 for x in r) for r in rows), "shape"
+for other in rows[1:]:
+    for x, y in zip(rows[0], other):
+        for a, b in zip(x, y):
+            assert abs(a - b) <= 1e-6 * max(1.0, abs(b)), (a, b)
+PY
+then
+    echo "ok   logits: 6 rows of 512, the same with --prefill 2 and --threads 1"
+else
+    echo "FAIL logits output"
+    fails=$((fails + 1))
+fi
+
+if [ $fails -ne 0 ]; then
+    echo "$fails CLI checks failed"
+    exit 1
+fi
+echo "all CLI checks passed"
