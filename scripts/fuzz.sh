@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# fuzz.sh: builds the libFuzzer targets with clang and runs each for SECONDS (default 60) over a
+# scratch copy of its seed corpus. Fails if a fuzzer finds a crash, leak or undefined behaviour.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+seconds=${1:-60}
+build=$root/build-fuzz
+CC=clang cmake -S "$root" -B "$build" -DPP_FUZZ=ON -DPP_CUDA=OFF -DBUILD_TESTING=OFF \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build "$build" -j"$(nproc)" --target fuzz_safetensors fuzz_config >/dev/null
+for fz in safetensors config; do
+    work=$build/corpus_$fz
+    rm -rf "$work"
+    mkdir -p "$work"
+    cp "$root/tests/fuzz/corpus_$fz"/* "$work/"
+    echo "fuzz_$fz: ${seconds}s"
+    (cd "$build" && "./fuzz_$fz" -max_total_time="$seconds" -print_final_stats=1 "$work" 2>&1 | tail -n 12)
+done
