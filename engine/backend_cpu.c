@@ -395,9 +395,12 @@ static pp_status cpu_moe_route(eng_backend *be, const eng_route_args *a)
                 bool keep = false;
                 for (int i = 0; i < a->topk_group; i++)
                     keep = keep || gsel[i] == g;
-                if (!keep) /* HF masks with 0.0, not -inf */
+                /* transformers 5.x masks dropped groups with -inf (4.x and DeepSeek's remote
+                 * code used 0.0, which differs when a kept score sigmoid + bias is negative;
+                 * tests/fixtures/unseen/ds_group_noqlora was made by HF 5.24 to pin this) */
+                if (!keep)
                     for (int e = g * per; e < (g + 1) * per; e++)
-                        choice[e] = 0.0f;
+                        choice[e] = -INFINITY;
             }
         }
         topk_desc(choice, E, K, idx);
