@@ -1,18 +1,36 @@
 /* paraphym.c: the command line.
  *
- *   paraphym logits --model DIR --ids 3,17,42 [--backend cpu] [--prefill N] [--mla naive|absorbed]
- *                   [--threads N]
- *   paraphym info   --model DIR
+ *   paraphym run        [--model DIR] --prompt TEXT [--chat] [--system TEXT] [sampling options]
+ *   paraphym logits     [--model DIR] --ids 3,17,42 [--backend cpu] [--prefill N] [--mla naive|absorbed]
+ *   paraphym perplexity [--model DIR] --file F [--ctx 256] [--max-tokens 32768]
+ *   paraphym tokenize   [--model DIR]          (text on stdin -> JSON array of ids)
+ *   paraphym detokenize [--model DIR]          (JSON array of ids on stdin -> text)
+ *   paraphym info       [--model DIR]
  *
- * stdout carries only the result (one JSON object); errors and progress go to stderr, and a
- * failure exits non-zero.
+ * Without --model, the embedded default model (the Qwen3-Coder nano model committed under
+ * models/) is used. stdout carries only the result; progress, timings and errors go to stderr;
+ * a failure exits non-zero (2 for bad usage, 1 otherwise).
  */
 #include <errno.h>
+#include <json-c/json.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "chat.h"
+#include "eval.h"
+#include "generate.h"
 #include "model.h"
+#include "tokenizer.h"
+
+#ifndef PP_DEFAULT_MODEL_DIR
+#define PP_DEFAULT_MODEL_DIR "models/qwen3_coder_nano"
+#endif
+
+#define MAX_STOP 16
 
 static void usage(FILE *f)
 {
@@ -20,14 +38,25 @@ static void usage(FILE *f)
             "paraphym %s: LLM inference for Kimi K2, Qwen3-Coder and Phi-4-reasoning\n"
             "\n"
             "usage:\n"
-            "  paraphym logits --model DIR --ids ID,ID,... [--backend cpu] [--prefill N]\n"
+            "  paraphym run [--model DIR] --prompt TEXT [--chat] [--system TEXT] [--max-tokens N]\n"
+            "               [--temperature T] [--top-k K] [--top-p P] [--min-p P]\n"
+            "               [--repetition-penalty R] [--stop S]... [--seed S] [--ctx N]\n"
+            "      stream a completion of TEXT (with --chat: of a one-turn chat in the model's\n"
+            "      template) to stdout. Sampling defaults come from generation_config.json;\n"
+            "      --temperature 0 is greedy.\n"
+            "  paraphym logits [--model DIR] --ids ID,ID,... [--backend cpu] [--prefill N]\n"
             "                  [--mla naive|absorbed] [--threads N]\n"
             "      print {\"logits\": [[...], ...]}, one row of n_vocab floats per input id.\n"
-            "      --prefill N runs the first N ids as one prefill and each later id as a\n"
-            "      single-token decode step through the KV cache (default: all ids at once).\n"
-            "  paraphym info --model DIR\n"
-            "      print the model's configuration and weight size as JSON.\n",
-            pp_version());
+            "  paraphym perplexity [--model DIR] --file F [--ctx 256] [--max-tokens 32768]\n"
+            "      print {\"perplexity\": x, \"tokens\": n} over the first max-tokens tokens of F in\n"
+            "      windows of ctx tokens (n = predicted tokens).\n"
+            "  paraphym tokenize [--model DIR]     read text on stdin, print its ids as JSON\n"
+            "  paraphym detokenize [--model DIR]   read a JSON array of ids on stdin, print the text\n"
+            "  paraphym info [--model DIR]         print the model's configuration as JSON\n"
+            "\n"
+            "Without --model the embedded Qwen3-Coder nano model is used (%s,\n"
+            "or $PARAPHYM_DEFAULT_MODEL). DIR is a Hugging Face checkpoint directory.\n",
+            pp_version(), PP_DEFAULT_MODEL_DIR);
 }
 
 typedef struct cli_opts {
@@ -35,8 +64,20 @@ typedef struct cli_opts {
     const char *ids;
     const char *backend;
     const char *mla;
+    const char *prompt;
+    const char *system;
+    const char *file;
+    const char *stop[MAX_STOP];
+    int n_stop;
+    bool chat;
     int prefill; /* 0 = all */
     int threads;
+    int ctx;
+    int max_tokens;
+    bool has_temperature, has_top_k, has_top_p, has_min_p, has_rep, has_seed;
+    float temperature, top_p, min_p, rep;
+    int top_k;
+    uint64_t seed;
 } cli_opts;
 
 static int parse_int(const char *s, const char *flag, int lo, int *out)
@@ -52,6 +93,19 @@ static int parse_int(const char *s, const char *flag, int lo, int *out)
     return 0;
 }
 
+static int parse_float(const char *s, const char *flag, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end != '\0' || !isfinite(v)) {
+        fprintf(stderr, "paraphym: %s expects a finite number, got '%s'\n", flag, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static int parse_opts(int argc, char **argv, cli_opts *o)
 {
     memset(o, 0, sizeof *o);
@@ -62,11 +116,16 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
             usage(stdout);
             exit(0);
         }
+        if (strcmp(a, "--chat") == 0) {
+            o->chat = true;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "paraphym: %s needs a value (or is not an option); see paraphym --help\n", a);
             return -1;
         }
         const char *v = argv[++i];
+        int rc = 0;
         if (strcmp(a, "--model") == 0)
             o->model = v;
         else if (strcmp(a, "--ids") == 0)
@@ -75,20 +134,61 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
             o->backend = v;
         else if (strcmp(a, "--mla") == 0)
             o->mla = v;
-        else if (strcmp(a, "--prefill") == 0) {
-            if (parse_int(v, a, 1, &o->prefill))
+        else if (strcmp(a, "--prompt") == 0)
+            o->prompt = v;
+        else if (strcmp(a, "--system") == 0)
+            o->system = v;
+        else if (strcmp(a, "--file") == 0)
+            o->file = v;
+        else if (strcmp(a, "--stop") == 0) {
+            if (o->n_stop == MAX_STOP || !v[0]) {
+                fprintf(stderr, "paraphym: --stop takes a non-empty string, at most %d times\n", MAX_STOP);
                 return -1;
-        } else if (strcmp(a, "--threads") == 0) {
-            if (parse_int(v, a, 1, &o->threads))
+            }
+            o->stop[o->n_stop++] = v;
+        } else if (strcmp(a, "--prefill") == 0)
+            rc = parse_int(v, a, 1, &o->prefill);
+        else if (strcmp(a, "--threads") == 0)
+            rc = parse_int(v, a, 1, &o->threads);
+        else if (strcmp(a, "--ctx") == 0)
+            rc = parse_int(v, a, 2, &o->ctx);
+        else if (strcmp(a, "--max-tokens") == 0)
+            rc = parse_int(v, a, 1, &o->max_tokens);
+        else if (strcmp(a, "--top-k") == 0) {
+            rc = parse_int(v, a, 0, &o->top_k);
+            o->has_top_k = true;
+        } else if (strcmp(a, "--temperature") == 0) {
+            rc = parse_float(v, a, &o->temperature);
+            o->has_temperature = true;
+        } else if (strcmp(a, "--top-p") == 0) {
+            rc = parse_float(v, a, &o->top_p);
+            o->has_top_p = true;
+        } else if (strcmp(a, "--min-p") == 0) {
+            rc = parse_float(v, a, &o->min_p);
+            o->has_min_p = true;
+        } else if (strcmp(a, "--repetition-penalty") == 0) {
+            rc = parse_float(v, a, &o->rep);
+            o->has_rep = true;
+        } else if (strcmp(a, "--seed") == 0) {
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(v, &end, 10);
+            if (errno || end == v || *end || v[0] == '-') {
+                fprintf(stderr, "paraphym: --seed expects a non-negative integer, got '%s'\n", v);
                 return -1;
+            }
+            o->seed = s;
+            o->has_seed = true;
         } else {
             fprintf(stderr, "paraphym: unknown option %s; see paraphym --help\n", a);
             return -1;
         }
+        if (rc)
+            return -1;
     }
     if (!o->model) {
-        fprintf(stderr, "paraphym: --model DIR is required\n");
-        return -1;
+        const char *env = getenv("PARAPHYM_DEFAULT_MODEL");
+        o->model = env && env[0] ? env : PP_DEFAULT_MODEL_DIR;
     }
     return 0;
 }
@@ -152,6 +252,46 @@ static int load_model(const cli_opts *o, eng_model **model)
     return 0;
 }
 
+static int load_tokenizer(const cli_opts *o, eng_tokenizer **tok)
+{
+    eng_err err = {{0}};
+    pp_status st = eng_tokenizer_load(o->model, tok, &err);
+    if (st != PP_STATUS_OK) {
+        fprintf(stderr, "paraphym: %s (%s)\n", err.msg, pp_status_str(st));
+        return -1;
+    }
+    return 0;
+}
+
+/* Reads a whole stream into a malloc'ed buffer (NUL-terminated; *len excludes the NUL). */
+static char *read_all(FILE *f, size_t *len)
+{
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t got = fread(buf + n, 1, cap - n - 1, f);
+        n += got;
+        if (got == 0)
+            break;
+        if (n + 1 == cap) {
+            char *p = realloc(buf, cap * 2);
+            if (!p) {
+                free(buf);
+                return NULL;
+            }
+            buf = p;
+            cap *= 2;
+        }
+    }
+    if (!buf || ferror(f)) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
 static void print_row(const float *row, int n)
 {
     putchar('[');
@@ -186,14 +326,14 @@ static int cmd_logits(const cli_opts *o)
     float *logits = malloc((size_t)n * (size_t)n_vocab * sizeof(float));
     eng_session *sess = NULL;
     eng_err err = {{0}};
-    pp_status st = logits ? eng_session_create(model, n, &sess, &err) : PP_STATUS_OUT_OF_MEMORY;
+    pp_status st = logits ? eng_session_create(model, n, &sess, &err)
+                          : eng_fail(&err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
     if (st == PP_STATUS_OK)
         st = eng_session_forward(sess, ids, prefill, logits, true, &err);
     for (int i = prefill; i < n && st == PP_STATUS_OK; i++)
         st = eng_session_forward(sess, ids + i, 1, logits + (size_t)i * (size_t)n_vocab, true, &err);
     if (st != PP_STATUS_OK) {
-        fprintf(stderr, "paraphym: %s (%s)\n", st == PP_STATUS_OUT_OF_MEMORY && !err.msg[0] ? "out of memory" : err.msg,
-                pp_status_str(st));
+        fprintf(stderr, "paraphym: %s (%s)\n", err.msg, pp_status_str(st));
     } else {
         fputs("{\"logits\": [", stdout);
         for (int i = 0; i < n; i++) {
@@ -219,11 +359,288 @@ static int cmd_info(const cli_opts *o)
     const eng_config *c = eng_model_config(model);
     printf("{\"model_type\": \"%s\", \"arch\": \"%s\", \"n_vocab\": %d, \"d_model\": %d, \"n_layer\": %d, "
            "\"n_head\": %d, \"n_head_kv\": %d, \"n_expert\": %d, \"n_expert_used\": %d, "
-           "\"weight_bytes\": %zu}\n",
+           "\"max_position_embeddings\": %d, \"weight_bytes\": %zu}\n",
            c->model_type, eng_arch_name(c->arch), c->n_vocab, c->d_model, c->n_layer, c->n_head,
-           c->n_head_kv, c->n_expert, c->n_expert_used, eng_model_weight_bytes(model));
+           c->n_head_kv, c->n_expert, c->n_expert_used, c->max_position_embeddings,
+           eng_model_weight_bytes(model));
     eng_model_free(model);
     return 0;
+}
+
+static int cmd_tokenize(const cli_opts *o)
+{
+    eng_tokenizer *tok = NULL;
+    if (load_tokenizer(o, &tok))
+        return 1;
+    size_t len = 0;
+    char *text = read_all(stdin, &len);
+    if (!text) {
+        fprintf(stderr, "paraphym: cannot read stdin\n");
+        eng_tokenizer_free(tok);
+        return 1;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    eng_err err = {{0}};
+    pp_status st = eng_tokenizer_encode(tok, text, len, true, &ids, &n, &err);
+    if (st != PP_STATUS_OK) {
+        fprintf(stderr, "paraphym: %s (%s)\n", err.msg, pp_status_str(st));
+    } else {
+        putchar('[');
+        for (size_t i = 0; i < n; i++)
+            printf(i ? ", %d" : "%d", ids[i]);
+        fputs("]\n", stdout);
+    }
+    free(ids);
+    free(text);
+    eng_tokenizer_free(tok);
+    return st == PP_STATUS_OK && fflush(stdout) == 0 ? 0 : 1;
+}
+
+static int cmd_detokenize(const cli_opts *o)
+{
+    eng_tokenizer *tok = NULL;
+    if (load_tokenizer(o, &tok))
+        return 1;
+    size_t len = 0;
+    char *text = read_all(stdin, &len);
+    json_tokener *jt = json_tokener_new();
+    json_object *arr = text && jt ? json_tokener_parse_ex(jt, text, (int)len) : NULL;
+    int rc = 1;
+    if (!arr || json_object_get_type(arr) != json_type_array) {
+        fprintf(stderr, "paraphym: detokenize expects a JSON array of token ids on stdin\n");
+        goto out;
+    }
+    size_t n = json_object_array_length(arr);
+    int32_t *ids = malloc((n ? n : 1) * sizeof *ids);
+    if (!ids)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        json_object *v = json_object_array_get_idx(arr, i);
+        int64_t x = json_object_get_int64(v);
+        if (json_object_get_type(v) != json_type_int || x < 0 || x > INT32_MAX) {
+            fprintf(stderr, "paraphym: element %zu of the input is not a token id\n", i);
+            free(ids);
+            goto out;
+        }
+        ids[i] = (int32_t)x;
+    }
+    char *out = NULL;
+    size_t out_len = 0;
+    eng_err err = {{0}};
+    pp_status st = eng_tokenizer_decode(tok, ids, n, &out, &out_len, &err);
+    if (st != PP_STATUS_OK) {
+        fprintf(stderr, "paraphym: %s (%s)\n", err.msg, pp_status_str(st));
+    } else {
+        fwrite(out, 1, out_len, stdout);
+        rc = fflush(stdout) == 0 ? 0 : 1;
+    }
+    free(out);
+    free(ids);
+out:
+    json_object_put(arr);
+    if (jt)
+        json_tokener_free(jt);
+    free(text);
+    eng_tokenizer_free(tok);
+    return rc;
+}
+
+static void progress(void *user, size_t done, size_t total)
+{
+    (void)user;
+    fprintf(stderr, "\rparaphym: perplexity %zu / %zu tokens", done, total);
+    if (done == total)
+        fputc('\n', stderr);
+}
+
+static int cmd_perplexity(const cli_opts *o)
+{
+    if (!o->file) {
+        fprintf(stderr, "paraphym: perplexity needs --file F\n");
+        return 2;
+    }
+    FILE *f = fopen(o->file, "rb");
+    if (!f) {
+        fprintf(stderr, "paraphym: cannot open %s: %s\n", o->file, strerror(errno));
+        return 1;
+    }
+    size_t len = 0;
+    char *text = read_all(f, &len);
+    fclose(f);
+    if (!text) {
+        fprintf(stderr, "paraphym: cannot read %s\n", o->file);
+        return 1;
+    }
+    eng_tokenizer *tok = NULL;
+    eng_model *model = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = 1;
+    eng_err err = {{0}};
+    if (load_tokenizer(o, &tok) || load_model(o, &model))
+        goto out;
+    pp_status st = eng_tokenizer_encode(tok, text, len, false, &ids, &n, &err);
+    if (st == PP_STATUS_OK) {
+        size_t limit = o->max_tokens ? (size_t)o->max_tokens : 32768;
+        if (n > limit)
+            n = limit;
+        double ppl;
+        size_t n_pred;
+        st = eng_perplexity(model, ids, n, o->ctx ? o->ctx : 256, &ppl, &n_pred, progress, NULL, &err);
+        if (st == PP_STATUS_OK) {
+            printf("{\"perplexity\": %.9g, \"tokens\": %zu}\n", ppl, n_pred);
+            rc = fflush(stdout) == 0 ? 0 : 1;
+        }
+    }
+    if (st != PP_STATUS_OK)
+        fprintf(stderr, "paraphym: %s (%s)\n", err.msg, pp_status_str(st));
+out:
+    free(ids);
+    free(text);
+    eng_model_free(model);
+    eng_tokenizer_free(tok);
+    return rc;
+}
+
+typedef struct run_stats {
+    size_t prompt_tokens, completion_tokens;
+    eng_finish finish;
+    double t_first; /* time of the first chunk */
+} run_stats;
+
+static double now_s(void);
+
+static bool write_chunk(void *user, const eng_chunk *ch)
+{
+    run_stats *rs = user;
+    if (rs->t_first == 0.0)
+        rs->t_first = now_s();
+    rs->prompt_tokens = ch->prompt_tokens;
+    rs->completion_tokens = ch->completion_tokens;
+    rs->finish = ch->finish;
+    if (ch->text_len) {
+        fwrite(ch->text, 1, ch->text_len, stdout);
+        fflush(stdout);
+    }
+    return !ferror(stdout);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Builds the one-turn chat's messages JSON: [{system}?, {user}]. */
+static char *chat_messages_json(const char *system, const char *user)
+{
+    json_object *arr = json_object_new_array();
+    if (system) {
+        json_object *m = json_object_new_object();
+        json_object_object_add(m, "role", json_object_new_string("system"));
+        json_object_object_add(m, "content", json_object_new_string(system));
+        json_object_array_add(arr, m);
+    }
+    json_object *m = json_object_new_object();
+    json_object_object_add(m, "role", json_object_new_string("user"));
+    json_object_object_add(m, "content", json_object_new_string(user));
+    json_object_array_add(arr, m);
+    char *s = strdup(json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN));
+    json_object_put(arr);
+    return s;
+}
+
+static int cmd_run(const cli_opts *o)
+{
+    if (!o->prompt) {
+        fprintf(stderr, "paraphym: run needs --prompt TEXT\n");
+        return 2;
+    }
+    if (o->system && !o->chat) {
+        fprintf(stderr, "paraphym: --system needs --chat\n");
+        return 2;
+    }
+    eng_tokenizer *tok = NULL;
+    eng_model *model = NULL;
+    char *prompt = NULL, *messages = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0, prompt_len = 0;
+    int rc = 1;
+    eng_err err = {{0}};
+    pp_status st = PP_STATUS_OK;
+    if (load_tokenizer(o, &tok) || load_model(o, &model))
+        goto out;
+    eng_gen_params gp;
+    eng_gen_params_default(&gp, model);
+    if ((st = eng_sampling_load_defaults(o->model, &gp.sampling, &err)) != PP_STATUS_OK)
+        goto fail;
+    if (o->has_temperature)
+        gp.sampling.temperature = o->temperature;
+    if (o->has_top_k)
+        gp.sampling.top_k = o->top_k;
+    if (o->has_top_p)
+        gp.sampling.top_p = o->top_p;
+    if (o->has_min_p)
+        gp.sampling.min_p = o->min_p;
+    if (o->has_rep)
+        gp.sampling.repetition_penalty = o->rep;
+    gp.sampling.seed = o->has_seed ? o->seed : ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid();
+    if ((st = eng_sampling_validate(&gp.sampling, &err)) != PP_STATUS_OK)
+        goto fail;
+    if (o->max_tokens)
+        gp.max_tokens = o->max_tokens;
+    gp.n_ctx = o->ctx;
+    gp.stop = o->stop;
+    gp.n_stop = (size_t)o->n_stop;
+    if (o->chat) {
+        const eng_config *c = eng_model_config(model);
+        messages = chat_messages_json(o->system, o->prompt);
+        if (!messages) {
+            st = eng_fail(&err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+            goto fail;
+        }
+        if ((st = eng_chat_render(eng_chat_format_for(c->arch), messages, NULL, true, &prompt, &prompt_len,
+                                  &err)) != PP_STATUS_OK)
+            goto fail;
+        int32_t end_turn = eng_tokenizer_special_id(tok, "<|im_end|>");
+        if (end_turn >= 0 && gp.n_stop_ids < ENG_MAX_STOP_IDS)
+            gp.stop_ids[gp.n_stop_ids++] = end_turn;
+    }
+    const char *text = prompt ? prompt : o->prompt;
+    size_t text_len = prompt ? prompt_len : strlen(o->prompt);
+    if ((st = eng_tokenizer_encode(tok, text, text_len, true, &ids, &n_ids, &err)) != PP_STATUS_OK)
+        goto fail;
+    fprintf(stderr, "paraphym: %zu prompt tokens; temperature %g, top_k %d, top_p %g, min_p %g, "
+                    "repetition_penalty %g, seed %llu, max_tokens %d\n",
+            n_ids, (double)gp.sampling.temperature, gp.sampling.top_k, (double)gp.sampling.top_p,
+            (double)gp.sampling.min_p, (double)gp.sampling.repetition_penalty,
+            (unsigned long long)gp.sampling.seed, gp.max_tokens);
+    double t0 = now_s();
+    run_stats rs = {0, 0, ENG_FINISH_NONE, 0.0};
+    st = eng_generate(model, tok, ids, n_ids, &gp, write_chunk, &rs, &err);
+    double t1 = now_s();
+    if (st != PP_STATUS_OK)
+        goto fail;
+    fflush(stdout);
+    double decode_s = t1 - (rs.t_first > 0 ? rs.t_first : t0);
+    fprintf(stderr, "\nparaphym: finish %s; %zu prompt + %zu generated tokens in %.2f s "
+                    "(first text after %.3f s, then %.1f tokens/s)\n",
+            eng_finish_name(rs.finish), rs.prompt_tokens, rs.completion_tokens, t1 - t0,
+            (rs.t_first > 0 ? rs.t_first : t1) - t0,
+            rs.completion_tokens > 1 && decode_s > 0 ? (double)(rs.completion_tokens - 1) / decode_s : 0.0);
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "paraphym: %s (%s)\n", err.msg, pp_status_str(st));
+out:
+    free(ids);
+    free(prompt);
+    free(messages);
+    eng_model_free(model);
+    eng_tokenizer_free(tok);
+    return rc;
 }
 
 int main(int argc, char **argv)
@@ -236,15 +653,25 @@ int main(int argc, char **argv)
         printf("paraphym %s\n", pp_version());
         return 0;
     }
-    static char outbuf[1 << 16];
-    setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
-    cli_opts o;
-    const char *cmd = argv[1];
-    if (strcmp(cmd, "logits") != 0 && strcmp(cmd, "info") != 0) {
-        fprintf(stderr, "paraphym: unknown command '%s'; see paraphym --help\n", cmd);
-        return 2;
+    static const struct {
+        const char *name;
+        int (*fn)(const cli_opts *);
+    } cmds[] = {
+        {"run", cmd_run},           {"logits", cmd_logits},         {"perplexity", cmd_perplexity},
+        {"tokenize", cmd_tokenize}, {"detokenize", cmd_detokenize}, {"info", cmd_info},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (strcmp(argv[1], cmds[i].name) != 0)
+            continue;
+        cli_opts o;
+        if (parse_opts(argc, argv, &o))
+            return 2;
+        if (strcmp(cmds[i].name, "logits") == 0 || strcmp(cmds[i].name, "info") == 0) {
+            static char outbuf[1 << 16];
+            setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
+        }
+        return cmds[i].fn(&o);
     }
-    if (parse_opts(argc, argv, &o))
-        return 2;
-    return strcmp(cmd, "logits") == 0 ? cmd_logits(&o) : cmd_info(&o);
+    fprintf(stderr, "paraphym: unknown command '%s'; see paraphym --help\n", argv[1]);
+    return 2;
 }

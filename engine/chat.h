@@ -6,7 +6,8 @@
  *     `<|im_assistant|>assistant<|im_middle|>`;
  *   - Qwen3-Coder: ChatML `<|im_start|>role\n...<|im_end|>\n`, its XML tool declarations,
  *     `<tool_call><function=...><parameter=...>` calls and grouped `<tool_response>` turns;
- *   - Phi-4-reasoning: `<|im_start|>role<|im_sep|>...<|im_end|>`.
+ *   - Phi-4-reasoning: `<|im_start|>role<|im_sep|>...<|im_end|>`, with its reasoning system
+ *     prompt as the first turn when the conversation does not start with a system message.
  *
  * Messages and tools are JSON as in the OpenAI / transformers convention:
  *   messages: [{"role": "system"|"user"|"assistant"|"tool", "content": "...",
@@ -36,7 +37,7 @@ typedef enum eng_chat_format {
 eng_chat_format eng_chat_format_for(eng_arch arch);
 
 /* Renders messages_json (a JSON array, required) and tools_json (a JSON array or NULL) into a
- * malloc'ed NUL-terminated prompt (*len excludes the NUL). BAD_FORMAT / INVALID_ARG with a
+ * malloc'ed NUL-terminated prompt (*len excludes the NUL; *out = NULL and *len = 0 on failure). BAD_FORMAT / INVALID_ARG with a
  * message for malformed JSON, an unknown role or a missing field. */
 pp_status eng_chat_render(eng_chat_format fmt, const char *messages_json, const char *tools_json,
                           bool add_generation_prompt, char **out, size_t *len, eng_err *err);

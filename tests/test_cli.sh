@@ -35,7 +35,6 @@ copy_model() {
 
 expect_fail "no arguments" "usage"
 expect_fail "unknown command" "unknown command" frobnicate
-expect_fail "missing --model" "--model" logits --ids 1,2
 expect_fail "missing --ids" "--ids" logits --model "$tiny"
 expect_fail "bad ids" "integers" logits --model "$tiny" --ids 1,x,3
 expect_fail "negative id" "integers" logits --model "$tiny" --ids 1,-3
@@ -77,6 +76,52 @@ expect_fail "config not JSON" "config.json|json" logits --model "$tmp/cfgjson" -
 copy_model "$tiny" shape
 sed -i 's/"hidden_size": 128/"hidden_size": 64/' "$tmp/shape/config.json"
 expect_fail "weights do not match the config" "shape|expected" logits --model "$tmp/shape" --ids 1
+
+# Text commands: bad input.
+expect_fail "run without --prompt" "--prompt" run --model "$nano"
+expect_fail "NaN temperature" "finite number" run --model "$nano" --prompt hi --temperature nan
+expect_fail "negative temperature" "temperature" run --model "$nano" --prompt hi --temperature -1
+expect_fail "top_p 0" "top_p" run --model "$nano" --prompt hi --top-p 0
+expect_fail "negative top_k" "top-k" run --model "$nano" --prompt hi --top-k -5
+expect_fail "negative repetition penalty" "repetition_penalty" run --model "$nano" --prompt hi --repetition-penalty -1
+expect_fail "prompt longer than the context" "context" run --model "$nano" --prompt "def f(x): return x + 1" --ctx 4
+expect_fail "--system without --chat" "--chat" run --model "$nano" --prompt hi --system "be terse"
+mkdir -p "$tmp/notok"
+cp "$nano/config.json" "$tmp/notok/"
+expect_fail "no tokenizer files" "tokenizer.json" tokenize --model "$tmp/notok"
+expect_fail "detokenize bad JSON" "JSON array" detokenize --model "$nano" <<<"[1, 2"
+expect_fail "detokenize id out of range" "8000|range|outside" detokenize --model "$nano" <<<"[1, 99999]"
+expect_fail "perplexity missing file" "cannot open" perplexity --model "$nano" --file "$tmp/none.txt"
+
+# Text commands: good input. A directory holding only tokenizer files can tokenize.
+mkdir -p "$tmp/tokonly"
+cp "$nano/tokenizer.json" "$tmp/tokonly/"
+printf 'def fibonacci(n):\n    return <|im_end|> caf\xc3\xa9\n' >"$tmp/text.txt"
+if "$bin" tokenize --model "$tmp/tokonly" <"$tmp/text.txt" >"$tmp/ids.json" 2>"$tmp/err" &&
+    "$bin" detokenize --model "$tmp/tokonly" <"$tmp/ids.json" >"$tmp/back.txt" 2>>"$tmp/err" &&
+    cmp -s "$tmp/text.txt" "$tmp/back.txt" && grep -qE "(^|[^0-9])7999([^0-9]|$)" "$tmp/ids.json"; then
+    echo "ok   tokenize | detokenize round trip from a tokenizer-only directory: $(cat "$tmp/ids.json")"
+else
+    echo "FAIL tokenize/detokenize round trip: $(cat "$tmp/err") ids=$(cat "$tmp/ids.json" 2>/dev/null)"
+    fails=$((fails + 1))
+fi
+"$bin" run --model "$nano" --prompt 'def fibonacci(n):
+' --temperature 0 --max-tokens 48 >"$tmp/run.txt" 2>"$tmp/err"
+want='    return fibonacci(n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,'
+if [ "$(cat "$tmp/run.txt")" = "$want" ]; then
+    echo "ok   run --temperature 0 reproduces the reference greedy text, stdout holds only it"
+else
+    echo "FAIL run: got '$(cat "$tmp/run.txt")' stderr $(tail -c 300 "$tmp/err")"
+    fails=$((fails + 1))
+fi
+"$bin" run --prompt 'import numpy as np' --max-tokens 8 --seed 5 >"$tmp/run1.txt" 2>"$tmp/err1"
+"$bin" run --prompt 'import numpy as np' --max-tokens 8 --seed 5 >"$tmp/run2.txt" 2>"$tmp/err2"
+if [ -s "$tmp/run1.txt" ] && cmp -s "$tmp/run1.txt" "$tmp/run2.txt"; then
+    echo "ok   run with the embedded default model: same seed, same text"
+else
+    echo "FAIL run default model / seed: $(cat "$tmp/err1")"
+    fails=$((fails + 1))
+fi
 
 # Good input: one JSON object, n_ids rows of n_vocab, identical whatever --prefill is.
 ids=3,17,42,7,99,1

@@ -1,0 +1,73 @@
+/* generate.h: text generation as a stream of chunks: prefill the prompt, then sample one token
+ * per decode step, detokenize incrementally, watch stop tokens and stop strings, and hand each
+ * piece of new text to a callback. The pool will carry these chunks across threads.
+ *
+ * Invariants: text handed out is always whole UTF-8 characters; text that could still be the
+ * start of a stop string is held back until it cannot be, and a matched stop string is never
+ * emitted; the last chunk (and only it) has finish != ENG_FINISH_NONE and carries the usage.
+ */
+#ifndef ENG_GENERATE_H
+#define ENG_GENERATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+typedef enum eng_finish {
+    ENG_FINISH_NONE = 0,  /* more chunks follow */
+    ENG_FINISH_STOP,      /* an end-of-sequence token or a stop string */
+    ENG_FINISH_LENGTH,    /* max_tokens generated or the context is full */
+    ENG_FINISH_CANCELLED, /* the callback asked to stop */
+    ENG_FINISH_ERROR,     /* the forward pass failed (the status says why) */
+} eng_finish;
+
+const char *eng_finish_name(eng_finish f); /* "stop", "length", "cancelled", "error", "" */
+
+typedef struct eng_chunk {
+    const char *text;   /* new text, NUL-terminated, valid during the callback */
+    size_t text_len;
+    const int32_t *ids; /* ids generated since the previous chunk */
+    size_t n_ids;
+    eng_finish finish;
+    size_t prompt_tokens;     /* usage so far */
+    size_t completion_tokens;
+} eng_chunk;
+
+/* Called for every chunk; return false to cancel (a final chunk with ENG_FINISH_CANCELLED
+ * follows). */
+typedef bool (*eng_chunk_fn)(void *user, const eng_chunk *chunk);
+
+#define ENG_MAX_STOP_IDS 16
+
+typedef struct eng_gen_params {
+    eng_sampling sampling;
+    int max_tokens;            /* > 0 */
+    int n_ctx;                 /* context limit; <= 0: min(max_position_embeddings, prompt + max_tokens) */
+    const char *const *stop;   /* stop strings (may be NULL) */
+    size_t n_stop;
+    int32_t stop_ids[ENG_MAX_STOP_IDS]; /* end-of-sequence ids: generation stops after one */
+    int n_stop_ids;
+} eng_gen_params;
+
+/* Fills defaults: greedy, max_tokens 256, no stop strings, the model's eos ids as stop ids. */
+void eng_gen_params_default(eng_gen_params *p, const eng_model *model);
+
+/* Reads DIR/generation_config.json's sampling defaults (do_sample, temperature, top_k, top_p,
+ * min_p, repetition_penalty) into *s when the file exists; do_sample false means greedy.
+ * Leaves *s unchanged when there is no file. */
+pp_status eng_sampling_load_defaults(const char *dir, eng_sampling *s, eng_err *err);
+
+/* Generates a continuation of prompt_ids. INVALID_ARG (before any chunk) for bad parameters, an
+ * empty prompt or a prompt that does not fit the context (no truncation: the caller decides).
+ * Returns the forward pass's status when it fails mid-stream, after a final chunk with
+ * ENG_FINISH_ERROR. */
+pp_status eng_generate(eng_model *model, const eng_tokenizer *tok, const int32_t *prompt_ids,
+                       size_t n_prompt, const eng_gen_params *p, eng_chunk_fn fn, void *user,
+                       eng_err *err);
+
+#endif /* ENG_GENERATE_H */
