@@ -112,14 +112,36 @@ fail:
     return st;
 }
 
+pp_status eng_model_fork(const eng_model *src, int n_threads, eng_model **out, eng_err *err)
+{
+    *out = NULL;
+    eng_model *m = malloc(sizeof *m);
+    if (!m)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    *m = *src;
+    m->rope.inv_freq = m->inv_freq;
+    m->opts.n_threads = n_threads;
+    m->weights_owner = src->weights_owner ? src->weights_owner : src;
+    m->be = NULL;
+    pp_status st = eng_backend_cpu_create(n_threads, &m->be, err);
+    if (st != PP_STATUS_OK) {
+        free(m);
+        return st;
+    }
+    *out = m;
+    return PP_STATUS_OK;
+}
+
 void eng_model_free(eng_model *m)
 {
     if (!m)
         return;
-    if (m->family && m->layers)
-        m->family->unbind(m);
+    if (!m->weights_owner) {
+        if (m->family && m->layers)
+            m->family->unbind(m);
+        eng_st_set_close(m->st);
+    }
     eng_backend_destroy(m->be);
-    eng_st_set_close(m->st);
     free(m);
 }
 
@@ -269,6 +291,22 @@ pp_status eng_moe_forward(eng_model *m, const eng_moe *moe, const float *x, int 
 
 /* ---- sessions -------------------------------------------------------------------------------- */
 
+pp_status eng_session_bytes(const eng_config *c, eng_mla_mode mla, int n_ctx, int n_batch,
+                            uint64_t *kv_bytes, uint64_t *scratch_bytes)
+{
+    const eng_family *f = family_for(c->arch);
+    if (!f || n_ctx <= 0 || n_batch <= 0)
+        return PP_STATUS_INVALID_ARG;
+    int64_t kw, vw;
+    f->kv_widths(c, mla, &kw, &vw);
+    *kv_bytes = (uint64_t)n_ctx * (uint64_t)c->n_layer * (uint64_t)(kw + vw) * sizeof(float);
+    /* one forward of n_batch tokens: hidden state, logits of every row, the family's scratch */
+    size_t floats = (size_t)n_batch * (size_t)c->d_model + (size_t)n_batch * (size_t)c->n_vocab +
+                    f->scratch_floats(c, n_batch, n_ctx);
+    *scratch_bytes = (uint64_t)floats * sizeof(float);
+    return PP_STATUS_OK;
+}
+
 pp_status eng_session_create(eng_model *m, int n_ctx, eng_session **out, eng_err *err)
 {
     *out = NULL;
@@ -279,7 +317,7 @@ pp_status eng_session_create(eng_model *m, int n_ctx, eng_session **out, eng_err
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "session: out of memory");
     s->m = m;
     s->n_ctx = n_ctx;
-    m->family->kv_widths(m, &s->k_width, &s->v_width);
+    m->family->kv_widths(&m->cfg, m->opts.mla, &s->k_width, &s->v_width);
     int L = m->cfg.n_layer;
     s->k_cache = calloc((size_t)L, sizeof *s->k_cache);
     s->v_cache = calloc((size_t)L, sizeof *s->v_cache);
@@ -359,8 +397,8 @@ pp_status eng_session_forward(eng_session *s, const int32_t *ids, int n_tokens, 
     int n_out = all_logits ? n_tokens : 1;
     size_t n_h = (size_t)n_tokens * (size_t)c->d_model;
     size_t n_logits = (size_t)n_out * (size_t)c->n_vocab;
-    size_t n_fam = m->family->scratch_floats(m, n_tokens, s->pos + n_tokens);
-    float *base;
+    size_t n_fam = m->family->scratch_floats(c, n_tokens, s->pos + n_tokens);
+    float *base = NULL;
     pp_status st = eng_session_scratch(s, n_h + n_logits + n_fam, &base, err);
     if (st != PP_STATUS_OK)
         return st;

@@ -2,7 +2,8 @@
  *
  * An eng_model holds the config, the memory-mapped weights and the backend; it is read-only
  * after load and may be shared by sessions on one thread at a time (the backend's scratch is not
- * shared-safe). An eng_session holds one sequence's KV cache and position.
+ * shared-safe); eng_model_fork gives another thread its own backend over the same weights.
+ * An eng_session holds one sequence's KV cache and position.
  */
 #ifndef ENG_MODEL_H
 #define ENG_MODEL_H
@@ -33,12 +34,24 @@ void eng_model_opts_default(eng_model_opts *opts);
  * *out = NULL and a message in err: NOT_FOUND (no config.json, missing tensor or shard),
  * BAD_FORMAT, UNSUPPORTED, INVALID_ARG (bad option), OUT_OF_MEMORY. */
 pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model **out, eng_err *err);
-void eng_model_free(eng_model *model); /* NULL-safe; sessions must be freed first */
+void eng_model_free(eng_model *model); /* NULL-safe; sessions and forks must be freed first */
+
+/* A second runtime over the same weights: the fork borrows src's mapped tensors and bound layers
+ * (no copy) and owns a backend of its own (n_threads CPU threads), so src and the fork can run
+ * on two threads at once. src must outlive the fork. */
+pp_status eng_model_fork(const eng_model *src, int n_threads, eng_model **out, eng_err *err);
 
 const eng_config *eng_model_config(const eng_model *model);
 const char *eng_model_backend_name(const eng_model *model);
 /* Bytes of weights as stored (what the model maps). */
 size_t eng_model_weight_bytes(const eng_model *model);
+
+/* Memory a session of this config needs on the CPU backend (f32): its KV cache for n_ctx
+ * positions, and the scratch of one forward of n_batch tokens with every row's logits (the
+ * largest scratch eng_session_forward allocates for that many tokens). No model needs to be
+ * loaded; INVALID_ARG for non-positive sizes. */
+pp_status eng_session_bytes(const eng_config *c, eng_mla_mode mla, int n_ctx, int n_batch,
+                            uint64_t *kv_bytes, uint64_t *scratch_bytes);
 
 /* A sequence with room for n_ctx positions. */
 pp_status eng_session_create(eng_model *model, int n_ctx, eng_session **out, eng_err *err);

@@ -84,10 +84,9 @@ static void ds_unbind(eng_model *m)
     m->layers = NULL;
 }
 
-static void ds_kv_widths(const eng_model *m, int64_t *k_width, int64_t *v_width)
+static void ds_kv_widths(const eng_config *c, eng_mla_mode mla, int64_t *k_width, int64_t *v_width)
 {
-    const eng_config *c = &m->cfg;
-    if (m->opts.mla == ENG_MLA_ABSORBED) {
+    if (mla == ENG_MLA_ABSORBED) {
         *k_width = c->kv_lora_rank; /* c_kv */
         *v_width = c->d_rope;       /* k_pe */
     } else {
@@ -96,9 +95,8 @@ static void ds_kv_widths(const eng_model *m, int64_t *k_width, int64_t *v_width)
     }
 }
 
-static size_t ds_scratch(const eng_model *m, int n_tokens, int n_ctx)
+static size_t ds_scratch(const eng_config *c, int n_tokens, int n_ctx)
 {
-    const eng_config *c = &m->cfg;
     (void)n_ctx;
     size_t T = (size_t)n_tokens, H = (size_t)c->n_head;
     size_t d_qk = (size_t)(c->d_nope + c->d_rope);

@@ -19,9 +19,9 @@ typedef struct eng_family {
     pp_status (*bind)(eng_model *m, eng_err *err);
     void (*unbind)(eng_model *m);
     /* Floats per token per layer in the K and V caches. */
-    void (*kv_widths)(const eng_model *m, int64_t *k_width, int64_t *v_width);
-    /* Scratch floats one forward of n_tokens needs (beyond the hidden state). */
-    size_t (*scratch_floats)(const eng_model *m, int n_tokens, int n_ctx);
+    void (*kv_widths)(const eng_config *c, eng_mla_mode mla, int64_t *k_width, int64_t *v_width);
+    /* Scratch floats one forward of n_tokens needs (beyond the hidden state and logits). */
+    size_t (*scratch_floats)(const eng_config *c, int n_tokens, int n_ctx);
     /* h: [n_tokens][d_model] residual stream, updated in place through every layer; scratch:
      * scratch_floats(m, n_tokens, pos + n_tokens) floats of backend memory. Writes the KV cache
      * at positions s->pos .. s->pos + n_tokens - 1; model.c advances s->pos afterwards. */
@@ -47,6 +47,8 @@ struct eng_model {
     eng_rope rope;
     float inv_freq[ENG_MAX_ROPE_DIM / 2];
     float attn_scale;
+
+    const eng_model *weights_owner; /* NULL, or the model whose st/layers this fork borrows */
 };
 
 struct eng_session {

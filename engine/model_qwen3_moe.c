@@ -69,15 +69,15 @@ static void qwen_unbind(eng_model *m)
     m->layers = NULL;
 }
 
-static void qwen_kv_widths(const eng_model *m, int64_t *k_width, int64_t *v_width)
+static void qwen_kv_widths(const eng_config *c, eng_mla_mode mla, int64_t *k_width, int64_t *v_width)
 {
-    *k_width = (int64_t)m->cfg.n_head_kv * m->cfg.d_head;
+    (void)mla;
+    *k_width = (int64_t)c->n_head_kv * c->d_head;
     *v_width = *k_width;
 }
 
-static size_t qwen_scratch(const eng_model *m, int n_tokens, int n_ctx)
+static size_t qwen_scratch(const eng_config *c, int n_tokens, int n_ctx)
 {
-    const eng_config *c = &m->cfg;
     (void)n_ctx;
     size_t T = (size_t)n_tokens;
     size_t q_w = (size_t)c->n_head * (size_t)c->d_head, kv_w = (size_t)c->n_head_kv * (size_t)c->d_head;

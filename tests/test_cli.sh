@@ -123,6 +123,15 @@ else
     fails=$((fails + 1))
 fi
 
+# A short perplexity through the CLI (8 windows of 256: 8 x 255 predicted tokens).
+"$bin" perplexity --model "$nano" --file "$nano/heldout.txt" --max-tokens 2048 >"$tmp/ppl.json" 2>"$tmp/err"
+if python3 -c 'import json,math,sys; d=json.load(open(sys.argv[1])); assert d["tokens"] == 2040 and 1 < d["perplexity"] < 100, d' "$tmp/ppl.json"; then
+    echo "ok   perplexity --max-tokens 2048: $(cat "$tmp/ppl.json")"
+else
+    echo "FAIL perplexity: $(cat "$tmp/ppl.json") $(tail -c 300 "$tmp/err")"
+    fails=$((fails + 1))
+fi
+
 # Good input: one JSON object, n_ids rows of n_vocab, identical whatever --prefill is.
 ids=3,17,42,7,99,1
 "$bin" logits --model "$tiny" --ids $ids >"$tmp/a.json" 2>"$tmp/err" || { echo "FAIL logits: $(cat "$tmp/err")"; fails=$((fails + 1)); }

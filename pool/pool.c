@@ -1,0 +1,1009 @@
+/* pool.c: the text-to-text worker pool and its completion streams.
+ *
+ * One process-wide pool. Per model (registry key) a slot holds the loaded weights, the tokenizer
+ * and one or two workers; each worker is a thread with its own request queue and its own backend
+ * (eng_model_fork shares the weights), running eng_generate and pushing chunks into the
+ * request's stream. The governor decides how many workers a cold start gets and holds their
+ * memory until the slot is evicted. A maintenance thread evicts idle slots.
+ *
+ * Locking: one pool mutex guards slots, worker queues and counters; each stream has its own
+ * mutex. The pool mutex is never held while loading a model, generating, or joining a thread.
+ * Invariants: every stream gets exactly one terminal item (final chunk or error); a slot in
+ * state READY has n_workers running workers; a slot is evicted only when no request is queued,
+ * running or being prepared for it.
+ */
+#include "pool.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat.h"
+#include "generate.h"
+#include "model.h"
+#include "tokenizer.h"
+
+/* How long a prompt waits for another thread's cold start of the same model before giving up
+ * with PP_STATUS_TIMEOUT (a 1 TB checkpoint can take minutes to map and check). */
+#define SPAWN_WAIT_S 600
+/* Default idle time after which a model's workers are evicted (PARAPHYM_IDLE_TIMEOUT_S). */
+#define IDLE_TIMEOUT_S 300.0
+
+/* ---- logging and last error ---------------------------------------------------------------- */
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static pp_log_fn log_fn;
+static void *log_user;
+static _Thread_local char last_error[1024];
+
+void pp_set_log_callback(pp_log_fn fn, void *user)
+{
+    pthread_mutex_lock(&log_mu);
+    log_fn = fn;
+    log_user = user;
+    pthread_mutex_unlock(&log_mu);
+}
+
+void pool_log(const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    pthread_mutex_lock(&log_mu);
+    if (log_fn)
+        log_fn(log_user, line);
+    else
+        fprintf(stderr, "paraphym: %s\n", line);
+    pthread_mutex_unlock(&log_mu);
+}
+
+void pool_set_last_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+}
+
+const char *pp_last_error(void) { return last_error; }
+
+/* snprintf into an error buffer; truncation of a long message is intended. */
+static void msgf(char *msg, size_t msg_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void msgf(char *msg, size_t msg_len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, msg_len, fmt, ap);
+    va_end(ap);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Absolute CLOCK_MONOTONIC deadline `seconds` from now. */
+static struct timespec deadline_in(double seconds)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long ns = (long long)ts.tv_nsec + (long long)((seconds - (double)(long long)seconds) * 1e9);
+    ts.tv_sec += (time_t)seconds + (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    return ts;
+}
+
+static void cond_init_monotonic(pthread_cond_t *cv)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
+/* ---- streams --------------------------------------------------------------------------------- */
+
+typedef struct stream_item {
+    char *text;
+    size_t text_len;
+    int32_t *ids;
+    size_t n_ids;
+    pp_finish_reason finish;
+    size_t prompt_tokens, completion_tokens;
+    struct stream_item *next;
+} stream_item;
+
+struct pp_stream {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    stream_item *head, *tail;
+    bool done;            /* the producer has pushed its terminal item */
+    pp_status error;      /* PP_STATUS_OK, or the error the stream failed with */
+    char error_msg[1024];
+    pp_status terminal;   /* what every later pp_stream_next returns; OK until reached */
+    atomic_bool cancel;
+    int refs;             /* the caller and, while it runs, the producer */
+    stream_item *current; /* the item last handed out, freed by the next call */
+};
+
+static void item_free(stream_item *it)
+{
+    if (!it)
+        return;
+    free(it->text);
+    free(it->ids);
+    free(it);
+}
+
+static pp_stream *stream_new(int refs)
+{
+    pp_stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    pthread_mutex_init(&s->mu, NULL);
+    cond_init_monotonic(&s->cv);
+    s->refs = refs;
+    return s;
+}
+
+static void stream_destroy(pp_stream *s)
+{
+    stream_item *it = s->head;
+    while (it) {
+        stream_item *next = it->next;
+        item_free(it);
+        it = next;
+    }
+    item_free(s->current);
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+static void stream_unref(pp_stream *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int left = --s->refs;
+    pthread_mutex_unlock(&s->mu);
+    if (left == 0)
+        stream_destroy(s);
+}
+
+/* Queues a chunk; returns false (and queues nothing) when out of memory. */
+static bool stream_push(pp_stream *s, const char *text, size_t text_len, const int32_t *ids, size_t n_ids,
+                        pp_finish_reason finish, size_t prompt_tokens, size_t completion_tokens)
+{
+    stream_item *it = calloc(1, sizeof *it);
+    if (!it)
+        return false;
+    it->text = malloc(text_len + 1);
+    it->ids = malloc((n_ids ? n_ids : 1) * sizeof *ids);
+    if (!it->text || !it->ids) {
+        item_free(it);
+        return false;
+    }
+    memcpy(it->text, text, text_len);
+    it->text[text_len] = '\0';
+    it->text_len = text_len;
+    if (n_ids)
+        memcpy(it->ids, ids, n_ids * sizeof *ids);
+    it->n_ids = n_ids;
+    it->finish = finish;
+    it->prompt_tokens = prompt_tokens;
+    it->completion_tokens = completion_tokens;
+    pthread_mutex_lock(&s->mu);
+    if (s->tail)
+        s->tail->next = it;
+    else
+        s->head = it;
+    s->tail = it;
+    if (finish != PP_FINISH_NONE)
+        s->done = true;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    return true;
+}
+
+/* Ends the stream with an error (ignored if it already ended). */
+static void stream_fail(pp_stream *s, pp_status status, const char *msg)
+{
+    pthread_mutex_lock(&s->mu);
+    if (!s->done) {
+        s->done = true;
+        s->error = status;
+        snprintf(s->error_msg, sizeof s->error_msg, "%s", msg);
+    }
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+pp_stream *pool_error_stream(pp_status status, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    pool_set_last_error("%s", msg);
+    pp_stream *s = stream_new(1);
+    if (s)
+        stream_fail(s, status, msg);
+    return s;
+}
+
+pp_status pp_stream_next(pp_stream *s, pp_chunk *out, int timeout_ms)
+{
+    if (!s || !out)
+        return PP_STATUS_INVALID_ARG;
+    memset(out, 0, sizeof *out);
+    out->text = "";
+    pthread_mutex_lock(&s->mu);
+    item_free(s->current);
+    s->current = NULL;
+    struct timespec dl = deadline_in(timeout_ms > 0 ? timeout_ms / 1000.0 : 0.0);
+    pp_status st = PP_STATUS_TIMEOUT;
+    for (;;) {
+        if (s->terminal != PP_STATUS_OK) {
+            st = s->terminal;
+            break;
+        }
+        stream_item *it = s->head;
+        if (it) {
+            s->head = it->next;
+            if (!s->head)
+                s->tail = NULL;
+            if (it->finish == PP_FINISH_CANCELLED) {
+                item_free(it);
+                st = s->terminal = PP_STATUS_CANCELLED;
+                break;
+            }
+            s->current = it;
+            out->text = it->text;
+            out->text_len = it->text_len;
+            out->token_ids = it->ids;
+            out->n_token_ids = it->n_ids;
+            out->finish_reason = it->finish;
+            out->prompt_tokens = it->prompt_tokens;
+            out->completion_tokens = it->completion_tokens;
+            if (it->finish != PP_FINISH_NONE)
+                s->terminal = PP_STATUS_END;
+            st = PP_STATUS_OK;
+            break;
+        }
+        if (atomic_load(&s->cancel)) {
+            st = s->terminal = PP_STATUS_CANCELLED;
+            break;
+        }
+        if (s->done) {
+            st = s->terminal = s->error != PP_STATUS_OK ? s->error : PP_STATUS_END;
+            break;
+        }
+        if (timeout_ms == 0)
+            break;
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&s->cv, &s->mu);
+        } else if (pthread_cond_timedwait(&s->cv, &s->mu, &dl) == ETIMEDOUT) {
+            st = PP_STATUS_TIMEOUT;
+            if (!s->head && !s->done && !atomic_load(&s->cancel))
+                break;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return st;
+}
+
+const char *pp_stream_error(const pp_stream *s)
+{
+    if (!s)
+        return "";
+    if (s->error != PP_STATUS_OK)
+        return s->error_msg;
+    return s->terminal == PP_STATUS_CANCELLED ? "the stream was cancelled" : "";
+}
+
+void pp_stream_cancel(pp_stream *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    atomic_store(&s->cancel, true);
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+void pp_stream_free(pp_stream *s)
+{
+    if (!s)
+        return;
+    pp_stream_cancel(s);
+    stream_unref(s);
+}
+
+void pp_completion_params_default(pp_completion_params *p)
+{
+    memset(p, 0, sizeof *p);
+    p->max_tokens = 256;
+    p->temperature = 0.0f;
+    p->top_k = 0;
+    p->top_p = 1.0f;
+    p->min_p = 0.0f;
+    p->repetition_penalty = 1.0f;
+    p->seed = 0;
+}
+
+/* ---- requests, workers, slots ---------------------------------------------------------------- */
+
+typedef struct request {
+    pp_stream *stream;
+    int32_t *ids;
+    size_t n_ids;
+    eng_gen_params gp;
+    char **stop; /* owned copies of the stop strings */
+    struct request *next;
+} request;
+
+typedef enum slot_state { SLOT_EMPTY = 0, SLOT_SPAWNING, SLOT_READY, SLOT_EVICTING } slot_state;
+
+struct model_slot;
+
+typedef struct worker {
+    struct model_slot *slot;
+    pp_pool *pool;
+    int index;           /* 1-based */
+    pthread_t thread;
+    eng_model *model;    /* the slot's base model (worker 1) or a fork of it */
+    pthread_cond_t cv;   /* signalled when a request is queued or the worker must stop */
+    request *head, *tail;
+    size_t queued, served;
+    bool busy;
+    atomic_bool stop;
+} worker;
+
+typedef struct model_slot {
+    char *key;
+    char *dir;
+    pool_model_desc desc;
+    slot_state state;
+    pthread_cond_t state_cv; /* signalled on every state change */
+    worker *workers[2];
+    int n_workers;
+    pool_grant grant;
+    eng_model *base;
+    eng_tokenizer *tok;
+    size_t active;           /* requests being prepared, queued or running */
+    size_t preparing;        /* requests being built outside the lock (they use tok and base) */
+    double last_used;
+    struct model_slot *next;
+} model_slot;
+
+struct pp_pool {
+    pthread_mutex_t mu;
+    pool_governor *gov;
+    model_slot *slots;
+    bool shutting_down;
+    double idle_timeout_s;
+    pthread_t maint;
+    bool maint_started;
+    pthread_cond_t maint_cv;
+};
+
+static pthread_mutex_t global_mu = PTHREAD_MUTEX_INITIALIZER;
+static pp_pool *global_pool;
+
+static void request_free(request *r)
+{
+    if (!r)
+        return;
+    for (size_t i = 0; i < r->gp.n_stop; i++)
+        free(r->stop[i]);
+    free(r->stop);
+    free(r->ids);
+    free(r);
+}
+
+static pp_finish_reason finish_of(eng_finish f)
+{
+    switch (f) {
+    case ENG_FINISH_STOP: return PP_FINISH_STOP;
+    case ENG_FINISH_LENGTH: return PP_FINISH_LENGTH;
+    case ENG_FINISH_CANCELLED: return PP_FINISH_CANCELLED;
+    default: return PP_FINISH_NONE;
+    }
+}
+
+typedef struct gen_ctx {
+    worker *w;
+    pp_stream *stream;
+    bool push_failed;
+} gen_ctx;
+
+static bool on_chunk(void *user, const eng_chunk *ch)
+{
+    gen_ctx *g = user;
+    if (ch->finish == ENG_FINISH_ERROR)
+        return false; /* eng_generate's status carries the error */
+    if (!stream_push(g->stream, ch->text, ch->text_len, ch->ids, ch->n_ids, finish_of(ch->finish),
+                     ch->prompt_tokens, ch->completion_tokens)) {
+        g->push_failed = true;
+        return false;
+    }
+    /* keep going unless the caller cancelled or the pool is stopping this worker */
+    return !atomic_load(&g->stream->cancel) && !atomic_load(&g->w->stop);
+}
+
+static void run_request(worker *w, request *r)
+{
+    if (atomic_load(&r->stream->cancel)) {
+        stream_push(r->stream, "", 0, NULL, 0, PP_FINISH_CANCELLED, r->n_ids, 0);
+        return;
+    }
+    eng_err err = {{0}};
+    gen_ctx g = {w, r->stream, false};
+    pp_status st = eng_generate(w->model, w->slot->tok, r->ids, r->n_ids, &r->gp, on_chunk, &g, &err);
+    if (g.push_failed)
+        stream_fail(r->stream, PP_STATUS_OUT_OF_MEMORY, "out of memory while streaming");
+    else if (st != PP_STATUS_OK)
+        stream_fail(r->stream, st, err.msg);
+}
+
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    pp_pool *pool = w->pool;
+    pthread_mutex_lock(&pool->mu);
+    for (;;) {
+        while (!w->head && !w->stop)
+            pthread_cond_wait(&w->cv, &pool->mu);
+        if (w->stop)
+            break;
+        request *r = w->head;
+        w->head = r->next;
+        if (!w->head)
+            w->tail = NULL;
+        w->queued--;
+        w->busy = true;
+        pthread_mutex_unlock(&pool->mu);
+        run_request(w, r);
+        stream_unref(r->stream);
+        request_free(r);
+        pthread_mutex_lock(&pool->mu);
+        w->busy = false;
+        w->served++;
+        w->slot->active--;
+        w->slot->last_used = now_s();
+    }
+    /* stopping: whatever is still queued ends with a clear error */
+    while (w->head) {
+        request *r = w->head;
+        w->head = r->next;
+        w->queued--;
+        w->slot->active--;
+        stream_fail(r->stream, PP_STATUS_CANCELLED, "the pool stopped this model's workers");
+        stream_unref(r->stream);
+        request_free(r);
+    }
+    w->tail = NULL;
+    pthread_mutex_unlock(&pool->mu);
+    return NULL;
+}
+
+/* Stops and joins the slot's workers and frees its runtime; the caller holds no lock and has
+ * moved the slot out of READY. Returns the grant to the governor. */
+static void slot_teardown(pp_pool *pool, model_slot *slot)
+{
+    pthread_mutex_lock(&pool->mu);
+    for (int i = 0; i < slot->n_workers; i++) {
+        atomic_store(&slot->workers[i]->stop, true);
+        pthread_cond_signal(&slot->workers[i]->cv);
+    }
+    pthread_mutex_unlock(&pool->mu);
+    for (int i = 0; i < slot->n_workers; i++) {
+        worker *w = slot->workers[i];
+        pthread_join(w->thread, NULL);
+        if (w->model != slot->base)
+            eng_model_free(w->model);
+        pthread_cond_destroy(&w->cv);
+        free(w);
+        slot->workers[i] = NULL;
+    }
+    eng_model_free(slot->base);
+    eng_tokenizer_free(slot->tok);
+    slot->base = NULL;
+    slot->tok = NULL;
+    pool_governor_release(pool->gov, slot->grant.device, slot->grant.host_mb, slot->grant.vram_mb);
+    pool_log("released %d worker(s) of %s (%llu MB host, %llu MB VRAM)", slot->n_workers, slot->key,
+             (unsigned long long)slot->grant.host_mb, (unsigned long long)slot->grant.vram_mb);
+    slot->n_workers = 0;
+    memset(&slot->grant, 0, sizeof slot->grant);
+}
+
+/* Loads the model and starts grant->n_workers workers. No lock held. */
+static pp_status slot_spawn(pp_pool *pool, model_slot *slot, char *msg, size_t msg_len)
+{
+    eng_err err = {{0}};
+    pp_status st = eng_model_load(slot->dir, NULL, &slot->base, &err);
+    if (st == PP_STATUS_OK)
+        st = eng_tokenizer_load(slot->dir, &slot->tok, &err);
+    if (st != PP_STATUS_OK) {
+        msgf(msg, msg_len, "cannot load %s: %s", slot->key, err.msg);
+        eng_model_free(slot->base);
+        slot->base = NULL;
+        return PP_STATUS_SPAWN_FAILED;
+    }
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = (int)(ncpu > 0 ? ncpu : 1) / slot->grant.n_workers;
+    if (threads < 1)
+        threads = 1;
+    for (int i = 0; i < slot->grant.n_workers; i++) {
+        worker *w = calloc(1, sizeof *w);
+        if (!w) {
+            st = PP_STATUS_SPAWN_FAILED;
+            msgf(msg, msg_len, "cannot start a worker for %s: out of memory", slot->key);
+            break;
+        }
+        w->slot = slot;
+        w->pool = pool;
+        w->index = i + 1;
+        pthread_cond_init(&w->cv, NULL);
+        if (i == 0) {
+            w->model = slot->base;
+        } else if ((st = eng_model_fork(slot->base, threads, &w->model, &err)) != PP_STATUS_OK) {
+            msgf(msg, msg_len, "cannot start worker %d for %s: %s", i + 1, slot->key, err.msg);
+            st = PP_STATUS_SPAWN_FAILED;
+            pthread_cond_destroy(&w->cv);
+            free(w);
+            break;
+        }
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            msgf(msg, msg_len, "cannot start a thread for worker %d of %s", i + 1, slot->key);
+            st = PP_STATUS_SPAWN_FAILED;
+            if (w->model != slot->base)
+                eng_model_free(w->model);
+            pthread_cond_destroy(&w->cv);
+            free(w);
+            break;
+        }
+        slot->workers[slot->n_workers++] = w;
+        pool_log("Spawned worker %d for %s (%s)", i + 1, slot->key, slot->grant.device < 0 ? "CPU" : "GPU");
+    }
+    return st;
+}
+
+/* ---- the pool -------------------------------------------------------------------------------- */
+
+/* Evicts slots idle for longer than the pool's idle timeout. */
+static void *maintenance_main(void *arg)
+{
+    pp_pool *pool = arg;
+    pthread_mutex_lock(&pool->mu);
+    while (!pool->shutting_down) {
+        struct timespec dl = deadline_in(0.25);
+        pthread_cond_timedwait(&pool->maint_cv, &pool->mu, &dl);
+        if (pool->shutting_down)
+            break;
+        double now = now_s();
+        for (model_slot *slot = pool->slots; slot; slot = slot->next) {
+            if (slot->state != SLOT_READY || slot->active > 0 || now - slot->last_used < pool->idle_timeout_s)
+                continue;
+            slot->state = SLOT_EVICTING;
+            pthread_mutex_unlock(&pool->mu);
+            pool_log("evicting %s after %.1f s idle", slot->key, now - slot->last_used);
+            slot_teardown(pool, slot);
+            pthread_mutex_lock(&pool->mu);
+            slot->state = SLOT_EMPTY;
+            pthread_cond_broadcast(&slot->state_cv);
+        }
+    }
+    pthread_mutex_unlock(&pool->mu);
+    return NULL;
+}
+
+static double env_seconds(const char *name, double fallback)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return fallback;
+    char *end;
+    double x = strtod(v, &end);
+    return (*end == '\0' && x >= 0) ? x : fallback;
+}
+
+pp_pool *pp_text_to_text_pool(void)
+{
+    pthread_mutex_lock(&global_mu);
+    if (global_pool) {
+        pp_pool *p = global_pool;
+        pthread_mutex_unlock(&global_mu);
+        return p;
+    }
+    pp_pool *pool = calloc(1, sizeof *pool);
+    char msg[512] = "";
+    if (!pool) {
+        pool_set_last_error("cannot create the pool: out of memory");
+        pthread_mutex_unlock(&global_mu);
+        return NULL;
+    }
+    if (pool_governor_create_system(&pool->gov, msg, sizeof msg) != PP_STATUS_OK) {
+        pool_set_last_error("cannot create the pool: %s", msg);
+        free(pool);
+        pthread_mutex_unlock(&global_mu);
+        return NULL;
+    }
+    pthread_mutex_init(&pool->mu, NULL);
+    cond_init_monotonic(&pool->maint_cv);
+    pool->idle_timeout_s = env_seconds("PARAPHYM_IDLE_TIMEOUT_S", IDLE_TIMEOUT_S);
+    pool->maint_started = pthread_create(&pool->maint, NULL, maintenance_main, pool) == 0;
+    if (!pool->maint_started)
+        pool_log("warning: no maintenance thread (idle models will not be evicted)");
+    global_pool = pool;
+    pthread_mutex_unlock(&global_mu);
+    return pool;
+}
+
+void pp_pool_shutdown(pp_pool *pool)
+{
+    pthread_mutex_lock(&global_mu);
+    if (!pool || pool != global_pool) {
+        pthread_mutex_unlock(&global_mu);
+        return;
+    }
+    global_pool = NULL;
+    pthread_mutex_unlock(&global_mu);
+
+    pthread_mutex_lock(&pool->mu);
+    pool->shutting_down = true;
+    pthread_cond_broadcast(&pool->maint_cv);
+    /* wait for cold starts in flight to settle */
+    for (model_slot *slot = pool->slots; slot; slot = slot->next)
+        while (slot->state == SLOT_SPAWNING || slot->state == SLOT_EVICTING || slot->preparing > 0)
+            pthread_cond_wait(&slot->state_cv, &pool->mu);
+    pthread_mutex_unlock(&pool->mu);
+    if (pool->maint_started)
+        pthread_join(pool->maint, NULL);
+    for (model_slot *slot = pool->slots; slot;) {
+        model_slot *next = slot->next;
+        if (slot->state == SLOT_READY) {
+            /* running generations see the stop flag at their next token */
+            pthread_mutex_lock(&pool->mu);
+            for (int i = 0; i < slot->n_workers; i++)
+                atomic_store(&slot->workers[i]->stop, true);
+            pthread_mutex_unlock(&pool->mu);
+            slot_teardown(pool, slot);
+        }
+        pthread_cond_destroy(&slot->state_cv);
+        free(slot->key);
+        free(slot->dir);
+        free(slot);
+        slot = next;
+    }
+    pool_governor_free(pool->gov);
+    pthread_cond_destroy(&pool->maint_cv);
+    pthread_mutex_destroy(&pool->mu);
+    free(pool);
+}
+
+static model_slot *slot_find(pp_pool *pool, const char *key)
+{
+    for (model_slot *s = pool->slots; s; s = s->next)
+        if (strcmp(s->key, key) == 0)
+            return s;
+    return NULL;
+}
+
+bool pp_pool_has_workers(pp_pool *pool, const char *key)
+{
+    return pp_pool_worker_count(pool, key) > 0;
+}
+
+size_t pp_pool_worker_count(pp_pool *pool, const char *key)
+{
+    if (!pool || !key)
+        return 0;
+    pthread_mutex_lock(&pool->mu);
+    model_slot *s = slot_find(pool, key);
+    size_t n = s && s->state == SLOT_READY ? (size_t)s->n_workers : 0;
+    pthread_mutex_unlock(&pool->mu);
+    return n;
+}
+
+size_t pp_pool_total_memory_mb(pp_pool *pool)
+{
+    if (!pool)
+        return 0;
+    pool_governor_stats gs;
+    pool_governor_get_stats(pool->gov, &gs);
+    uint64_t total = gs.host_reserved_mb;
+    for (int i = 0; i < gs.n_devices; i++)
+        total += gs.vram_reserved_mb[i];
+    return (size_t)total;
+}
+
+void pp_pool_get_stats(pp_pool *pool, pp_pool_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!pool)
+        return;
+    pool_governor_stats gs;
+    pool_governor_get_stats(pool->gov, &gs);
+    out->host_total_mb = gs.host_total_mb;
+    out->host_limit_mb = gs.host_limit_mb;
+    out->host_reserved_mb = gs.host_reserved_mb;
+    out->n_devices = gs.n_devices < 16 ? gs.n_devices : 16;
+    for (int i = 0; i < out->n_devices; i++) {
+        out->vram_limit_mb[i] = gs.vram_limit_mb[i];
+        out->vram_reserved_mb[i] = gs.vram_reserved_mb[i];
+    }
+    pthread_mutex_lock(&pool->mu);
+    for (model_slot *s = pool->slots; s; s = s->next) {
+        if (s->state != SLOT_READY)
+            continue;
+        for (int i = 0; i < s->n_workers && out->n_workers < PP_POOL_STATS_MAX_WORKERS; i++) {
+            pp_worker_stats *ws = &out->workers[out->n_workers++];
+            ws->registry_key = s->key;
+            ws->worker = s->workers[i]->index;
+            ws->device = s->grant.device;
+            ws->queued = s->workers[i]->queued;
+            ws->served = s->workers[i]->served;
+            ws->busy = s->workers[i]->busy;
+        }
+    }
+    pthread_mutex_unlock(&pool->mu);
+}
+
+/* ---- prompts --------------------------------------------------------------------------------- */
+
+/* Turns the prompt into ids with the slot's tokenizer (chat format for messages). */
+static pp_status prompt_ids(const model_slot *slot, const pp_prompt *prompt, int32_t **ids, size_t *n_ids,
+                            bool *is_chat, char *msg, size_t msg_len)
+{
+    eng_err err = {{0}};
+    *is_chat = prompt->messages != NULL;
+    if (!prompt->messages) {
+        if (!prompt->text) {
+            msgf(msg, msg_len, "the prompt has neither text nor messages");
+            return PP_STATUS_INVALID_ARG;
+        }
+        pp_status st = eng_tokenizer_encode(slot->tok, prompt->text, strlen(prompt->text), true, ids, n_ids, &err);
+        if (st != PP_STATUS_OK)
+            msgf(msg, msg_len, "%s", err.msg);
+        return st;
+    }
+    json_object *arr = json_object_new_array();
+    for (size_t i = 0; arr && i < prompt->n_messages; i++) {
+        const pp_message *m = &prompt->messages[i];
+        if (!m->role || !m->content) {
+            json_object_put(arr);
+            msgf(msg, msg_len, "message %zu has no %s", i, m->role ? "content" : "role");
+            return PP_STATUS_INVALID_ARG;
+        }
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "role", json_object_new_string(m->role));
+        json_object_object_add(o, "content", json_object_new_string(m->content));
+        json_object_array_add(arr, o);
+    }
+    if (!arr) {
+        msgf(msg, msg_len, "out of memory");
+        return PP_STATUS_OUT_OF_MEMORY;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    const char *js = json_object_to_json_string_ext(arr, JSON_C_TO_STRING_PLAIN);
+    pp_status st = eng_chat_render(eng_chat_format_for(eng_model_config(slot->base)->arch), js, NULL, true, &text,
+                                   &len, &err);
+    json_object_put(arr);
+    if (st == PP_STATUS_OK)
+        st = eng_tokenizer_encode(slot->tok, text, len, true, ids, n_ids, &err);
+    if (st != PP_STATUS_OK)
+        msgf(msg, msg_len, "%s", err.msg);
+    free(text);
+    return st;
+}
+
+/* Builds the request (ids, generation parameters, stop strings). */
+static pp_status build_request(const model_slot *slot, const pp_prompt *prompt, const pp_completion_params *p,
+                               request **out, char *msg, size_t msg_len)
+{
+    *out = NULL;
+    request *r = calloc(1, sizeof *r);
+    if (!r) {
+        msgf(msg, msg_len, "out of memory");
+        return PP_STATUS_OUT_OF_MEMORY;
+    }
+    bool is_chat;
+    pp_status st = prompt_ids(slot, prompt, &r->ids, &r->n_ids, &is_chat, msg, msg_len);
+    if (st != PP_STATUS_OK) {
+        request_free(r);
+        return st;
+    }
+    eng_gen_params_default(&r->gp, slot->base);
+    r->gp.max_tokens = p->max_tokens;
+    r->gp.n_ctx = slot->desc.n_ctx;
+    r->gp.sampling.temperature = p->temperature;
+    r->gp.sampling.top_k = p->top_k;
+    r->gp.sampling.top_p = p->top_p;
+    r->gp.sampling.min_p = p->min_p;
+    r->gp.sampling.repetition_penalty = p->repetition_penalty;
+    r->gp.sampling.seed = p->seed;
+    if (is_chat) {
+        int32_t end_turn = eng_tokenizer_special_id(slot->tok, "<|im_end|>");
+        if (end_turn >= 0 && r->gp.n_stop_ids < ENG_MAX_STOP_IDS)
+            r->gp.stop_ids[r->gp.n_stop_ids++] = end_turn;
+    }
+    if (p->n_stop) {
+        r->stop = calloc(p->n_stop, sizeof *r->stop);
+        if (!r->stop) {
+            request_free(r);
+            msgf(msg, msg_len, "out of memory");
+            return PP_STATUS_OUT_OF_MEMORY;
+        }
+        for (size_t i = 0; i < p->n_stop; i++) {
+            if (!p->stop || !p->stop[i] || !p->stop[i][0]) {
+                r->gp.n_stop = i;
+                request_free(r);
+                msgf(msg, msg_len, "stop string %zu is NULL or empty", i);
+                return PP_STATUS_INVALID_ARG;
+            }
+            r->stop[i] = strdup(p->stop[i]);
+            r->gp.n_stop = i + 1;
+            if (!r->stop[i]) {
+                request_free(r);
+                msgf(msg, msg_len, "out of memory");
+                return PP_STATUS_OUT_OF_MEMORY;
+            }
+        }
+        r->gp.stop = (const char *const *)r->stop;
+    }
+    /* everything eng_generate would reject, rejected here so the error comes before any chunk */
+    eng_err err = {{0}};
+    if ((st = eng_sampling_validate(&r->gp.sampling, &err)) != PP_STATUS_OK) {
+        msgf(msg, msg_len, "%s", err.msg);
+    } else if (r->gp.max_tokens <= 0) {
+        msgf(msg, msg_len, "max_tokens must be positive (got %d)", r->gp.max_tokens);
+        st = PP_STATUS_INVALID_ARG;
+    } else if (r->n_ids == 0) {
+        msgf(msg, msg_len, "the prompt is empty (0 tokens)");
+        st = PP_STATUS_INVALID_ARG;
+    } else if (r->n_ids >= (size_t)slot->desc.n_ctx) {
+        msgf(msg, msg_len, "the prompt has %zu tokens, which leaves no room in the context of %d (prompts are not truncated)",
+                 r->n_ids, slot->desc.n_ctx);
+        st = PP_STATUS_INVALID_ARG;
+    }
+    if (st != PP_STATUS_OK) {
+        request_free(r);
+        return st;
+    }
+    *out = r;
+    return PP_STATUS_OK;
+}
+
+/* Makes sure the slot has workers; called and returns with pool->mu held. */
+static pp_status ensure_workers(pp_pool *pool, model_slot *slot, char *msg, size_t msg_len)
+{
+    struct timespec dl = deadline_in(SPAWN_WAIT_S);
+    for (;;) {
+        if (pool->shutting_down) {
+            msgf(msg, msg_len, "the pool is shutting down");
+            return PP_STATUS_CANCELLED;
+        }
+        if (slot->state == SLOT_READY)
+            return PP_STATUS_OK;
+        if (slot->state == SLOT_EMPTY)
+            break;
+        if (pthread_cond_timedwait(&slot->state_cv, &pool->mu, &dl) == ETIMEDOUT && slot->state != SLOT_READY &&
+            slot->state != SLOT_EMPTY) {
+            msgf(msg, msg_len, "timed out after %d s waiting for another thread's cold start of %s", SPAWN_WAIT_S,
+                     slot->key);
+            return PP_STATUS_TIMEOUT;
+        }
+    }
+    /* cold start: this thread spawns, concurrent prompts for the model wait on state_cv */
+    slot->state = SLOT_SPAWNING;
+    pp_status st = pool_governor_cold_start(pool->gov, slot->key, &slot->desc.first, &slot->desc.second, &slot->grant,
+                                            msg, msg_len);
+    if (st != PP_STATUS_OK) {
+        slot->state = SLOT_EMPTY;
+        pthread_cond_broadcast(&slot->state_cv);
+        return st;
+    }
+    pthread_mutex_unlock(&pool->mu);
+    st = slot_spawn(pool, slot, msg, msg_len);
+    if (st != PP_STATUS_OK)
+        slot_teardown(pool, slot);
+    pthread_mutex_lock(&pool->mu);
+    slot->state = st == PP_STATUS_OK ? SLOT_READY : SLOT_EMPTY;
+    slot->last_used = now_s();
+    pthread_cond_broadcast(&slot->state_cv);
+    return st;
+}
+
+pp_stream *pool_prompt(pp_pool *pool, const pool_model_desc *model, const pp_prompt *prompt,
+                       const pp_completion_params *params)
+{
+    if (!pool)
+        return pool_error_stream(PP_STATUS_INTERNAL, "no pool: %s", pp_last_error());
+    if (!model || !model->key || !model->model_dir || !prompt || model->n_ctx < 2)
+        return pool_error_stream(PP_STATUS_INVALID_ARG, "pp_model_prompt: missing model or prompt");
+    pp_completion_params defaults;
+    if (!params) {
+        pp_completion_params_default(&defaults);
+        params = &defaults;
+    }
+    char msg[1024] = "";
+    pthread_mutex_lock(&pool->mu);
+    model_slot *slot = slot_find(pool, model->key);
+    if (!slot) {
+        slot = calloc(1, sizeof *slot);
+        char *key = strdup(model->key), *dir = strdup(model->model_dir);
+        if (!slot || !key || !dir) {
+            free(slot);
+            free(key);
+            free(dir);
+            pthread_mutex_unlock(&pool->mu);
+            return pool_error_stream(PP_STATUS_OUT_OF_MEMORY, "out of memory");
+        }
+        slot->key = key;
+        slot->dir = dir;
+        slot->desc = *model;
+        slot->desc.key = slot->key;
+        slot->desc.model_dir = slot->dir;
+        cond_init_monotonic(&slot->state_cv);
+        slot->next = pool->slots;
+        pool->slots = slot;
+    }
+    pp_status st = ensure_workers(pool, slot, msg, sizeof msg);
+    if (st != PP_STATUS_OK) {
+        pthread_mutex_unlock(&pool->mu);
+        return pool_error_stream(st, "%s", msg);
+    }
+    slot->active++; /* keeps the slot from eviction while the request is prepared */
+    slot->preparing++;
+    pthread_mutex_unlock(&pool->mu);
+
+    request *r = NULL;
+    st = build_request(slot, prompt, params, &r, msg, sizeof msg);
+    pp_stream *stream = st == PP_STATUS_OK ? stream_new(2) : NULL;
+    pthread_mutex_lock(&pool->mu);
+    slot->preparing--;
+    pthread_cond_broadcast(&slot->state_cv);
+    if (st != PP_STATUS_OK || !stream || pool->shutting_down) {
+        if (st == PP_STATUS_OK && stream) { /* shut down meanwhile */
+            st = PP_STATUS_CANCELLED;
+            msgf(msg, sizeof msg, "the pool is shutting down");
+            stream_destroy(stream); /* not handed out yet: nobody else holds it */
+            stream = NULL;
+        }
+        slot->active--;
+        slot->last_used = now_s();
+        pthread_mutex_unlock(&pool->mu);
+        request_free(r);
+        return st != PP_STATUS_OK ? pool_error_stream(st, "%s", msg) : NULL;
+    }
+    r->stream = stream;
+    worker *best = slot->workers[0];
+    for (int i = 1; i < slot->n_workers; i++) {
+        worker *w = slot->workers[i];
+        if (w->queued + w->busy < best->queued + best->busy)
+            best = w;
+    }
+    if (best->tail)
+        best->tail->next = r;
+    else
+        best->head = r;
+    best->tail = r;
+    best->queued++;
+    pthread_cond_signal(&best->cv);
+    pthread_mutex_unlock(&pool->mu);
+    return stream;
+}

@@ -1,0 +1,270 @@
+/* test_pool.c: the registry, the worker pool and the stream API end to end, written only
+ * against paraphym.h, on the committed Qwen3-Coder nano model.
+ *
+ *   test_pool MODELS_DIR (the directory holding qwen3_coder_nano)
+ *
+ * Memory totals are simulated with PARAPHYM_HOST_MEM_MB (read when a pool is created, so each
+ * scenario shuts the pool down and sets it first). Every wait is bounded (120 s per chunk).
+ * The load phase runs 8 threads x PP_TEST_POOL_PER_THREAD prompts (default 25: 200 prompts);
+ * under ThreadSanitizer, which is ~20x slower, run it with PP_TEST_POOL_PER_THREAD=3.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "paraphym.h"
+
+static int failures;
+
+static void check(int cond, const char *what, const char *detail)
+{
+    if (!cond) {
+        fprintf(stderr, "FAIL: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
+        failures++;
+    }
+}
+
+/* Reference greedy continuations of the nano model (its reference.json). */
+static const char *const prompts[2] = {"def fibonacci(n):\n", "# Licensed under the Apache License"};
+static const char *const greedy[2] = {
+    "    return fibonacci(n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,",
+    ", Version 2.0 (the \"License\");\n# you may not use this file except in compliance with the License.\n# You may obtain a copy of the License at\n#\n#"};
+
+typedef struct result {
+    pp_status status; /* the terminal status: PP_STATUS_END on success */
+    char text[4096];
+    size_t len;
+    int n_final;      /* chunks with a finish reason */
+    pp_finish_reason finish;
+    char error[512];
+} result;
+
+static void drain(pp_stream *s, result *r)
+{
+    memset(r, 0, sizeof *r);
+    for (;;) {
+        pp_chunk ch;
+        pp_status st = pp_stream_next(s, &ch, 120000);
+        if (st != PP_STATUS_OK) {
+            r->status = st;
+            snprintf(r->error, sizeof r->error, "%s", pp_stream_error(s));
+            return;
+        }
+        if (r->len + ch.text_len < sizeof r->text) {
+            memcpy(r->text + r->len, ch.text, ch.text_len);
+            r->len += ch.text_len;
+        }
+        if (ch.finish_reason != PP_FINISH_NONE) {
+            r->n_final++;
+            r->finish = ch.finish_reason;
+        }
+    }
+}
+
+static int log_spawned;
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static void on_log(void *user, const char *line)
+{
+    (void)user;
+    pthread_mutex_lock(&log_mu);
+    if (strstr(line, "Spawned worker 1") || strstr(line, "Spawned worker 2"))
+        log_spawned++;
+    pthread_mutex_unlock(&log_mu);
+}
+
+static void set_host_mb(uint64_t mb)
+{
+    char v[32];
+    snprintf(v, sizeof v, "%llu", (unsigned long long)mb);
+    setenv("PARAPHYM_HOST_MEM_MB", v, 1);
+}
+
+static pp_stream *greedy_prompt(pp_model *m, int which, int max_tokens)
+{
+    pp_prompt p = {prompts[which], NULL, 0};
+    pp_completion_params cp;
+    pp_completion_params_default(&cp);
+    cp.max_tokens = max_tokens;
+    return pp_model_prompt(m, &p, &cp);
+}
+
+typedef struct load_arg {
+    pp_model *models[2];
+    int id;
+    int n;
+    int bad;
+} load_arg;
+
+static void *load_thread(void *p)
+{
+    load_arg *a = p;
+    for (int i = 0; i < a->n; i++) {
+        int which = (a->id + i) % 2;
+        pp_stream *s = greedy_prompt(a->models[(a->id + i / 2) % 2], which, 48);
+        result r;
+        drain(s, &r);
+        if (r.status != PP_STATUS_END || r.n_final != 1 || strncmp(r.text, greedy[which], r.len) != 0 ||
+            r.len != strlen(greedy[which])) {
+            if (a->bad++ == 0)
+                fprintf(stderr, "thread %d prompt %d: status %s, %d final chunks, error '%s', text '%s'\n", a->id, i,
+                        pp_status_str(r.status), r.n_final, r.error, r.text);
+        }
+        pp_stream_free(s);
+    }
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_pool MODELS_DIR\n");
+        return 2;
+    }
+    char nano[4096];
+    snprintf(nano, sizeof nano, "%s/qwen3_coder_nano", argv[1]);
+    pp_set_log_callback(on_log, NULL);
+    setenv("PARAPHYM_IDLE_TIMEOUT_S", "3600", 1);
+
+    /* unknown key: NOT_FOUND with a message */
+    pp_model *m = NULL;
+    check(pp_registry_get("nobody/nothing", &m) == PP_STATUS_NOT_FOUND && !m && strlen(pp_last_error()) > 0,
+          "unknown key is NOT_FOUND", pp_last_error());
+
+    /* two models (two keys on the same checkpoint), plenty of memory: 2 workers each */
+    set_host_mb(1 << 20);
+    pp_model *a = NULL, *b = NULL;
+    check(pp_registry_register("test/nano-a", nano, &a) == PP_STATUS_OK, "register a", pp_last_error());
+    check(pp_registry_register("test/nano-b", nano, &b) == PP_STATUS_OK, "register b", pp_last_error());
+    check(pp_registry_register("test/nano-a", "/elsewhere", &m) == PP_STATUS_INVALID_ARG, "key taken", NULL);
+    if (!a || !b)
+        return 1;
+    const pp_model_info *info = pp_model_info_get(a);
+    check(info->memory.first_worker_host_mb > info->memory.second_worker_host_mb &&
+              info->memory.weights_mb > 0 && info->n_params == 7053440,
+          "estimate: the second worker excludes the weights; parameters counted", NULL);
+    pp_pool *pool = pp_text_to_text_pool();
+    check(pool && !pp_pool_has_workers(pool, "test/nano-a"), "no workers before the first prompt", NULL);
+    pp_stream *s = greedy_prompt(a, 0, 48);
+    result r;
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && r.n_final == 1 && r.finish == PP_FINISH_LENGTH &&
+              strcmp(r.text, greedy[0]) == 0,
+          "greedy through the pool equals the reference", r.text);
+    check(pp_pool_worker_count(pool, "test/nano-a") == 2 && log_spawned == 2, "cold start spawned 2 workers", NULL);
+
+    /* load: 8 threads x 25 prompts over both models; every stream one final chunk, right text */
+    pthread_t th[8];
+    load_arg la[8];
+    const char *per = getenv("PP_TEST_POOL_PER_THREAD");
+    int per_thread = per && atoi(per) > 0 ? atoi(per) : 25;
+    for (int i = 0; i < 8; i++) {
+        la[i] = (load_arg){{a, b}, i, per_thread, 0};
+        pthread_create(&th[i], NULL, load_thread, &la[i]);
+    }
+    int bad = 0;
+    for (int i = 0; i < 8; i++) {
+        pthread_join(th[i], NULL);
+        bad += la[i].bad;
+    }
+    check(bad == 0, "every concurrent prompt (8 threads) equals the single-threaded greedy result", NULL);
+    pp_pool_stats st;
+    pp_pool_get_stats(pool, &st);
+    int served_workers = 0;
+    for (size_t i = 0; i < st.n_workers; i++)
+        served_workers += st.workers[i].served > 0;
+    check(st.n_workers == 4 && served_workers == 4, "both workers of both models served requests", NULL);
+
+    /* bad parameters arrive on the stream */
+    pp_prompt p = {"hello", NULL, 0};
+    pp_completion_params cp;
+    pp_completion_params_default(&cp);
+    cp.temperature = NAN;
+    s = pp_model_prompt(a, &p, &cp);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_INVALID_ARG && strstr(r.error, "temperature"), "NaN temperature on the stream", r.error);
+
+    /* chat messages */
+    pp_message msgs[2] = {{"system", "Be brief."}, {"user", "Write a sort."}};
+    pp_prompt chat = {NULL, msgs, 2};
+    pp_completion_params_default(&cp);
+    cp.max_tokens = 8;
+    s = pp_model_prompt(a, &chat, &cp);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && r.n_final == 1, "chat prompt", r.error);
+
+    /* cancel mid-stream: ends promptly with CANCELLED */
+    cp.max_tokens = 3000;
+    s = pp_model_prompt(a, &p, &cp);
+    pp_chunk ch;
+    pp_status first = pp_stream_next(s, &ch, 30000);
+    pp_stream_cancel(s);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(first == PP_STATUS_OK && r.status == PP_STATUS_CANCELLED, "cancelled stream", r.error);
+
+    /* shutdown during generation: the stream ends with an error, memory returns to zero */
+    s = pp_model_prompt(b, &p, &cp);
+    pp_stream_next(s, &ch, 30000);
+    pp_pool_shutdown(pool);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_CANCELLED, "shutdown ends running streams", r.error);
+    pool = pp_text_to_text_pool();
+    check(pp_pool_total_memory_mb(pool) == 0 && !pp_pool_has_workers(pool, "test/nano-a"), "fresh pool after shutdown",
+          NULL);
+    pp_pool_shutdown(pool);
+
+    /* exactly one worker fits: limit = first worker's cost (80% of total) */
+    uint64_t w1 = info->memory.first_worker_host_mb, w2 = info->memory.second_worker_host_mb;
+    uint64_t total = (w1 * 5 + 3) / 4; /* floor(0.8 * total) >= w1 ... */
+    check(total * 4 / 5 < w1 + w2, "... and < w1 + w2 (test precondition)", NULL);
+    set_host_mb(total);
+    pool = pp_text_to_text_pool();
+    s = greedy_prompt(a, 1, 4);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && pp_pool_worker_count(pool, "test/nano-a") == 1, "one worker when only one fits",
+          r.error);
+    /* the other model does not fit any more: MemoryExhausted names it */
+    s = greedy_prompt(b, 1, 4);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_MEMORY_EXHAUSTED && strstr(r.error, "test/nano-b"), "memory exhausted", r.error);
+    pp_pool_shutdown(pool);
+
+    /* a checkpoint without tokenizer files: the estimate works, the spawn fails */
+    char tmp[] = "/tmp/pp_pool_XXXXXX", path[8192], src[8192];
+    check(mkdtemp(tmp) != NULL, "mkdtemp", NULL);
+    const char *files[] = {"config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+                           "model-00002-of-00002.safetensors"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "%s/%s", tmp, files[i]);
+        snprintf(src, sizeof src, "%s/%s", nano, files[i]);
+        if (symlink(src, path) != 0)
+            check(0, "symlink", path);
+    }
+    set_host_mb(1 << 20);
+    pool = pp_text_to_text_pool();
+    check(pp_registry_register("test/no-tokenizer", tmp, &m) == PP_STATUS_OK, "register", pp_last_error());
+    s = pp_model_prompt(m, &p, NULL);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_SPAWN_FAILED && strstr(r.error, "tokenizer"), "spawn failed", r.error);
+    check(pp_pool_total_memory_mb(pool) == 0, "a failed spawn returns its memory", NULL);
+    pp_pool_shutdown(pool);
+    for (int i = 0; i < 4; i++) {
+        snprintf(path, sizeof path, "%s/%s", tmp, files[i]);
+        unlink(path);
+    }
+    rmdir(tmp);
+
+    printf("pool: %s\n", failures ? "FAILED" : "ok");
+    return failures ? 1 : 0;
+}
