@@ -265,6 +265,23 @@ int main(int argc, char **argv)
     }
     rmdir(tmp);
 
+    /* idle eviction: a short idle timeout returns the workers' memory */
+    setenv("PARAPHYM_IDLE_TIMEOUT_S", "0.5", 1);
+    pool = pp_text_to_text_pool();
+    s = greedy_prompt(a, 0, 4);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && pp_pool_has_workers(pool, "test/nano-a"), "prompt before eviction", r.error);
+    for (int i = 0; i < 100 && pp_pool_has_workers(pool, "test/nano-a"); i++)
+        usleep(100 * 1000);
+    check(!pp_pool_has_workers(pool, "test/nano-a") && pp_pool_total_memory_mb(pool) == 0,
+          "idle workers evicted within 10 s and their memory released", NULL);
+    s = greedy_prompt(a, 0, 48); /* and the model cold-starts again */
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && strcmp(r.text, greedy[0]) == 0, "cold start after eviction", r.error);
+    pp_pool_shutdown(pool);
+
     printf("pool: %s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;
 }
