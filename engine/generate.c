@@ -201,9 +201,13 @@ pp_status eng_generate(eng_model *model, const eng_tokenizer *tok, const int32_t
     }
     memcpy(history, prompt_ids, n_prompt * sizeof *history);
     n_hist = n_prompt;
-    if ((st = eng_session_forward(sess, prompt_ids, (int)n_prompt, logits, false, err)) != PP_STATUS_OK) {
-        finish = ENG_FINISH_ERROR;
-        goto final;
+    size_t step = p->n_batch > 0 ? (size_t)p->n_batch : n_prompt;
+    for (size_t off = 0; off < n_prompt; off += step) {
+        size_t len = n_prompt - off < step ? n_prompt - off : step;
+        if ((st = eng_session_forward(sess, prompt_ids + off, (int)len, logits, false, err)) != PP_STATUS_OK) {
+            finish = ENG_FINISH_ERROR;
+            goto final;
+        }
     }
     int32_t n_text_vocab = eng_tokenizer_n_vocab(tok);
     for (;;) {

@@ -48,6 +48,8 @@ typedef struct eng_gen_params {
     eng_sampling sampling;
     int max_tokens;            /* > 0 */
     int n_ctx;                 /* context limit; <= 0: min(max_position_embeddings, prompt + max_tokens) */
+    int n_batch;               /* the prompt is prefilled in steps of at most n_batch tokens
+                                  (bounds the scratch memory); <= 0: the whole prompt at once */
     const char *const *stop;   /* stop strings (may be NULL) */
     size_t n_stop;
     int32_t stop_ids[ENG_MAX_STOP_IDS]; /* end-of-sequence ids: generation stops after one */

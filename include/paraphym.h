@@ -106,6 +106,13 @@ PP_API pp_status pp_registry_register(const char *registry_key, const char *mode
 /* The model's information; valid as long as the model. Never NULL for a valid model. */
 PP_API const pp_model_info *pp_model_info_get(const pp_model *model);
 
+/* Sets the positions each of the model's workers holds in its KV cache (context_tokens, default
+ * 4096) and the most prompt tokens one prefill step runs (batch_tokens, default 256; longer
+ * prompts are prefilled in steps), and recomputes the memory estimate. Takes effect at the
+ * model's next cold start; running workers keep their settings until evicted. INVALID_ARG for
+ * context_tokens < 2 or batch_tokens < 1. Thread-safe. */
+PP_API pp_status pp_model_set_context(pp_model *model, int context_tokens, int batch_tokens);
+
 /* Message of the last failed call on this thread ("" when none). Valid until the next call on
  * this thread. */
 PP_API const char *pp_last_error(void);

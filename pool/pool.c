@@ -830,6 +830,7 @@ static pp_status build_request(const model_slot *slot, const pp_prompt *prompt, 
     eng_gen_params_default(&r->gp, slot->base);
     r->gp.max_tokens = p->max_tokens;
     r->gp.n_ctx = slot->desc.n_ctx;
+    r->gp.n_batch = slot->desc.n_batch;
     r->gp.sampling.temperature = p->temperature;
     r->gp.sampling.top_k = p->top_k;
     r->gp.sampling.top_p = p->top_p;
@@ -961,6 +962,12 @@ pp_stream *pool_prompt(pp_pool *pool, const pool_model_desc *model, const pp_pro
         cond_init_monotonic(&slot->state_cv);
         slot->next = pool->slots;
         pool->slots = slot;
+    }
+    if (slot->state == SLOT_EMPTY) { /* the next cold start uses the model's current settings */
+        slot->desc.first = model->first;
+        slot->desc.second = model->second;
+        slot->desc.n_ctx = model->n_ctx;
+        slot->desc.n_batch = model->n_batch;
     }
     pp_status st = ensure_workers(pool, slot, msg, sizeof msg);
     if (st != PP_STATUS_OK) {

@@ -17,6 +17,7 @@ typedef struct pool_model_desc {
     pool_cost first;       /* first worker's cost (weights included) */
     pool_cost second;      /* second worker's cost (weights shared, excluded) */
     int n_ctx;             /* positions of each worker's context */
+    int n_batch;           /* most prompt tokens one prefill step runs */
 } pool_model_desc;
 
 /* Cold-starts the model's workers if it has none, then queues the prompt on the least loaded

@@ -147,18 +147,41 @@ pp_status pp_registry_register(const char *key, const char *model_dir, pp_model 
 
 const pp_model_info *pp_model_info_get(const pp_model *model) { return model ? &model->info : NULL; }
 
+pp_status pp_model_set_context(pp_model *model, int context_tokens, int batch_tokens)
+{
+    if (!model || context_tokens < 2 || batch_tokens < 1) {
+        pool_set_last_error("pp_model_set_context: context_tokens must be >= 2 and batch_tokens >= 1");
+        return PP_STATUS_INVALID_ARG;
+    }
+    reg_model_info est;
+    char msg[1024] = "";
+    pthread_mutex_lock(&registry_mu);
+    pp_status st = reg_estimate(model->dir, context_tokens, batch_tokens, 0, &est, msg, sizeof msg);
+    if (st == PP_STATUS_OK) {
+        model->est = est;
+        fill_info(model, context_tokens, batch_tokens);
+    } else {
+        pool_set_last_error("%s: %s", model->key, msg);
+    }
+    pthread_mutex_unlock(&registry_mu);
+    return st;
+}
+
 pp_stream *pp_model_prompt(pp_model *model, const pp_prompt *prompt, const pp_completion_params *params)
 {
     if (!model)
         return pool_error_stream(PP_STATUS_INVALID_ARG, "pp_model_prompt: model is NULL");
     if (!prompt)
         return pool_error_stream(PP_STATUS_INVALID_ARG, "pp_model_prompt: prompt is NULL");
+    pthread_mutex_lock(&registry_mu); /* pp_model_set_context may change the costs */
     pool_model_desc desc = {
         .key = model->key,
         .model_dir = model->dir,
         .first = {model->est.cpu_first.host_mb, model->est.cpu_first.vram_mb},
         .second = {model->est.cpu_second.host_mb, model->est.cpu_second.vram_mb},
         .n_ctx = model->info.context_tokens,
+        .n_batch = model->info.batch_tokens,
     };
+    pthread_mutex_unlock(&registry_mu);
     return pool_prompt(pp_text_to_text_pool(), &desc, prompt, params);
 }

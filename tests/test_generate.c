@@ -165,6 +165,15 @@ int main(int argc, char **argv)
                   c->text);
         }
 
+        /* the prompt prefilled in steps of 3 tokens gives the same greedy text */
+        eng_gen_params cp = gp;
+        cp.n_batch = 3;
+        char whole[65536];
+        st = gen(m, tok, ids, n, &gp, c, &err);
+        memcpy(whole, c->text, c->len + 1);
+        st = gen(m, tok, ids, n, &cp, c, &err);
+        CHECK(st == PP_STATUS_OK && strcmp(whole, c->text) == 0, "case %zu: chunked prefill changed the text", ci);
+
         /* seeded sampling is reproducible */
         eng_gen_params rp = gp;
         rp.sampling.temperature = 0.9f;

@@ -265,6 +265,27 @@ int main(int argc, char **argv)
     }
     rmdir(tmp);
 
+    /* per-model context: a smaller context shrinks the estimate and bounds the prompt */
+    uint64_t before = pp_model_info_get(b)->memory.first_worker_host_mb;
+    check(pp_model_set_context(b, 16, 4) == PP_STATUS_OK && pp_model_info_get(b)->context_tokens == 16 &&
+              pp_model_info_get(b)->memory.first_worker_host_mb < before,
+          "pp_model_set_context recomputes the estimate", pp_last_error());
+    check(pp_model_set_context(b, 1, 4) == PP_STATUS_INVALID_ARG, "context 1 rejected", NULL);
+    pool = pp_text_to_text_pool();
+    s = greedy_prompt(b, 0, 48); /* 8 prompt tokens + 48 > 16: stops at the context */
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && r.finish == PP_FINISH_LENGTH && strncmp(r.text, greedy[0], r.len) == 0,
+          "generation stops at the model's context, prefilled in steps of 4", r.error);
+    s = greedy_prompt(b, 1, 4); /* freed while it may still be running */
+    pp_prompt longp = {"a b c d e f g h i j k l m n o p q r s t u v w x y z", NULL, 0};
+    pp_stream_free(s);
+    s = pp_model_prompt(b, &longp, NULL);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_INVALID_ARG && strstr(r.error, "context"), "a prompt longer than the context", r.error);
+    pp_pool_shutdown(pool);
+
     /* idle eviction: a short idle timeout returns the workers' memory */
     setenv("PARAPHYM_IDLE_TIMEOUT_S", "0.5", 1);
     pool = pp_text_to_text_pool();
