@@ -1,8 +1,14 @@
-/* common.c: error slot helpers, dtype names, status names. */
+/* common.c: error slot helpers, dtype names, status names, whole-file reads. */
 #include "common.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 pp_status eng_fail(eng_err *err, pp_status status, const char *fmt, ...)
 {
@@ -97,3 +103,51 @@ const char *pp_status_str(pp_status status)
 }
 
 const char *pp_version(void) { return PP_VERSION_STRING; }
+
+pp_status eng_read_file(const char *path, size_t max_bytes, char **text_out, size_t *len_out,
+                        eng_err *err)
+{
+    *text_out = NULL;
+    *len_out = 0;
+    /* O_NONBLOCK: a FIFO planted under a model's file name must not hang the loader */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        int e = errno;
+        return eng_fail(err, e == ENOENT || e == ENOTDIR ? PP_STATUS_NOT_FOUND : PP_STATUS_IO,
+                        "%s: cannot open: %s", path, strerror(e));
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return eng_fail(err, PP_STATUS_IO, "%s: not a readable regular file", path);
+    }
+    if ((uint64_t)sb.st_size > (uint64_t)max_bytes) {
+        close(fd);
+        return eng_fail(err, PP_STATUS_BAD_FORMAT, "%s: %lld bytes exceeds the %zu-byte limit",
+                        path, (long long)sb.st_size, max_bytes);
+    }
+    size_t size = (size_t)sb.st_size, len = 0;
+    char *buf = malloc(size ? size : 1);
+    if (!buf) {
+        close(fd);
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", path);
+    }
+    while (len < size) {
+        ssize_t got = read(fd, buf + len, size - len);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0) {
+            int e = errno;
+            close(fd);
+            free(buf);
+            return eng_fail(err, PP_STATUS_IO, "%s: read failed: %s", path, strerror(e));
+        }
+        if (got == 0)
+            break; /* the file shrank meanwhile: parse what is there */
+        len += (size_t)got;
+    }
+    close(fd);
+    *text_out = buf;
+    *len_out = len;
+    return PP_STATUS_OK;
+}

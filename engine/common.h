@@ -27,6 +27,12 @@ pp_status eng_fail(eng_err *err, pp_status status, const char *fmt, ...)
 /* Prefixes err->msg with a context string ("loading layer 3: ..."). */
 void eng_err_prefix(eng_err *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Reads a whole regular file of at most max_bytes into a malloc'ed buffer (*text_out, not
+ * NUL-terminated; *len_out bytes). NOT_FOUND / IO when it cannot be opened or read (a FIFO or
+ * directory is IO, never a hang), BAD_FORMAT when larger than max_bytes, OUT_OF_MEMORY. */
+pp_status eng_read_file(const char *path, size_t max_bytes, char **text_out, size_t *len_out,
+                        eng_err *err);
+
 /* Dtypes a safetensors file may hold. ENG_DTYPE_UNKNOWN never describes a loaded tensor. */
 typedef enum eng_dtype {
     ENG_DTYPE_UNKNOWN = 0,

@@ -837,55 +837,6 @@ pp_status eng_config_parse(const char *json_text, size_t len, eng_config *cfg, e
 
 /* ---- files ----------------------------------------------------------------------------------- */
 
-/* Reads a whole regular file of at most max_bytes into a malloc'd buffer. */
-static pp_status read_text(const char *path, size_t max_bytes, char **text_out, size_t *len_out,
-                           eng_err *err)
-{
-    *text_out = NULL;
-    *len_out = 0;
-    /* O_NONBLOCK: a FIFO planted under a model's file name must not hang the loader */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        int e = errno;
-        return eng_fail(err, e == ENOENT || e == ENOTDIR ? PP_STATUS_NOT_FOUND : PP_STATUS_IO,
-                        "%s: cannot open: %s", path, strerror(e));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return eng_fail(err, PP_STATUS_IO, "%s: not a readable regular file", path);
-    }
-    if ((uint64_t)sb.st_size > (uint64_t)max_bytes) {
-        close(fd);
-        return eng_fail(err, PP_STATUS_BAD_FORMAT, "%s: %lld bytes exceeds the %zu-byte limit",
-                        path, (long long)sb.st_size, max_bytes);
-    }
-    size_t size = (size_t)sb.st_size, len = 0;
-    char *buf = malloc(size ? size : 1);
-    if (!buf) {
-        close(fd);
-        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", path);
-    }
-    while (len < size) {
-        ssize_t got = read(fd, buf + len, size - len);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            int e = errno;
-            close(fd);
-            free(buf);
-            return eng_fail(err, PP_STATUS_IO, "%s: read failed: %s", path, strerror(e));
-        }
-        if (got == 0)
-            break; /* the file shrank meanwhile: parse what is there */
-        len += (size_t)got;
-    }
-    close(fd);
-    *text_out = buf;
-    *len_out = len;
-    return PP_STATUS_OK;
-}
-
 static char *path_join(const char *dir, const char *name)
 {
     size_t a = strlen(dir), b = strlen(name);
@@ -908,7 +859,7 @@ static pp_status load_generation_config(const char *dir, eng_config *cfg, eng_er
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", dir);
     char *text;
     size_t len;
-    pp_status st = read_text(path, MAX_CONFIG_BYTES, &text, &len, err);
+    pp_status st = eng_read_file(path, MAX_CONFIG_BYTES, &text, &len, err);
     free(path);
     if (st == PP_STATUS_NOT_FOUND)
         return PP_STATUS_OK;
@@ -936,7 +887,7 @@ pp_status eng_config_load(const char *dir, eng_config *cfg, eng_err *err)
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", dir);
     char *text;
     size_t len;
-    pp_status st = read_text(path, MAX_CONFIG_BYTES, &text, &len, err);
+    pp_status st = eng_read_file(path, MAX_CONFIG_BYTES, &text, &len, err);
     free(path);
     if (st == PP_STATUS_NOT_FOUND)
         return eng_fail(err, PP_STATUS_NOT_FOUND, "%s is not a model directory: no config.json",

@@ -616,55 +616,6 @@ static pp_status set_build(eng_st_file **files, size_t n_files, const char *dir,
     return PP_STATUS_OK;
 }
 
-/* Reads a whole regular file of at most max_bytes into a malloc'd buffer. */
-static pp_status read_text(const char *path, size_t max_bytes, char **text_out, size_t *len_out,
-                           eng_err *err)
-{
-    *text_out = NULL;
-    *len_out = 0;
-    /* O_NONBLOCK: a FIFO planted under a model's file name must not hang the loader */
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) {
-        int e = errno;
-        return eng_fail(err, e == ENOENT || e == ENOTDIR ? PP_STATUS_NOT_FOUND : PP_STATUS_IO,
-                        "%s: cannot open: %s", path, strerror(e));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return eng_fail(err, PP_STATUS_IO, "%s: not a readable regular file", path);
-    }
-    if ((uint64_t)sb.st_size > (uint64_t)max_bytes) {
-        close(fd);
-        return eng_fail(err, PP_STATUS_BAD_FORMAT, "%s: %lld bytes exceeds the %zu-byte limit",
-                        path, (long long)sb.st_size, max_bytes);
-    }
-    size_t size = (size_t)sb.st_size, len = 0;
-    char *buf = malloc(size ? size : 1);
-    if (!buf) {
-        close(fd);
-        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", path);
-    }
-    while (len < size) {
-        ssize_t got = read(fd, buf + len, size - len);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got < 0) {
-            int e = errno;
-            close(fd);
-            free(buf);
-            return eng_fail(err, PP_STATUS_IO, "%s: read failed: %s", path, strerror(e));
-        }
-        if (got == 0)
-            break; /* the file shrank meanwhile: parse what is there */
-        len += (size_t)got;
-    }
-    close(fd);
-    *text_out = buf;
-    *len_out = len;
-    return PP_STATUS_OK;
-}
-
 static bool plain_file_name(const char *s)
 {
     return s[0] != '\0' && strchr(s, '/') == NULL && strcmp(s, ".") != 0 && strcmp(s, "..") != 0;
@@ -686,7 +637,7 @@ static pp_status open_sharded(const char *dir, const char *index_path, eng_st_se
 {
     char *text = NULL;
     size_t len = 0;
-    pp_status st = read_text(index_path, MAX_INDEX_BYTES, &text, &len, err);
+    pp_status st = eng_read_file(index_path, MAX_INDEX_BYTES, &text, &len, err);
     if (st != PP_STATUS_OK)
         return st;
     struct json_object *root = NULL;
