@@ -151,3 +151,17 @@ pp_status eng_read_file(const char *path, size_t max_bytes, char **text_out, siz
     *len_out = len;
     return PP_STATUS_OK;
 }
+
+char *eng_path_join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = malloc(a + b + 2);
+    if (!p)
+        return NULL;
+    memcpy(p, dir, a);
+    size_t at = a;
+    if (a > 0 && dir[a - 1] != '/')
+        p[at++] = '/';
+    memcpy(p + at, name, b + 1);
+    return p;
+}

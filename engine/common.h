@@ -33,6 +33,9 @@ void eng_err_prefix(eng_err *err, const char *fmt, ...) __attribute__((format(pr
 pp_status eng_read_file(const char *path, size_t max_bytes, char **text_out, size_t *len_out,
                         eng_err *err);
 
+/* malloc'ed "dir/name" (no second '/' when dir ends with one); NULL when out of memory. */
+char *eng_path_join(const char *dir, const char *name);
+
 /* Dtypes a safetensors file may hold. ENG_DTYPE_UNKNOWN never describes a loaded tensor. */
 typedef enum eng_dtype {
     ENG_DTYPE_UNKNOWN = 0,

@@ -837,24 +837,10 @@ pp_status eng_config_parse(const char *json_text, size_t len, eng_config *cfg, e
 
 /* ---- files ----------------------------------------------------------------------------------- */
 
-static char *path_join(const char *dir, const char *name)
-{
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (!p)
-        return NULL;
-    memcpy(p, dir, a);
-    size_t at = a;
-    if (a > 0 && dir[a - 1] != '/')
-        p[at++] = '/';
-    memcpy(p + at, name, b + 1);
-    return p;
-}
-
 /* Applies DIR/generation_config.json's token ids when the file exists. */
 static pp_status load_generation_config(const char *dir, eng_config *cfg, eng_err *err)
 {
-    char *path = path_join(dir, GENERATION_FILE);
+    char *path = eng_path_join(dir, GENERATION_FILE);
     if (!path)
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", dir);
     char *text;
@@ -882,7 +868,7 @@ pp_status eng_config_load(const char *dir, eng_config *cfg, eng_err *err)
 {
     if (!dir || !cfg)
         return eng_fail(err, PP_STATUS_INVALID_ARG, "eng_config_load: NULL argument");
-    char *path = path_join(dir, CONFIG_FILE);
+    char *path = eng_path_join(dir, CONFIG_FILE);
     if (!path)
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", dir);
     char *text;

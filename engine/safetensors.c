@@ -66,21 +66,6 @@ static char *dup_string(const char *s)
     return d;
 }
 
-/* malloc'd "dir/name"; NULL when out of memory. */
-static char *path_join(const char *dir, const char *name)
-{
-    size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (!p)
-        return NULL;
-    memcpy(p, dir, a);
-    size_t at = a;
-    if (a > 0 && dir[a - 1] != '/')
-        p[at++] = '/';
-    memcpy(p + at, name, b + 1);
-    return p;
-}
-
 static int cmp_tensor_name(const void *a, const void *b)
 {
     return strcmp(((const eng_st_tensor *)a)->name, ((const eng_st_tensor *)b)->name);
@@ -692,7 +677,7 @@ static pp_status open_sharded(const char *dir, const char *index_path, eng_st_se
     }
     for (size_t i = 0; i < n_refs; i++) {
         if (i == 0 || strcmp(refs[i].shard, refs[i - 1].shard) != 0) {
-            char *path = path_join(dir, refs[i].shard);
+            char *path = eng_path_join(dir, refs[i].shard);
             if (!path) {
                 st = eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", dir);
                 goto done;
@@ -754,7 +739,7 @@ static pp_status find_single_file(const char *dir, char **path_out, eng_err *err
             continue;
         n_found++;
         if (n_found == 1) {
-            found = path_join(dir, ent->d_name);
+            found = eng_path_join(dir, ent->d_name);
             if (!found) {
                 st = eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", dir);
                 break;
@@ -798,7 +783,7 @@ pp_status eng_st_open_dir(const char *dir, eng_st_set **out, eng_err *err)
         return eng_fail(err, PP_STATUS_INVALID_ARG, "eng_st_open_dir: dir is NULL");
 
     struct stat sb;
-    char *path = path_join(dir, index_name);
+    char *path = eng_path_join(dir, index_name);
     if (!path)
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", dir);
     if (stat(path, &sb) == 0) {
@@ -808,7 +793,7 @@ pp_status eng_st_open_dir(const char *dir, eng_st_set **out, eng_err *err)
     }
     free(path);
 
-    path = path_join(dir, "model.safetensors");
+    path = eng_path_join(dir, "model.safetensors");
     if (!path)
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "%s: out of memory", dir);
     if (stat(path, &sb) != 0) {
