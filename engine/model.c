@@ -289,6 +289,34 @@ pp_status eng_moe_forward(eng_model *m, const eng_moe *moe, const float *x, int 
     return PP_STATUS_OK;
 }
 
+pp_status eng_ffn_bind(eng_model *m, int layer, eng_router_kind kind, eng_ffn *ffn, eng_err *err)
+{
+    ffn->is_moe = eng_config_layer_is_moe(&m->cfg, layer);
+    if (ffn->is_moe)
+        return eng_moe_bind(m, layer, kind, &ffn->moe, err);
+    char name[64];
+    snprintf(name, sizeof name, "model.layers.%d.mlp", layer);
+    return eng_mlp_bind(m, name, m->cfg.d_ff, &ffn->mlp, err);
+}
+
+void eng_ffn_unbind(eng_ffn *ffn) { eng_moe_unbind(&ffn->moe); }
+
+size_t eng_ffn_scratch_floats(const eng_config *c, int n_tokens)
+{
+    size_t moe = eng_moe_scratch_floats(c, n_tokens);
+    size_t dense = 2 * (size_t)n_tokens * (size_t)c->d_ff; /* g, u */
+    return moe > dense ? moe : dense;
+}
+
+pp_status eng_ffn_forward(eng_model *m, const eng_ffn *ffn, const float *x, int n_tokens,
+                          float *scratch, float *out, eng_err *err)
+{
+    if (ffn->is_moe)
+        return eng_moe_forward(m, &ffn->moe, x, n_tokens, scratch, out, err);
+    float *u = scratch + (size_t)n_tokens * (size_t)m->cfg.d_ff;
+    return eng_mlp_forward(m->be, &ffn->mlp, x, n_tokens, scratch, u, out, err);
+}
+
 /* ---- sessions -------------------------------------------------------------------------------- */
 
 pp_status eng_session_bytes(const eng_config *c, eng_mla_mode mla, int n_ctx, int n_batch,

@@ -22,9 +22,7 @@
 typedef struct ds_layer {
     eng_vec input_norm, post_norm, q_a_norm, kv_a_norm;
     eng_weight q_a_proj, q_b_proj, q_proj, kv_a_proj, kv_b_proj, o_proj;
-    bool is_moe;
-    eng_moe moe;
-    eng_mlp mlp;
+    eng_ffn ffn;
 } ds_layer;
 
 static pp_status ds_bind(eng_model *m, eng_err *err)
@@ -61,15 +59,7 @@ static pp_status ds_bind(eng_model *m, eng_err *err)
             st = eng_bind_layer_linear(m, l, "self_attn.o_proj", D, H * c->d_v, &L->o_proj, err);
         if (st != PP_STATUS_OK)
             return st;
-        L->is_moe = eng_config_layer_is_moe(c, l);
-        if (L->is_moe) {
-            st = eng_moe_bind(m, l, ENG_ROUTER_SIGMOID, &L->moe, err);
-        } else {
-            char name[64];
-            snprintf(name, sizeof name, "model.layers.%d.mlp", l);
-            st = eng_mlp_bind(m, name, c->d_ff, &L->mlp, err);
-        }
-        if (st != PP_STATUS_OK)
+        if ((st = eng_ffn_bind(m, l, ENG_ROUTER_SIGMOID, &L->ffn, err)) != PP_STATUS_OK)
             return st;
     }
     return PP_STATUS_OK;
@@ -79,7 +69,7 @@ static void ds_unbind(eng_model *m)
 {
     ds_layer *layers = m->layers;
     for (int l = 0; l < m->cfg.n_layer; l++)
-        eng_moe_unbind(&layers[l].moe);
+        eng_ffn_unbind(&layers[l].ffn);
     free(layers);
     m->layers = NULL;
 }
@@ -100,15 +90,13 @@ static size_t ds_scratch(const eng_config *c, int n_tokens, int n_ctx)
     (void)n_ctx;
     size_t T = (size_t)n_tokens, H = (size_t)c->n_head;
     size_t d_qk = (size_t)(c->d_nope + c->d_rope);
-    size_t ffn = eng_moe_scratch_floats(c, n_tokens);
-    size_t dense = 2 * T * (size_t)c->d_ff;
     return T * (size_t)c->d_model * 3                    /* x, o, ffn out */
            + T * (size_t)c->q_lora_rank                  /* q_a */
            + T * H * d_qk                                /* q */
            + T * (size_t)(c->kv_lora_rank + c->d_rope)   /* c_kv | k_pe */
            + T * H * (size_t)(c->d_nope + c->d_v)        /* kv (naive) */
            + T * H * (size_t)c->d_v                      /* attn */
-           + (ffn > dense ? ffn : dense);
+           + eng_ffn_scratch_floats(c, n_tokens);
 }
 
 static pp_status ds_forward(eng_session *s, float *h, int n_tokens, float *scratch, eng_err *err)
@@ -193,11 +181,7 @@ static pp_status ds_forward(eng_session *s, float *h, int n_tokens, float *scrat
         ENG_TRY(be->ops->add(be, h, o, h, T * (size_t)D));
 
         ENG_TRY(be->ops->rmsnorm(be, h, D, &L->post_norm, c->norm_eps, x, D, n_tokens));
-        pp_status st;
-        if (L->is_moe)
-            st = eng_moe_forward(m, &L->moe, x, n_tokens, ffn, o, err);
-        else
-            st = eng_mlp_forward(be, &L->mlp, x, n_tokens, ffn, ffn + T * (size_t)c->d_ff, o, err);
+        pp_status st = eng_ffn_forward(m, &L->ffn, x, n_tokens, ffn, o, err);
         if (st != PP_STATUS_OK)
             return st;
         ENG_TRY(be->ops->add(be, h, o, h, T * (size_t)D));

@@ -90,6 +90,21 @@ pp_status eng_moe_forward(eng_model *m, const eng_moe *moe, const float *x, int 
                           float *scratch, float *out, eng_err *err);
 pp_status eng_mlp_bind(eng_model *m, const char *prefix, int64_t d_ff, eng_mlp *mlp, eng_err *err);
 
+/* A decoder layer's feed-forward sublayer: routed experts (eng_config_layer_is_moe) or a dense
+ * SwiGLU MLP of width d_ff, both named "model.layers.<layer>.mlp...". */
+typedef struct eng_ffn {
+    bool is_moe;
+    eng_moe moe;
+    eng_mlp mlp;
+} eng_ffn;
+pp_status eng_ffn_bind(eng_model *m, int layer, eng_router_kind kind, eng_ffn *ffn, eng_err *err);
+void eng_ffn_unbind(eng_ffn *ffn);
+/* Floats of scratch eng_ffn_forward needs for n_tokens (the larger of the MoE and dense needs). */
+size_t eng_ffn_scratch_floats(const eng_config *c, int n_tokens);
+/* out[t] = ffn(x[t]). */
+pp_status eng_ffn_forward(eng_model *m, const eng_ffn *ffn, const float *x, int n_tokens,
+                          float *scratch, float *out, eng_err *err);
+
 /* Helper for the families: binds "<prefix>" as an [n_out][n_in] linear weight, reporting the
  * name on failure. */
 pp_status eng_bind_linear(eng_model *m, const char *prefix, int64_t n_out, int64_t n_in,

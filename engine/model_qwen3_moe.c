@@ -12,9 +12,7 @@
 typedef struct qwen_layer {
     eng_vec input_norm, post_norm, q_norm, k_norm;
     eng_weight q_proj, k_proj, v_proj, o_proj;
-    bool is_moe;
-    eng_moe moe;
-    eng_mlp mlp;
+    eng_ffn ffn;
 } qwen_layer;
 
 static pp_status qwen_bind(eng_model *m, eng_err *err)
@@ -26,7 +24,6 @@ static pp_status qwen_bind(eng_model *m, eng_err *err)
     m->layers = layers;
     int64_t D = c->d_model, dh = c->d_head;
     int64_t q_w = (int64_t)c->n_head * dh, kv_w = (int64_t)c->n_head_kv * dh;
-    char name[256];
     pp_status st;
     for (int l = 0; l < c->n_layer; l++) {
         qwen_layer *L = &layers[l];
@@ -47,14 +44,7 @@ static pp_status qwen_bind(eng_model *m, eng_err *err)
             st = eng_bind_layer_linear(m, l, "self_attn.o_proj", D, q_w, &L->o_proj, err);
         if (st != PP_STATUS_OK)
             return st;
-        L->is_moe = eng_config_layer_is_moe(c, l);
-        if (L->is_moe) {
-            st = eng_moe_bind(m, l, ENG_ROUTER_SOFTMAX, &L->moe, err);
-        } else {
-            snprintf(name, sizeof name, "model.layers.%d.mlp", l);
-            st = eng_mlp_bind(m, name, c->d_ff, &L->mlp, err);
-        }
-        if (st != PP_STATUS_OK)
+        if ((st = eng_ffn_bind(m, l, ENG_ROUTER_SOFTMAX, &L->ffn, err)) != PP_STATUS_OK)
             return st;
     }
     return PP_STATUS_OK;
@@ -64,7 +54,7 @@ static void qwen_unbind(eng_model *m)
 {
     qwen_layer *layers = m->layers;
     for (int l = 0; l < m->cfg.n_layer; l++)
-        eng_moe_unbind(&layers[l].moe);
+        eng_ffn_unbind(&layers[l].ffn);
     free(layers);
     m->layers = NULL;
 }
@@ -81,9 +71,7 @@ static size_t qwen_scratch(const eng_config *c, int n_tokens, int n_ctx)
     (void)n_ctx;
     size_t T = (size_t)n_tokens;
     size_t q_w = (size_t)c->n_head * (size_t)c->d_head, kv_w = (size_t)c->n_head_kv * (size_t)c->d_head;
-    size_t ffn = eng_moe_scratch_floats(c, n_tokens);
-    size_t dense = 2 * T * (size_t)c->d_ff;
-    return T * (size_t)c->d_model * 2 + T * q_w * 2 + T * kv_w * 2 + (ffn > dense ? ffn : dense);
+    return T * (size_t)c->d_model * 2 + T * q_w * 2 + T * kv_w * 2 + eng_ffn_scratch_floats(c, n_tokens);
 }
 
 static pp_status qwen_forward(eng_session *s, float *h, int n_tokens, float *scratch, eng_err *err)
@@ -129,11 +117,7 @@ static pp_status qwen_forward(eng_session *s, float *h, int n_tokens, float *scr
         ENG_TRY(be->ops->add(be, h, o, h, T * (size_t)D));
 
         ENG_TRY(be->ops->rmsnorm(be, h, D, &L->post_norm, c->norm_eps, x, D, n_tokens));
-        pp_status st;
-        if (L->is_moe)
-            st = eng_moe_forward(m, &L->moe, x, n_tokens, ffn, o, err);
-        else
-            st = eng_mlp_forward(be, &L->mlp, x, n_tokens, ffn, ffn + T * (size_t)c->d_ff, o, err);
+        pp_status st = eng_ffn_forward(m, &L->ffn, x, n_tokens, ffn, o, err);
         if (st != PP_STATUS_OK)
             return st;
         ENG_TRY(be->ops->add(be, h, o, h, T * (size_t)D));
