@@ -342,49 +342,6 @@ static void json_put_string(sbuf *b, const char *s, size_t n)
     sb_putc(b, '"');
 }
 
-static void json_dumps(sbuf *b, json_object *v)
-{
-    switch (json_object_get_type(v)) {
-    case json_type_null: sb_puts(b, "null"); break;
-    case json_type_boolean: sb_puts(b, json_object_get_boolean(v) ? "true" : "false"); break;
-    case json_type_int: put_int(b, v); break;
-    case json_type_double: put_float(b, json_object_get_double(v), true); break;
-    case json_type_string: {
-        size_t n;
-        const char *s = str_of(v, &n);
-        json_put_string(b, s, n);
-        break;
-    }
-    case json_type_array: {
-        size_t n = json_object_array_length(v);
-        sb_putc(b, '[');
-        for (size_t i = 0; i < n; i++) {
-            if (i)
-                sb_puts(b, ", ");
-            json_dumps(b, json_object_array_get_idx(v, i));
-        }
-        sb_putc(b, ']');
-        break;
-    }
-    case json_type_object: {
-        struct json_object_iterator it = json_object_iter_begin(v);
-        struct json_object_iterator end = json_object_iter_end(v);
-        sb_putc(b, '{');
-        for (bool first = true; !json_object_iter_equal(&it, &end); json_object_iter_next(&it)) {
-            if (!first)
-                sb_puts(b, ", ");
-            first = false;
-            const char *k = json_object_iter_peek_name(&it);
-            json_put_string(b, k, strlen(k));
-            sb_puts(b, ": ");
-            json_dumps(b, json_object_iter_peek_value(&it));
-        }
-        sb_putc(b, '}');
-        break;
-    }
-    }
-}
-
 /* ---- Python str() / repr() ----------------------------------------------------------------- */
 
 /* str.isprintable() for one non-ASCII code point: everything but the Other and Separator
@@ -473,18 +430,27 @@ static void py_repr_string(sbuf *b, const char *s, size_t n)
     sb_putc(b, quote);
 }
 
-/* repr(): the form values take inside a list or dict printed by str(). */
-static void py_repr(sbuf *b, json_object *v)
+/* A JSON value written as json.dumps(ensure_ascii=False) writes it (json) or as Python's repr()
+ * writes the decoded value (!json: None/True/False, repr-quoted strings, floats as repr). */
+static void dump_value(sbuf *b, json_object *v, bool json)
 {
     switch (json_object_get_type(v)) {
-    case json_type_null: sb_puts(b, "None"); break;
-    case json_type_boolean: sb_puts(b, json_object_get_boolean(v) ? "True" : "False"); break;
+    case json_type_null: sb_puts(b, json ? "null" : "None"); break;
+    case json_type_boolean:
+        if (json)
+            sb_puts(b, json_object_get_boolean(v) ? "true" : "false");
+        else
+            sb_puts(b, json_object_get_boolean(v) ? "True" : "False");
+        break;
     case json_type_int: put_int(b, v); break;
-    case json_type_double: put_float(b, json_object_get_double(v), false); break;
+    case json_type_double: put_float(b, json_object_get_double(v), json); break;
     case json_type_string: {
         size_t n;
         const char *s = str_of(v, &n);
-        py_repr_string(b, s, n);
+        if (json)
+            json_put_string(b, s, n);
+        else
+            py_repr_string(b, s, n);
         break;
     }
     case json_type_array: {
@@ -493,7 +459,7 @@ static void py_repr(sbuf *b, json_object *v)
         for (size_t i = 0; i < n; i++) {
             if (i)
                 sb_puts(b, ", ");
-            py_repr(b, json_object_array_get_idx(v, i));
+            dump_value(b, json_object_array_get_idx(v, i), json);
         }
         sb_putc(b, ']');
         break;
@@ -507,15 +473,23 @@ static void py_repr(sbuf *b, json_object *v)
                 sb_puts(b, ", ");
             first = false;
             const char *k = json_object_iter_peek_name(&it);
-            py_repr_string(b, k, strlen(k));
+            if (json)
+                json_put_string(b, k, strlen(k));
+            else
+                py_repr_string(b, k, strlen(k));
             sb_puts(b, ": ");
-            py_repr(b, json_object_iter_peek_value(&it));
+            dump_value(b, json_object_iter_peek_value(&it), json);
         }
         sb_putc(b, '}');
         break;
     }
     }
 }
+
+static void json_dumps(sbuf *b, json_object *v) { dump_value(b, v, true); }
+
+/* repr(): the form values take inside a list or dict printed by str(). */
+static void py_repr(sbuf *b, json_object *v) { dump_value(b, v, false); }
 
 /* str(): Jinja's `| string`, `~` and `{{ value }}` (a str is itself, anything else its repr). */
 static void py_str(sbuf *b, json_object *v)
