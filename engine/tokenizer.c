@@ -1073,6 +1073,21 @@ static void pair_rank(const eng_tokenizer *t, int32_t a, int32_t b, int32_t *ran
 /* HF BPE::merge_word + Word::merge_all on one pre-tokenized piece (raw bytes; each byte is one
  * byte-level character): repeatedly merge the adjacent pair with the lowest merge rank, the
  * leftmost among equal ranks. */
+
+/* The lowest rank of the m - 1 adjacent pairs of m parts (rank[i]: parts i and i + 1) and its
+ * first index (*best); RANK_NONE when no pair merges. */
+static int32_t lowest_rank(const int32_t *rank, size_t m, size_t *best)
+{
+    int32_t br = RANK_NONE;
+    *best = 0;
+    for (size_t i = 0; i + 1 < m; i++)
+        if (rank[i] < br) {
+            br = rank[i];
+            *best = i;
+        }
+    return br;
+}
+
 static pp_status hf_bpe_piece(const eng_tokenizer *t, scratch *sc, const uint8_t *s, size_t n,
                               ivec *out)
 {
@@ -1109,14 +1124,8 @@ static pp_status hf_bpe_piece(const eng_tokenizer *t, scratch *sc, const uint8_t
         for (size_t i = 0; i + 1 < m; i++)
             pair_rank(t, sym[i], sym[i + 1], &rank[i], &nid[i]);
         for (;;) {
-            size_t best = 0;
-            int32_t br = RANK_NONE;
-            for (size_t i = 0; i + 1 < m; i++)
-                if (rank[i] < br) {
-                    br = rank[i];
-                    best = i;
-                }
-            if (br == RANK_NONE)
+            size_t best;
+            if (lowest_rank(rank, m, &best) == RANK_NONE)
                 break;
             sym[best] = nid[best];
             memmove(sym + best + 1, sym + best + 2, (m - best - 2) * sizeof *sym);
@@ -1222,14 +1231,8 @@ static pp_status tk_bpe_piece(const eng_tokenizer *t, scratch *sc, const uint8_t
         for (size_t i = 0; i + 1 < m; i++)
             rank[i] = tk_rank(t, s, (size_t)start[i], (size_t)start[i + 2]);
         for (;;) {
-            size_t best = 0;
-            int32_t br = RANK_NONE;
-            for (size_t i = 0; i + 1 < m; i++)
-                if (rank[i] < br) {
-                    br = rank[i];
-                    best = i;
-                }
-            if (br == RANK_NONE)
+            size_t best;
+            if (lowest_rank(rank, m, &best) == RANK_NONE)
                 break;
             memmove(start + best + 1, start + best + 2, (m - best - 1) * sizeof *start);
             if (m >= best + 3)
