@@ -1,16 +1,32 @@
 /* kernels.h: the C-callable launchers of paraphym's CUDA kernels.
  *
- * kernels/ includes nothing from the rest of the tree. At this stage it holds the device query
- * that decides whether GPU tests run; the op kernels arrive with the CUDA backend.
+ * kernels/ includes nothing from the rest of the tree: weights are described by kern_weight
+ * (the device-side twin of engine/weights.h's eng_weight), activations are f32 device pointers,
+ * and every launcher takes the caller's stream. Conventions:
+ *   - Every launcher returns 0 (cudaSuccess) or a cudaError_t value as int: the launch error,
+ *     or cudaErrorInvalidValue (1) for arguments it cannot handle. Launchers never synchronise
+ *     and never abort; a fault inside a kernel surfaces at the caller's next synchronisation.
+ *   - All pointers are device pointers unless the comment says host.
+ *   - Numeric contract ("f32 mode"): f32 activations and accumulation, weights dequantized
+ *     exactly, the CPU reference's formulas (engine/backend_cpu.c); results differ from it only
+ *     by summation order.
+ *   - n_tokens == 0 (or any empty dimension) launches nothing and returns 0.
  */
 #ifndef PP_KERNELS_H
 #define PP_KERNELS_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Same type as cudaStream_t, without including cuda_runtime.h; NULL is the legacy stream. */
+typedef struct CUstream_st *kern_stream;
+
+/* ---- devices --------------------------------------------------------------------------------- */
 
 typedef struct kern_device_info {
     char name[256];
@@ -30,6 +46,169 @@ int kern_device_info_get(int device, kern_device_info *info, char *err, size_t e
 /* Runs a trivial kernel (out[i] = a * i + b over n elements) on device 0 and checks the result;
  * returns 0 when the device computes correctly, -1 with a message otherwise. */
 int kern_device_selftest(int n, char *err, size_t err_len);
+
+/* ---- weights --------------------------------------------------------------------------------- */
+
+typedef enum kern_wfmt {
+    KERN_W_F32 = 0,
+    KERN_W_BF16,
+    KERN_W_F16,
+    KERN_W_FP8_BLOCK,  /* e4m3 values, one scale per [block_out x block_in] block */
+    KERN_W_INT4_GROUP, /* uint32 words of 8 nibbles (low nibble = lowest column), value = (u - 8),
+                          one scale per [1 x group] */
+} kern_wfmt;
+
+typedef enum kern_dtype {
+    KERN_DT_F32 = 0,
+    KERN_DT_BF16,
+    KERN_DT_F16,
+} kern_dtype;
+
+/* A linear weight, logical shape [n_out][n_in] (y = x W^T), in device memory. Dequantized
+ * element (n, k):
+ *   F32/BF16/F16:  data[n * n_in + k]
+ *   FP8_BLOCK:     e4m3(data[n * n_in + k]) * scale[(n / block_out) * scale_cols + k / block_in]
+ *   INT4_GROUP:    (nibble k % 8 of ((uint32*)data)[n * packed_cols + k / 8] - 8)
+ *                    * scale[n * scale_cols + k / group]
+ * with scale in scale_dtype (products formed in f32, as the CPU reference does). */
+typedef struct kern_weight {
+    kern_wfmt fmt;
+    int64_t n_out, n_in;
+    const void *data;
+    const void *scale;       /* NULL for F32/BF16/F16 */
+    kern_dtype scale_dtype;
+    int block_out, block_in; /* FP8_BLOCK */
+    int group;               /* INT4_GROUP */
+    int64_t packed_cols;     /* INT4_GROUP: ceil(n_in / 8) */
+    int64_t scale_cols;      /* FP8_BLOCK: ceil(n_in / block_in); INT4_GROUP: ceil(n_in / group) */
+} kern_weight;
+
+/* A 1-D tensor (norm weight, bias): n elements of dtype. */
+typedef struct kern_vec {
+    const void *data;
+    kern_dtype dtype;
+    int64_t n;
+} kern_vec;
+
+/* ---- elementwise (kernels/elementwise.cu) ---------------------------------------------------- */
+
+/* out[t][:] = row ids[t] of table, dequantized (out rows are table->n_in wide, contiguous).
+ * ids: [n_tokens] device int32; ids outside [0, n_out) give a row of NaN (the engine checks ids
+ * before they reach the device). */
+int kern_embedding(const kern_weight *table, const int32_t *ids, int n_tokens, float *out,
+                   kern_stream stream);
+
+/* out[r] = x[r] * (1 / sqrt(mean(x[r]^2) + eps)) * w, rows of width w->n; x and out may alias. */
+int kern_rmsnorm(const float *x, int64_t x_stride, const kern_vec *w, float eps, float *out,
+                 int64_t out_stride, int n_rows, kern_stream stream);
+
+/* out[i] = a[i] + b[i], n elements (out may alias a or b). */
+int kern_add(const float *a, const float *b, float *out, size_t n, kern_stream stream);
+
+/* RoPE in place on the slice [rope_offset, rope_offset + d_rope) of every head; token t at
+ * position pos0 + t. inv_freq: [d_rope / 2] device f32. interleaved: pairs (2j, 2j+1) read,
+ * result stored half-split (HF's apply_rotary_pos_emb_interleave); else pairs (j, j + d_rope/2).
+ * Angle pos * inv_freq[j] in f32, cos/sin of it (accurate, not __cosf), times cos_sin_scale. */
+int kern_rope(float *x, int n_tokens, int n_head, int64_t token_stride, int64_t head_stride,
+              int rope_offset, int pos0, int d_rope, bool interleaved, float cos_sin_scale,
+              const float *inv_freq, kern_stream stream);
+
+/* out[t][i] = silu(gate[t][i]) * up[t][i] = gate / (1 + exp(-gate)) * up; out may alias. */
+int kern_swiglu(const float *gate, int64_t gate_stride, const float *up, int64_t up_stride,
+                float *out, int64_t out_stride, int n_tokens, int d_ff, kern_stream stream);
+
+/* ---- matmul (kernels/matmul.cu) -------------------------------------------------------------- */
+
+/* y[t][n] = sum_k x[t][k] * W[n][k] for t < n_tokens, n < w->n_out; x rows x_stride floats
+ * apart, y rows y_stride apart (y must not alias x). Any n_out, n_in (no tile multiples
+ * needed). */
+int kern_matmul(const float *x, int64_t x_stride, const kern_weight *w, float *y,
+                int64_t y_stride, int n_tokens, kern_stream stream);
+
+/* ---- attention (kernels/attention.cu) -------------------------------------------------------- */
+
+/* Causal attention for one sequence over a contiguous KV cache, as eng_attn_args: query token t
+ * sits at position pos0 + t and sees keys 0 .. pos0 + t; query head h reads KV head
+ * h / (n_head / n_head_kv). Softmax in f32 with the running max. Any d_qk, d_v <= 256. */
+typedef struct kern_attn_args {
+    int n_tokens, n_head, n_head_kv;
+    int d_qk, d_v;
+    int pos0;
+    float scale;
+    const float *q;   /* [n_tokens][n_head][d_qk], rows q_stride apart */
+    int64_t q_stride;
+    const float *k;   /* [pos0 + n_tokens][n_head_kv][d_qk], rows k_stride apart */
+    int64_t k_stride;
+    const float *v;   /* [pos0 + n_tokens][n_head_kv][d_v], rows v_stride apart */
+    int64_t v_stride;
+    float *out;       /* [n_tokens][n_head][d_v], rows out_stride apart */
+    int64_t out_stride;
+} kern_attn_args;
+
+int kern_attention(const kern_attn_args *args, kern_stream stream);
+
+/* MLA, absorbed form (DeepSeek-V3), as eng_mla_args: per head h
+ *   q_lat = W_UK_h^T q_nope_h, score_j = scale * (q_lat . ckv[j] + q_pe_h . kpe[j]),
+ *   out_h = W_UV_h (sum_j softmax(score)_j ckv[j]),
+ * W_UK_h = kv_b rows [h*(d_nope+d_v), +d_nope), W_UV_h = the next d_v rows. kv_lora_rank <= 1024.
+ * workspace: kern_mla_workspace_bytes(...) bytes of device memory the launcher may use. */
+typedef struct kern_mla_args {
+    int n_tokens, n_head;
+    int d_nope, d_rope, d_v, kv_lora_rank;
+    int pos0;
+    float scale;
+    const float *q;          /* [n_tokens][n_head][d_nope + d_rope], rows q_stride apart */
+    int64_t q_stride;
+    const float *ckv;        /* [pos0 + n_tokens][kv_lora_rank] */
+    const float *kpe;        /* [pos0 + n_tokens][d_rope] */
+    const kern_weight *kv_b; /* host struct describing device data: [n_head*(d_nope+d_v)][rank] */
+    float *out;              /* [n_tokens][n_head][d_v] contiguous */
+} kern_mla_args;
+
+size_t kern_mla_workspace_bytes(const kern_mla_args *args);
+int kern_mla_absorbed(const kern_mla_args *args, void *workspace, kern_stream stream);
+
+/* ---- MoE (kernels/moe.cu) -------------------------------------------------------------------- */
+
+typedef enum kern_router {
+    KERN_ROUTER_SOFTMAX = 0, /* softmax over all experts, top-k, optional renorm */
+    KERN_ROUTER_SIGMOID,     /* sigmoid, + bias for selection only, group limit (dropped groups
+                                -inf), top-k, optional renorm (/(sum + 1e-20)), * scaling */
+} kern_router;
+
+/* One block per token; ties go to the lower expert index, as the CPU reference. n_expert <= 1024,
+ * n_group <= 64, n_expert_used <= 32. */
+typedef struct kern_route_args {
+    kern_router kind;
+    int n_tokens, n_expert, n_expert_used;
+    int n_group, topk_group;
+    bool norm_topk_prob;
+    float routed_scaling_factor;
+    const kern_vec *bias;    /* host struct (device data) or NULL */
+    const float *logits;     /* [n_tokens][n_expert] */
+    int32_t *idx;            /* out [n_tokens][n_expert_used] */
+    float *weight;           /* out [n_tokens][n_expert_used] */
+} kern_route_args;
+
+int kern_moe_route(const kern_route_args *args, kern_stream stream);
+
+/* Routed experts: out[t] = sum_i weight[t][i] * down_e(silu(gate_e(x[t])) * up_e(x[t])),
+ * e = idx[t][i] (every idx must be in [0, n_expert)). gate/up/down are DEVICE arrays of
+ * n_expert kern_weight each (descriptors uploaded once by the caller). Accumulation in f32; the
+ * combine adds the n_expert_used products of a token in slot order i = 0, 1, ... */
+typedef struct kern_moe_args {
+    int n_tokens, d_model, d_ff_expert, n_expert, n_expert_used;
+    const float *x;              /* [n_tokens][d_model] */
+    const kern_weight *gate;     /* device [n_expert] */
+    const kern_weight *up;       /* device [n_expert] */
+    const kern_weight *down;     /* device [n_expert] */
+    const int32_t *idx;          /* [n_tokens][n_expert_used] */
+    const float *weight;         /* [n_tokens][n_expert_used] */
+    float *out;                  /* [n_tokens][d_model], overwritten */
+} kern_moe_args;
+
+size_t kern_moe_workspace_bytes(const kern_moe_args *args);
+int kern_moe_experts(const kern_moe_args *args, void *workspace, kern_stream stream);
 
 #ifdef __cplusplus
 }
