@@ -98,6 +98,8 @@ const char *pp_status_str(pp_status status)
     case PP_STATUS_CANCELLED: return "PP_STATUS_CANCELLED";
     case PP_STATUS_DEVICE: return "PP_STATUS_DEVICE";
     case PP_STATUS_INTERNAL: return "PP_STATUS_INTERNAL";
+    case PP_STATUS_QUEUE_FULL: return "PP_STATUS_QUEUE_FULL";
+    case PP_STATUS_WORKER_DIED: return "PP_STATUS_WORKER_DIED";
     }
     return "PP_STATUS_UNKNOWN";
 }

@@ -49,6 +49,10 @@ typedef enum pp_status {
     PP_STATUS_CANCELLED,         /* the caller cancelled the stream */
     PP_STATUS_DEVICE,            /* a CUDA / cuBLAS / driver error */
     PP_STATUS_INTERNAL,          /* a bug: an invariant did not hold */
+    PP_STATUS_QUEUE_FULL,        /* every worker of the model has PARAPHYM_MAX_QUEUE requests
+                                    waiting; nothing was queued, retry later */
+    PP_STATUS_WORKER_DIED,       /* the worker running the stream died (device fault, injected
+                                    fault); the pool replaces the worker */
 } pp_status;
 
 /* Static name of a status ("PP_STATUS_OK", ...); never NULL, "PP_STATUS_UNKNOWN" for values
@@ -173,7 +177,9 @@ typedef struct pp_stream pp_stream;
  * pool cold-starts one or two (see the README's "Pool" section); the request goes to the least
  * loaded worker. Never returns NULL (except when even the stream cannot be allocated): every
  * error arrives on the stream as its last item: PP_STATUS_MEMORY_EXHAUSTED, PP_STATUS_SPAWN_FAILED,
- * PP_STATUS_INVALID_ARG (bad parameters, a prompt that does not fit the context), ...
+ * PP_STATUS_INVALID_ARG (bad parameters, a prompt that does not fit the context),
+ * PP_STATUS_QUEUE_FULL (every worker has PARAPHYM_MAX_QUEUE requests waiting),
+ * PP_STATUS_WORKER_DIED (the worker died mid-stream; it is replaced), ...
  * Thread-safe. */
 PP_API pp_stream *pp_model_prompt(pp_model *model, const pp_prompt *prompt,
                                   const pp_completion_params *params);
@@ -203,6 +209,8 @@ typedef struct pp_pool pp_pool;
  * says why). After pp_pool_shutdown the next call creates a fresh pool. Thread-safe. */
 PP_API pp_pool *pp_text_to_text_pool(void);
 
+/* Live workers of the model (a dead worker awaiting its replacement is not counted); 0 for an
+ * unknown key or a NULL pool. Thread-safe. */
 PP_API bool pp_pool_has_workers(pp_pool *pool, const char *registry_key);
 PP_API size_t pp_pool_worker_count(pp_pool *pool, const char *registry_key);
 /* Host RAM plus VRAM the governor has reserved for workers, in MB. */
@@ -217,6 +225,8 @@ typedef struct pp_worker_stats {
     size_t queued;        /* requests waiting */
     size_t served;        /* requests finished */
     bool busy;
+    bool alive;           /* false between a worker's death and its replacement */
+    size_t restarts;      /* times this worker was replaced after dying */
 } pp_worker_stats;
 
 typedef struct pp_pool_stats {

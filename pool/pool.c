@@ -4,13 +4,16 @@
  * and one or two workers; each worker is a thread with its own request queue and its own backend
  * (eng_model_fork shares the weights), running eng_generate and pushing chunks into the
  * request's stream. The governor decides how many workers a cold start gets and holds their
- * memory until the slot is evicted. A maintenance thread evicts idle slots.
+ * memory until the slot is evicted. A maintenance thread evicts idle slots and replaces workers
+ * that died (a device fault, or the fault-injection hook: PARAPHYM_FAULT_SPAWN_FAIL,
+ * PARAPHYM_FAULT_KILL_AFTER_TOKENS).
  *
  * Locking: one pool mutex guards slots, worker queues and counters; each stream has its own
  * mutex. The pool mutex is never held while loading a model, generating, or joining a thread.
  * Invariants: every stream gets exactly one terminal item (final chunk or error); a slot in
- * state READY has n_workers running workers; a slot is evicted only when no request is queued,
- * running or being prepared for it.
+ * state READY has n_workers workers, each running or dead and awaiting its replacement (whose
+ * queue the replacement serves, or which fails it); a slot is evicted only when no request is
+ * queued, running or being prepared for it.
  */
 #include "pool.h"
 
@@ -35,6 +38,8 @@
 #define SPAWN_WAIT_S 600
 /* Default idle time after which a model's workers are evicted (PARAPHYM_IDLE_TIMEOUT_S). */
 #define IDLE_TIMEOUT_S 300.0
+/* Default most requests waiting on one worker (PARAPHYM_MAX_QUEUE); beyond it, QUEUE_FULL. */
+#define MAX_QUEUE 256
 
 /* ---- logging and last error ---------------------------------------------------------------- */
 
@@ -368,6 +373,8 @@ typedef struct worker {
     request *head, *tail;
     size_t queued, served;
     bool busy;
+    bool dead;           /* its thread has exited after a fault; the maintenance thread replaces it */
+    size_t restarts;
     atomic_bool stop;
 } worker;
 
@@ -394,6 +401,12 @@ struct pp_pool {
     model_slot *slots;
     bool shutting_down;
     double idle_timeout_s;
+    size_t max_queue;            /* requests waiting per worker before QUEUE_FULL */
+    /* fault injection (PARAPHYM_FAULT_SPAWN_FAIL, PARAPHYM_FAULT_KILL_AFTER_TOKENS) */
+    long fault_spawn_fail;       /* the n-th worker start fails; 0: never */
+    atomic_long spawn_count;     /* worker starts attempted so far */
+    long fault_kill_after;       /* a worker dies once a request has streamed this many tokens */
+    atomic_int kills_left;       /* deaths still to inject */
     pthread_t maint;
     bool maint_started;
     pthread_cond_t maint_cv;
@@ -427,13 +440,30 @@ typedef struct gen_ctx {
     worker *w;
     pp_stream *stream;
     bool push_failed;
+    bool killed; /* fault injection killed the worker during this request */
 } gen_ctx;
+
+/* Fault injection: true when this chunk is where a worker must die (once per armed kill). */
+static bool fault_kill_now(pp_pool *pool, const eng_chunk *ch)
+{
+    if (pool->fault_kill_after <= 0 || ch->finish != ENG_FINISH_NONE ||
+        ch->completion_tokens < (size_t)pool->fault_kill_after)
+        return false;
+    int left = atomic_load(&pool->kills_left);
+    while (left > 0 && !atomic_compare_exchange_weak(&pool->kills_left, &left, left - 1)) {
+    }
+    return left > 0;
+}
 
 static bool on_chunk(void *user, const eng_chunk *ch)
 {
     gen_ctx *g = user;
-    if (ch->finish == ENG_FINISH_ERROR)
-        return false; /* eng_generate's status carries the error */
+    if (g->killed || ch->finish == ENG_FINISH_ERROR)
+        return false; /* a dead worker streams nothing more; eng_generate's status carries errors */
+    if (fault_kill_now(g->w->pool, ch)) {
+        g->killed = true;
+        return false;
+    }
     if (!stream_push(g->stream, ch->text, ch->text_len, ch->ids, ch->n_ids, finish_of(ch->finish),
                      ch->prompt_tokens, ch->completion_tokens)) {
         g->push_failed = true;
@@ -443,19 +473,72 @@ static bool on_chunk(void *user, const eng_chunk *ch)
     return !atomic_load(&g->stream->cancel) && !atomic_load(&g->w->stop);
 }
 
-static void run_request(worker *w, request *r)
+/* Runs one request to its terminal item. Returns false when the worker died doing it (an
+ * injected kill, or a device fault that leaves its backend unusable); `why` then says why. */
+static bool run_request(worker *w, request *r, char *why, size_t why_len)
 {
     if (atomic_load(&r->stream->cancel)) {
         stream_push(r->stream, "", 0, NULL, 0, PP_FINISH_CANCELLED, r->n_ids, 0);
-        return;
+        return true;
     }
     eng_err err = {{0}};
-    gen_ctx g = {w, r->stream, false};
+    gen_ctx g = {w, r->stream, false, false};
     pp_status st = eng_generate(w->model, w->slot->tok, r->ids, r->n_ids, &r->gp, on_chunk, &g, &err);
-    if (g.push_failed)
+    bool alive = !g.killed && st != PP_STATUS_DEVICE;
+    if (g.killed)
+        msgf(why, why_len, "killed by fault injection after %ld tokens (PARAPHYM_FAULT_KILL_AFTER_TOKENS)",
+             w->pool->fault_kill_after);
+    else if (!alive)
+        msgf(why, why_len, "%s", err.msg);
+    if (!alive) {
+        char msg[1024];
+        msgf(msg, sizeof msg, "worker %d of %s died while generating: %s", w->index, w->slot->key, why);
+        stream_fail(r->stream, PP_STATUS_WORKER_DIED, msg);
+    } else if (g.push_failed) {
         stream_fail(r->stream, PP_STATUS_OUT_OF_MEMORY, "out of memory while streaming");
-    else if (st != PP_STATUS_OK)
+    } else if (st != PP_STATUS_OK) {
         stream_fail(r->stream, st, err.msg);
+    }
+    return alive;
+}
+
+/* Ends every request queued on w with `status`; pool->mu held. */
+static void fail_queue(worker *w, pp_status status, const char *msg)
+{
+    while (w->head) {
+        request *r = w->head;
+        w->head = r->next;
+        w->queued--;
+        w->slot->active--;
+        stream_fail(r->stream, status, msg);
+        stream_unref(r->stream);
+        request_free(r);
+    }
+    w->tail = NULL;
+}
+
+/* Moves the requests queued on a dead worker to a live worker of its model, if there is one
+ * (otherwise they wait for the replacement); pool->mu held. */
+static void reroute_queue(worker *dead)
+{
+    model_slot *slot = dead->slot;
+    worker *to = NULL;
+    for (int i = 0; i < slot->n_workers && !to; i++)
+        if (slot->workers[i] != dead && !slot->workers[i]->dead)
+            to = slot->workers[i];
+    if (!to || !dead->head)
+        return;
+    pool_log("re-routed %zu queued request(s) of %s from worker %d to worker %d", dead->queued, slot->key,
+             dead->index, to->index);
+    if (to->tail)
+        to->tail->next = dead->head;
+    else
+        to->head = dead->head;
+    to->tail = dead->tail;
+    to->queued += dead->queued;
+    dead->head = dead->tail = NULL;
+    dead->queued = 0;
+    pthread_cond_signal(&to->cv);
 }
 
 static void *worker_main(void *arg)
@@ -475,26 +558,27 @@ static void *worker_main(void *arg)
         w->queued--;
         w->busy = true;
         pthread_mutex_unlock(&pool->mu);
-        run_request(w, r);
+        char why[512] = "";
+        bool alive = run_request(w, r, why, sizeof why);
         stream_unref(r->stream);
         request_free(r);
         pthread_mutex_lock(&pool->mu);
         w->busy = false;
-        w->served++;
+        w->served += alive;
         w->slot->active--;
         w->slot->last_used = now_s();
+        if (!alive) {
+            /* this thread ends; the maintenance thread joins it and starts a replacement */
+            w->dead = true;
+            pool_log("worker %d of %s died: %s", w->index, w->slot->key, why);
+            reroute_queue(w);
+            pthread_cond_signal(&pool->maint_cv);
+            pthread_mutex_unlock(&pool->mu);
+            return NULL;
+        }
     }
     /* stopping: whatever is still queued ends with a clear error */
-    while (w->head) {
-        request *r = w->head;
-        w->head = r->next;
-        w->queued--;
-        w->slot->active--;
-        stream_fail(r->stream, PP_STATUS_CANCELLED, "the pool stopped this model's workers");
-        stream_unref(r->stream);
-        request_free(r);
-    }
-    w->tail = NULL;
+    fail_queue(w, PP_STATUS_CANCELLED, "the pool stopped this model's workers");
     pthread_mutex_unlock(&pool->mu);
     return NULL;
 }
@@ -512,6 +596,9 @@ static void slot_teardown(pp_pool *pool, model_slot *slot)
     for (int i = 0; i < slot->n_workers; i++) {
         worker *w = slot->workers[i];
         pthread_join(w->thread, NULL);
+        pthread_mutex_lock(&pool->mu); /* a dead worker's thread left its queue behind */
+        fail_queue(w, PP_STATUS_CANCELLED, "the pool stopped this model's workers");
+        pthread_mutex_unlock(&pool->mu);
         if (w->model != slot->base)
             eng_model_free(w->model);
         pthread_cond_destroy(&w->cv);
@@ -523,17 +610,63 @@ static void slot_teardown(pp_pool *pool, model_slot *slot)
     slot->base = NULL;
     slot->tok = NULL;
     pool_governor_release(pool->gov, slot->grant.device, slot->grant.host_mb, slot->grant.vram_mb);
-    pool_log("released %d worker(s) of %s (%llu MB host, %llu MB VRAM)", slot->n_workers, slot->key,
-             (unsigned long long)slot->grant.host_mb, (unsigned long long)slot->grant.vram_mb);
+    pool_log("released the memory of %s: %llu MB host, %llu MB VRAM (%d worker(s) stopped)", slot->key,
+             (unsigned long long)slot->grant.host_mb, (unsigned long long)slot->grant.vram_mb, slot->n_workers);
     slot->n_workers = 0;
     memset(&slot->grant, 0, sizeof slot->grant);
 }
 
-/* Loads the model and starts grant->n_workers workers. No lock held. */
+/* Fault injection: fails the pool's PARAPHYM_FAULT_SPAWN_FAIL-th worker start. */
+static pp_status fault_spawn(pp_pool *pool, const model_slot *slot, int index, char *msg, size_t msg_len)
+{
+    long n = atomic_fetch_add(&pool->spawn_count, 1) + 1;
+    if (n != pool->fault_spawn_fail)
+        return PP_STATUS_OK;
+    msgf(msg, msg_len, "cannot start worker %d of %s: fault injection failed worker start %ld (PARAPHYM_FAULT_SPAWN_FAIL)",
+         index, slot->key, n);
+    return PP_STATUS_SPAWN_FAILED;
+}
+
+static int worker_threads(const model_slot *slot)
+{
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = (int)(ncpu > 0 ? ncpu : 1) / (slot->grant.n_workers > 0 ? slot->grant.n_workers : 1);
+    return threads < 1 ? 1 : threads;
+}
+
+/* Gives worker w (index set, queue possibly non-empty) a model and a running thread: the slot's
+ * base model for the first start of worker 1, a fork over the same weights otherwise. No lock
+ * held; on failure w->model is NULL and msg says why. */
+static pp_status worker_start(model_slot *slot, worker *w, bool use_base, char *msg, size_t msg_len)
+{
+    eng_err err = {{0}};
+    if (use_base) {
+        w->model = slot->base;
+    } else if (eng_model_fork(slot->base, worker_threads(slot), &w->model, &err) != PP_STATUS_OK) {
+        msgf(msg, msg_len, "cannot start worker %d of %s: %s", w->index, slot->key, err.msg);
+        w->model = NULL;
+        return PP_STATUS_SPAWN_FAILED;
+    }
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        msgf(msg, msg_len, "cannot start a thread for worker %d of %s", w->index, slot->key);
+        if (w->model != slot->base)
+            eng_model_free(w->model);
+        w->model = NULL;
+        return PP_STATUS_SPAWN_FAILED;
+    }
+    return PP_STATUS_OK;
+}
+
+/* Loads the model and starts grant->n_workers workers. When the first worker starts and a
+ * second does not, the model runs with one and the second's memory goes back to the governor.
+ * No lock held. */
 static pp_status slot_spawn(pp_pool *pool, model_slot *slot, char *msg, size_t msg_len)
 {
     eng_err err = {{0}};
-    pp_status st = eng_model_load(slot->dir, NULL, &slot->base, &err);
+    pp_status st = fault_spawn(pool, slot, 1, msg, msg_len);
+    if (st != PP_STATUS_OK)
+        return st;
+    st = eng_model_load(slot->dir, NULL, &slot->base, &err);
     if (st == PP_STATUS_OK)
         st = eng_tokenizer_load(slot->dir, &slot->tok, &err);
     if (st != PP_STATUS_OK) {
@@ -542,35 +675,19 @@ static pp_status slot_spawn(pp_pool *pool, model_slot *slot, char *msg, size_t m
         slot->base = NULL;
         return PP_STATUS_SPAWN_FAILED;
     }
-    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int threads = (int)(ncpu > 0 ? ncpu : 1) / slot->grant.n_workers;
-    if (threads < 1)
-        threads = 1;
     for (int i = 0; i < slot->grant.n_workers; i++) {
         worker *w = calloc(1, sizeof *w);
         if (!w) {
             st = PP_STATUS_SPAWN_FAILED;
-            msgf(msg, msg_len, "cannot start a worker for %s: out of memory", slot->key);
+            msgf(msg, msg_len, "cannot start worker %d of %s: out of memory", i + 1, slot->key);
             break;
         }
         w->slot = slot;
         w->pool = pool;
         w->index = i + 1;
         pthread_cond_init(&w->cv, NULL);
-        if (i == 0) {
-            w->model = slot->base;
-        } else if ((st = eng_model_fork(slot->base, threads, &w->model, &err)) != PP_STATUS_OK) {
-            msgf(msg, msg_len, "cannot start worker %d for %s: %s", i + 1, slot->key, err.msg);
-            st = PP_STATUS_SPAWN_FAILED;
-            pthread_cond_destroy(&w->cv);
-            free(w);
-            break;
-        }
-        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-            msgf(msg, msg_len, "cannot start a thread for worker %d of %s", i + 1, slot->key);
-            st = PP_STATUS_SPAWN_FAILED;
-            if (w->model != slot->base)
-                eng_model_free(w->model);
+        if ((i > 0 && (st = fault_spawn(pool, slot, i + 1, msg, msg_len)) != PP_STATUS_OK) ||
+            (st = worker_start(slot, w, i == 0, msg, msg_len)) != PP_STATUS_OK) {
             pthread_cond_destroy(&w->cv);
             free(w);
             break;
@@ -578,12 +695,73 @@ static pp_status slot_spawn(pp_pool *pool, model_slot *slot, char *msg, size_t m
         slot->workers[slot->n_workers++] = w;
         pool_log("Spawned worker %d for %s (%s)", i + 1, slot->key, slot->grant.device < 0 ? "CPU" : "GPU");
     }
+    if (st != PP_STATUS_OK && slot->n_workers == 1) {
+        pool_log("warning: %s; %s runs with 1 worker", msg, slot->key);
+        pool_governor_release(pool->gov, slot->grant.device, slot->desc.second.host_mb, slot->desc.second.vram_mb);
+        slot->grant.n_workers = 1;
+        slot->grant.host_mb -= slot->desc.second.host_mb;
+        slot->grant.vram_mb -= slot->grant.device >= 0 ? slot->desc.second.vram_mb : 0;
+        st = PP_STATUS_OK;
+    }
     return st;
 }
 
 /* ---- the pool -------------------------------------------------------------------------------- */
 
-/* Evicts slots idle for longer than the pool's idle timeout. */
+/* Replaces the dead worker w of a READY slot: joins its thread, starts a fresh fork over the
+ * slot's weights, and lets it serve the requests queued on w meanwhile. The worker's memory stays
+ * reserved throughout. When the replacement cannot start, w's queued requests end with
+ * SPAWN_FAILED and w is removed: its memory goes back to the governor (all of the slot's when w
+ * was the last worker, and the slot is torn down). Called and returns with pool->mu held (it is
+ * released while the worker starts); only the maintenance thread calls it. */
+static void replace_worker(pp_pool *pool, model_slot *slot, worker *w)
+{
+    pthread_mutex_unlock(&pool->mu);
+    pthread_join(w->thread, NULL);
+    if (w->model != slot->base)
+        eng_model_free(w->model);
+    w->model = NULL;
+    char msg[1024] = "";
+    pp_status st = fault_spawn(pool, slot, w->index, msg, sizeof msg);
+    pthread_mutex_lock(&pool->mu);
+    w->dead = false; /* the new thread may start serving as soon as it exists */
+    atomic_store(&w->stop, false);
+    pthread_mutex_unlock(&pool->mu);
+    if (st == PP_STATUS_OK)
+        st = worker_start(slot, w, false, msg, sizeof msg);
+    pthread_mutex_lock(&pool->mu);
+    if (st == PP_STATUS_OK) {
+        w->restarts++;
+        pool_log("Replaced worker %d of %s (restart %zu)", w->index, slot->key, w->restarts);
+        return;
+    }
+    w->dead = true;
+    pool_log("cannot replace worker %d of %s: %s", w->index, slot->key, msg);
+    fail_queue(w, PP_STATUS_SPAWN_FAILED, msg);
+    int i = 0;
+    while (slot->workers[i] != w)
+        i++;
+    for (; i + 1 < slot->n_workers; i++)
+        slot->workers[i] = slot->workers[i + 1];
+    slot->workers[--slot->n_workers] = NULL;
+    pthread_cond_destroy(&w->cv);
+    free(w);
+    if (slot->n_workers > 0) {
+        pool_governor_release(pool->gov, slot->grant.device, slot->desc.second.host_mb, slot->desc.second.vram_mb);
+        slot->grant.n_workers--;
+        slot->grant.host_mb -= slot->desc.second.host_mb;
+        slot->grant.vram_mb -= slot->grant.device >= 0 ? slot->desc.second.vram_mb : 0;
+        return;
+    }
+    slot->state = SLOT_EVICTING; /* no worker left: release everything; the next prompt cold-starts */
+    pthread_mutex_unlock(&pool->mu);
+    slot_teardown(pool, slot);
+    pthread_mutex_lock(&pool->mu);
+    slot->state = SLOT_EMPTY;
+    pthread_cond_broadcast(&slot->state_cv);
+}
+
+/* Replaces dead workers and evicts slots idle for longer than the pool's idle timeout. */
 static void *maintenance_main(void *arg)
 {
     pp_pool *pool = arg;
@@ -593,6 +771,10 @@ static void *maintenance_main(void *arg)
         pthread_cond_timedwait(&pool->maint_cv, &pool->mu, &dl);
         if (pool->shutting_down)
             break;
+        for (model_slot *slot = pool->slots; slot; slot = slot->next)
+            for (int i = 0; slot->state == SLOT_READY && i < slot->n_workers; i++)
+                if (slot->workers[i]->dead)
+                    replace_worker(pool, slot, slot->workers[i--]); /* i-- : the array may shrink */
         double now = now_s();
         for (model_slot *slot = pool->slots; slot; slot = slot->next) {
             if (slot->state != SLOT_READY || slot->active > 0 || now - slot->last_used < pool->idle_timeout_s)
@@ -620,6 +802,16 @@ static double env_seconds(const char *name, double fallback)
     return (*end == '\0' && x >= 0) ? x : fallback;
 }
 
+static long env_count(const char *name, long fallback)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return fallback;
+    char *end;
+    long x = strtol(v, &end, 10);
+    return (*end == '\0' && x >= 0) ? x : fallback;
+}
+
 pp_pool *pp_text_to_text_pool(void)
 {
     pthread_mutex_lock(&global_mu);
@@ -644,6 +836,17 @@ pp_pool *pp_text_to_text_pool(void)
     pthread_mutex_init(&pool->mu, NULL);
     cond_init_monotonic(&pool->maint_cv);
     pool->idle_timeout_s = env_seconds("PARAPHYM_IDLE_TIMEOUT_S", IDLE_TIMEOUT_S);
+    long max_queue = env_count("PARAPHYM_MAX_QUEUE", MAX_QUEUE);
+    pool->max_queue = max_queue > 0 ? (size_t)max_queue : 1;
+    pool->fault_spawn_fail = env_count("PARAPHYM_FAULT_SPAWN_FAIL", 0);
+    pool->fault_kill_after = env_count("PARAPHYM_FAULT_KILL_AFTER_TOKENS", 0);
+    atomic_init(&pool->spawn_count, 0);
+    atomic_init(&pool->kills_left, pool->fault_kill_after > 0 ? (int)env_count("PARAPHYM_FAULT_KILL_COUNT", 1) : 0);
+    if (pool->fault_spawn_fail > 0)
+        pool_log("fault injection: worker start %ld will fail", pool->fault_spawn_fail);
+    if (pool->fault_kill_after > 0)
+        pool_log("fault injection: %d worker(s) will die after %ld tokens of a request", atomic_load(&pool->kills_left),
+                 pool->fault_kill_after);
     pool->maint_started = pthread_create(&pool->maint, NULL, maintenance_main, pool) == 0;
     if (!pool->maint_started)
         pool_log("warning: no maintenance thread (idle models will not be evicted)");
@@ -713,7 +916,9 @@ size_t pp_pool_worker_count(pp_pool *pool, const char *key)
         return 0;
     pthread_mutex_lock(&pool->mu);
     model_slot *s = slot_find(pool, key);
-    size_t n = s && s->state == SLOT_READY ? (size_t)s->n_workers : 0;
+    size_t n = 0;
+    for (int i = 0; s && s->state == SLOT_READY && i < s->n_workers; i++)
+        n += !s->workers[i]->dead;
     pthread_mutex_unlock(&pool->mu);
     return n;
 }
@@ -757,6 +962,8 @@ void pp_pool_get_stats(pp_pool *pool, pp_pool_stats *out)
             ws->queued = s->workers[i]->queued;
             ws->served = s->workers[i]->served;
             ws->busy = s->workers[i]->busy;
+            ws->alive = !s->workers[i]->dead;
+            ws->restarts = s->workers[i]->restarts;
         }
     }
     pthread_mutex_unlock(&pool->mu);
@@ -997,13 +1204,25 @@ pp_stream *pool_prompt(pp_pool *pool, const pool_model_desc *model, const pp_pro
         request_free(r);
         return st != PP_STATUS_OK ? pool_error_stream(st, "%s", msg) : NULL;
     }
-    r->stream = stream;
-    worker *best = slot->workers[0];
-    for (int i = 1; i < slot->n_workers; i++) {
+    /* the least loaded live worker; with none alive, the queue of one being replaced */
+    worker *best = NULL;
+    for (int i = 0; i < slot->n_workers; i++) {
         worker *w = slot->workers[i];
-        if (w->queued + w->busy < best->queued + best->busy)
+        if (!best || (best->dead && !w->dead) ||
+            (best->dead == w->dead && w->queued + w->busy < best->queued + best->busy))
             best = w;
     }
+    if (best->queued >= pool->max_queue) {
+        slot->active--;
+        pthread_mutex_unlock(&pool->mu);
+        stream_destroy(stream); /* not handed out yet */
+        request_free(r);
+        return pool_error_stream(PP_STATUS_QUEUE_FULL,
+                                 "the queue of %s is full: %zu request(s) waiting on each of its %d worker(s) "
+                                 "(PARAPHYM_MAX_QUEUE); retry later",
+                                 model->key, pool->max_queue, slot->n_workers);
+    }
+    r->stream = stream;
     if (best->tail)
         best->tail->next = r;
     else

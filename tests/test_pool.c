@@ -3,10 +3,12 @@
  *
  *   test_pool MODELS_DIR (the directory holding qwen3_coder_nano)
  *
- * Memory totals are simulated with PARAPHYM_HOST_MEM_MB (read when a pool is created, so each
- * scenario shuts the pool down and sets it first). Every wait is bounded (120 s per chunk).
- * The load phase runs 8 threads x PP_TEST_POOL_PER_THREAD prompts (default 25: 200 prompts);
- * under ThreadSanitizer, which is ~20x slower, run it with PP_TEST_POOL_PER_THREAD=3.
+ * Memory totals are simulated with PARAPHYM_HOST_MEM_MB, faults with the fault-injection
+ * variables (PARAPHYM_FAULT_SPAWN_FAIL, PARAPHYM_FAULT_KILL_AFTER_TOKENS) and the queue bound
+ * with PARAPHYM_MAX_QUEUE; all are read when a pool is created, so each scenario shuts the pool
+ * down and sets them first. Every wait is bounded (120 s per chunk, 20 s for a replacement).
+ * The load phase runs 16 threads x PP_TEST_POOL_PER_THREAD prompts (default 13: 208 prompts);
+ * under ThreadSanitizer, which is ~20x slower, run it with PP_TEST_POOL_PER_THREAD=2.
  */
 #include <math.h>
 #include <pthread.h>
@@ -73,6 +75,8 @@ static void on_log(void *user, const char *line)
     pthread_mutex_lock(&log_mu);
     if (strstr(line, "Spawned worker 1") || strstr(line, "Spawned worker 2"))
         log_spawned++;
+    if (getenv("PP_TEST_POOL_LOG")) /* the pool's log, for reading what a scenario did */
+        fprintf(stderr, "log: %s\n", line);
     pthread_mutex_unlock(&log_mu);
 }
 
@@ -118,6 +122,167 @@ static void *load_thread(void *p)
     return NULL;
 }
 
+/* Waits up to 20 s for the model to have `n` live workers. */
+static bool wait_workers(pp_pool *pool, const char *key, size_t n)
+{
+    for (int i = 0; i < 200 && pp_pool_worker_count(pool, key) != n; i++)
+        usleep(100 * 1000);
+    return pp_pool_worker_count(pool, key) == n;
+}
+
+/* Waits up to 20 s for the pool to hold no memory. */
+static bool wait_no_memory(pp_pool *pool)
+{
+    for (int i = 0; i < 200 && pp_pool_total_memory_mb(pool) != 0; i++)
+        usleep(100 * 1000);
+    return pp_pool_total_memory_mb(pool) == 0;
+}
+
+/* A fresh pool with the given host total and fault settings (0 = unset). */
+static pp_pool *fresh_pool(uint64_t host_mb, int spawn_fail, int kill_after, int max_queue)
+{
+    char v[32];
+    set_host_mb(host_mb);
+    const char *names[3] = {"PARAPHYM_FAULT_SPAWN_FAIL", "PARAPHYM_FAULT_KILL_AFTER_TOKENS", "PARAPHYM_MAX_QUEUE"};
+    int values[3] = {spawn_fail, kill_after, max_queue};
+    for (int i = 0; i < 3; i++) {
+        snprintf(v, sizeof v, "%d", values[i]);
+        if (values[i])
+            setenv(names[i], v, 1);
+        else
+            unsetenv(names[i]);
+    }
+    return pp_text_to_text_pool();
+}
+
+/* A prompt whose prefill takes long enough (many tokens, prefilled 4 at a time after
+ * pp_model_set_context) that prompts submitted right after it queue behind it before it dies. */
+static pp_stream *long_prompt(pp_model *m, int max_tokens)
+{
+    static char text[4096];
+    if (!text[0])
+        for (int i = 0; i < 120; i++)
+            strcat(text, "word ");
+    pp_prompt p = {text, NULL, 0};
+    pp_completion_params cp;
+    pp_completion_params_default(&cp);
+    cp.max_tokens = max_tokens;
+    return pp_model_prompt(m, &p, &cp);
+}
+
+/* Faults through the documented injection hook: failed spawns (first and second worker), a
+ * worker killed mid-stream (with and without queued work, with a failing replacement), a full
+ * queue. Every affected stream ends with one clear error; nothing hangs. */
+static void test_faults(pp_model *a, const pp_model_info *info)
+{
+    result r, r2, r3;
+    setenv("PARAPHYM_IDLE_TIMEOUT_S", "3600", 1);
+    check(pp_model_set_context(a, 4096, 4) == PP_STATUS_OK, "prefill in steps of 4", NULL);
+    uint64_t w1 = info->memory.first_worker_host_mb;
+    uint64_t one_fits = (w1 * 5 + 3) / 4; /* floor(0.8 total) >= w1 but < w1 + w2 */
+
+    /* the first worker start fails: SPAWN_FAILED naming the hook, memory back to zero; retry works */
+    pp_pool *pool = fresh_pool(1 << 20, 1, 0, 0);
+    pp_stream *s = greedy_prompt(a, 0, 4);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_SPAWN_FAILED && strstr(r.error, "fault injection") && pp_pool_total_memory_mb(pool) == 0,
+          "injected spawn failure ends the stream with SPAWN_FAILED and returns the memory", r.error);
+    s = greedy_prompt(a, 0, 48);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && strcmp(r.text, greedy[0]) == 0 && pp_pool_worker_count(pool, "test/nano-a") == 2,
+          "the next prompt cold-starts two workers", r.error);
+    pp_pool_shutdown(pool);
+
+    /* the second worker fails to start: the model runs with one, the second's memory released */
+    pool = fresh_pool(1 << 20, 2, 0, 0);
+    s = greedy_prompt(a, 1, 8);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && pp_pool_worker_count(pool, "test/nano-a") == 1 &&
+              pp_pool_total_memory_mb(pool) == w1,
+          "a failed second worker leaves one worker holding one worker's memory", r.error);
+    pp_pool_shutdown(pool);
+
+    /* a worker killed mid-stream: that stream ends with WORKER_DIED after a correct prefix; the
+     * worker is replaced and serves again */
+    pool = fresh_pool(1 << 20, 0, 6, 0);
+    s = greedy_prompt(a, 0, 48);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_WORKER_DIED && strstr(r.error, "died") && r.n_final == 0 &&
+              strncmp(r.text, greedy[0], r.len) == 0,
+          "a killed worker's stream ends with WORKER_DIED after a correct prefix", r.error);
+    check(wait_workers(pool, "test/nano-a", 2), "the dead worker is replaced within 20 s", NULL);
+    pp_pool_stats st;
+    pp_pool_get_stats(pool, &st);
+    size_t restarts = 0;
+    for (size_t i = 0; i < st.n_workers; i++)
+        restarts += st.workers[i].restarts;
+    check(restarts == 1, "stats count one restart", NULL);
+    s = greedy_prompt(a, 0, 48);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && strcmp(r.text, greedy[0]) == 0, "the replaced worker serves", r.error);
+    pp_pool_shutdown(pool);
+
+    /* one worker, killed with requests queued behind it: they are served by its replacement */
+    pool = fresh_pool(one_fits, 0, 6, 0);
+    pp_stream *s1 = long_prompt(a, 48);
+    pp_stream *s2 = greedy_prompt(a, 0, 48), *s3 = greedy_prompt(a, 1, 8);
+    drain(s1, &r);
+    drain(s2, &r2);
+    drain(s3, &r3);
+    check(r.status == PP_STATUS_WORKER_DIED, "the running stream ends with WORKER_DIED", r.error);
+    check(r2.status == PP_STATUS_END && strcmp(r2.text, greedy[0]) == 0 && r3.status == PP_STATUS_END &&
+              r3.n_final == 1,
+          "requests queued on the dead worker are served by its replacement", r2.error);
+    pp_stream_free(s1);
+    pp_stream_free(s2);
+    pp_stream_free(s3);
+    pp_pool_shutdown(pool);
+
+    /* one worker, killed, and its replacement fails: queued work ends with SPAWN_FAILED, the
+     * memory goes back, and the next prompt cold-starts again */
+    pool = fresh_pool(one_fits, 2, 6, 0);
+    s1 = long_prompt(a, 48);
+    s2 = greedy_prompt(a, 0, 48);
+    drain(s1, &r);
+    drain(s2, &r2);
+    pp_stream_free(s1);
+    pp_stream_free(s2);
+    check(r.status == PP_STATUS_WORKER_DIED && r2.status == PP_STATUS_SPAWN_FAILED && strstr(r2.error, "worker 1"),
+          "a failed replacement ends the queued stream with SPAWN_FAILED", r2.error);
+    check(wait_no_memory(pool) && !pp_pool_has_workers(pool, "test/nano-a"),
+          "a model whose last worker cannot be replaced releases its memory", NULL);
+    s = greedy_prompt(a, 1, 8);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END, "and cold-starts on the next prompt", r.error);
+    pp_pool_shutdown(pool);
+
+    /* a full queue: one worker busy, one request waiting (PARAPHYM_MAX_QUEUE=1), the next refused */
+    pool = fresh_pool(one_fits, 0, 0, 1);
+    s1 = greedy_prompt(a, 0, 3000);
+    pp_chunk ch;
+    check(pp_stream_next(s1, &ch, 120000) == PP_STATUS_OK, "first chunk", NULL);
+    s2 = greedy_prompt(a, 0, 8);
+    s3 = greedy_prompt(a, 1, 8);
+    drain(s3, &r3);
+    check(r3.status == PP_STATUS_QUEUE_FULL && strstr(r3.error, "test/nano-a") && strstr(r3.error, "full"),
+          "a prompt beyond the queue bound ends with QUEUE_FULL", r3.error);
+    pp_stream_cancel(s1);
+    drain(s1, &r);
+    drain(s2, &r2);
+    check(r.status == PP_STATUS_CANCELLED && r2.status == PP_STATUS_END, "the others end normally", r2.error);
+    pp_stream_free(s1);
+    pp_stream_free(s2);
+    pp_stream_free(s3);
+    pp_pool_shutdown(pool);
+    check(pp_model_set_context(a, 4096, 256) == PP_STATUS_OK, "default context", NULL);
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -157,26 +322,30 @@ int main(int argc, char **argv)
           "greedy through the pool equals the reference", r.text);
     check(pp_pool_worker_count(pool, "test/nano-a") == 2 && log_spawned == 2, "cold start spawned 2 workers", NULL);
 
-    /* load: 8 threads x 25 prompts over both models; every stream one final chunk, right text */
-    pthread_t th[8];
-    load_arg la[8];
+    /* load: 16 threads x 13 prompts over both models; every stream one final chunk, right text */
+    enum { N_THREADS = 16 };
+    pthread_t th[N_THREADS];
+    load_arg la[N_THREADS];
     const char *per = getenv("PP_TEST_POOL_PER_THREAD");
-    int per_thread = per && atoi(per) > 0 ? atoi(per) : 25;
-    for (int i = 0; i < 8; i++) {
+    int per_thread = per && atoi(per) > 0 ? atoi(per) : 13;
+    for (int i = 0; i < N_THREADS; i++) {
         la[i] = (load_arg){{a, b}, i, per_thread, 0};
         pthread_create(&th[i], NULL, load_thread, &la[i]);
     }
     int bad = 0;
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < N_THREADS; i++) {
         pthread_join(th[i], NULL);
         bad += la[i].bad;
     }
-    check(bad == 0, "every concurrent prompt (8 threads) equals the single-threaded greedy result", NULL);
+    printf("load: %d prompts from %d threads, %d wrong\n", N_THREADS * per_thread, N_THREADS, bad);
+    check(bad == 0, "every concurrent prompt (16 threads) equals the single-threaded greedy result", NULL);
     pp_pool_stats st;
     pp_pool_get_stats(pool, &st);
     int served_workers = 0;
-    for (size_t i = 0; i < st.n_workers; i++)
+    for (size_t i = 0; i < st.n_workers; i++) {
         served_workers += st.workers[i].served > 0;
+        printf("  %s worker %d served %zu\n", st.workers[i].registry_key, st.workers[i].worker, st.workers[i].served);
+    }
     check(st.n_workers == 4 && served_workers == 4, "both workers of both models served requests", NULL);
 
     /* bad parameters arrive on the stream */
@@ -302,6 +471,8 @@ int main(int argc, char **argv)
     pp_stream_free(s);
     check(r.status == PP_STATUS_END && strcmp(r.text, greedy[0]) == 0, "cold start after eviction", r.error);
     pp_pool_shutdown(pool);
+
+    test_faults(a, info);
 
     printf("pool: %s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;
