@@ -1,8 +1,10 @@
 /* paraphym.c: the command line.
  *
  *   paraphym run        [--model DIR] --prompt TEXT [--chat] [--system TEXT] [sampling options]
- *   paraphym logits     [--model DIR] --ids 3,17,42 [--backend cpu] [--prefill N] [--mla naive|absorbed]
+ *   paraphym logits     [--model DIR] --ids 3,17,42 [--prefill N] [--mla naive|absorbed]
  *   paraphym perplexity [--model DIR] --file F [--ctx 256] [--max-tokens 32768]
+ *   (run, logits and perplexity take --backend cpu|cuda|auto, default auto: cuda when a CUDA
+ *   device is present, else cpu)
  *   paraphym tokenize   [--model DIR]          (text on stdin -> JSON array of ids)
  *   paraphym detokenize [--model DIR]          (JSON array of ids on stdin -> text)
  *   paraphym info       [--model DIR]
@@ -41,18 +43,23 @@ static void usage(FILE *f)
             "  paraphym run [--model DIR] --prompt TEXT [--chat] [--system TEXT] [--max-tokens N]\n"
             "               [--temperature T] [--top-k K] [--top-p P] [--min-p P]\n"
             "               [--repetition-penalty R] [--stop S]... [--seed S] [--ctx N]\n"
+            "               [--backend cpu|cuda|auto]\n"
             "      stream a completion of TEXT (with --chat: of a one-turn chat in the model's\n"
             "      template) to stdout. Sampling defaults come from generation_config.json;\n"
             "      --temperature 0 is greedy.\n"
-            "  paraphym logits [--model DIR] --ids ID,ID,... [--backend cpu] [--prefill N]\n"
+            "  paraphym logits [--model DIR] --ids ID,ID,... [--backend cpu|cuda|auto] [--prefill N]\n"
             "                  [--mla naive|absorbed] [--threads N]\n"
             "      print {\"logits\": [[...], ...]}, one row of n_vocab floats per input id.\n"
             "  paraphym perplexity [--model DIR] --file F [--ctx 256] [--max-tokens 32768]\n"
+            "                      [--backend cpu|cuda|auto]\n"
             "      print {\"perplexity\": x, \"tokens\": n} over the first max-tokens tokens of F in\n"
             "      windows of ctx tokens (n = predicted tokens).\n"
             "  paraphym tokenize [--model DIR]     read text on stdin, print its ids as JSON\n"
             "  paraphym detokenize [--model DIR]   read a JSON array of ids on stdin, print the text\n"
             "  paraphym info [--model DIR]         print the model's configuration as JSON\n"
+            "\n"
+            "--backend picks where the forward pass runs: cpu, cuda (CUDA device 0) or auto (the\n"
+            "default: cuda when a CUDA device is present, else cpu); compute is f32 on both.\n"
             "\n"
             "Without --model the embedded Qwen3-Coder nano model is used (%s,\n"
             "or $PARAPHYM_DEFAULT_MODEL). DIR is a Hugging Face checkpoint directory.\n",
@@ -109,7 +116,7 @@ static int parse_float(const char *s, const char *flag, float *out)
 static int parse_opts(int argc, char **argv, cli_opts *o)
 {
     memset(o, 0, sizeof *o);
-    o->backend = "cpu";
+    o->backend = NULL; /* the command's default: auto, cpu for info */
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
@@ -228,7 +235,7 @@ static int load_model(const cli_opts *o, eng_model **model)
 {
     eng_model_opts mo;
     eng_model_opts_default(&mo);
-    mo.backend = o->backend;
+    mo.backend = o->backend ? o->backend : "auto";
     mo.n_threads = o->threads;
     if (o->mla) {
         if (strcmp(o->mla, "naive") == 0)
@@ -247,8 +254,9 @@ static int load_model(const cli_opts *o, eng_model **model)
         return -1;
     }
     const eng_config *c = eng_model_config(*model);
-    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s, f32 compute\n",
-            o->model, c->model_type, c->n_layer, c->d_model, c->n_vocab, eng_model_backend_name(*model));
+    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s, f32 compute\n",
+            o->model, c->model_type, c->n_layer, c->d_model, c->n_vocab, eng_model_backend_name(*model),
+            strcmp(mo.backend, "auto") == 0 ? " (picked by --backend auto)" : "");
     return 0;
 }
 
@@ -354,7 +362,10 @@ static int cmd_logits(const cli_opts *o)
 static int cmd_info(const cli_opts *o)
 {
     eng_model *model = NULL;
-    if (load_model(o, &model))
+    cli_opts io = *o;
+    if (!io.backend)
+        io.backend = "cpu"; /* nothing is computed */
+    if (load_model(&io, &model))
         return 1;
     const eng_config *c = eng_model_config(model);
     printf("{\"model_type\": \"%s\", \"arch\": \"%s\", \"n_vocab\": %d, \"d_model\": %d, \"n_layer\": %d, "

@@ -1,4 +1,5 @@
-/* backend.h: the op table every backend implements (the CPU reference now, CUDA next).
+/* backend.h: the op table every backend implements (the CPU reference, and CUDA in builds with
+ * PP_HAVE_CUDA).
  *
  * The forward passes (model_*.c) are written only against this table. Activations are f32 rows
  * in backend memory (host memory for the CPU backend, device memory for CUDA); pointer
@@ -134,6 +135,11 @@ typedef struct eng_backend_ops {
     pp_status (*mla_absorbed)(eng_backend *be, const eng_mla_args *args);
     pp_status (*moe_route)(eng_backend *be, const eng_route_args *args);
     pp_status (*moe_experts)(eng_backend *be, const eng_moe_args *args);
+
+    /* Optional (may be NULL): the backend's message for its last failed op, "" when the last op
+     * succeeded (for CUDA: the call, the CUDA error's name and text, and whether the device is
+     * lost). Owned by the backend, valid until its next op. */
+    const char *(*last_error)(eng_backend *be);
 } eng_backend_ops;
 
 struct eng_backend {
@@ -142,6 +148,28 @@ struct eng_backend {
 
 /* Creates the CPU reference backend with n_threads worker threads (<= 0: one per core). */
 pp_status eng_backend_cpu_create(int n_threads, eng_backend **out, eng_err *err);
+
+#ifdef PP_HAVE_CUDA
+/* Number of usable CUDA devices: 0 when there is no driver or no device (why, when why_len > 0,
+ * then holds the CUDA error text, or ""). Never aborts. */
+int eng_backend_cuda_device_count(char *why, size_t why_len);
+
+/* Creates a CUDA backend on `device` with a stream of its own (non-blocking). Activations live
+ * in device memory; weights stay in host memory and are uploaded on first use into a weight
+ * cache. With share_with (a CUDA backend, e.g. the model a fork is made from) the new backend
+ * shares share_with's weight cache, so no tensor is uploaded twice; device < 0 then means
+ * share_with's device. The cache is freed with the last backend that uses it; host tensors must
+ * outlive it. Backends sharing a cache may run on different threads; one backend is used by one
+ * thread at a time. Errors: UNSUPPORTED when there is no CUDA device, INVALID_ARG for a bad
+ * device or share_with, DEVICE / OUT_OF_MEMORY when the stream cannot be created; *out is NULL
+ * then. After a sticky device fault (illegal address, launch failure) every op of the backend
+ * returns PP_STATUS_DEVICE; last_error says what happened. */
+pp_status eng_backend_cuda_create(int device, eng_backend *share_with, eng_backend **out, eng_err *err);
+
+/* Device bytes held by be's weight cache (shared with the backends it was created with or for);
+ * 0 for a backend that is not CUDA. Thread-safe. */
+size_t eng_backend_cuda_weight_bytes(const eng_backend *be);
+#endif
 
 static inline void eng_backend_destroy(eng_backend *be)
 {

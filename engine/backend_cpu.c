@@ -466,6 +466,13 @@ done:
 
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
+/* The CPU backend fails only for host memory, which its ops' statuses already say. */
+static const char *cpu_last_error(eng_backend *be)
+{
+    (void)be;
+    return "";
+}
+
 static void cpu_destroy(eng_backend *be)
 {
     cpu_backend *cb = as_cpu(be);
@@ -497,6 +504,7 @@ static const eng_backend_ops cpu_ops = {
     .mla_absorbed = cpu_mla_absorbed,
     .moe_route = cpu_moe_route,
     .moe_experts = cpu_moe_experts,
+    .last_error = cpu_last_error,
 };
 
 pp_status eng_backend_cpu_create(int n_threads, eng_backend **out, eng_err *err)

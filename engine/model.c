@@ -40,6 +40,50 @@ pp_status eng_bind_layer_vec(eng_model *m, int layer, const char *suffix, int64_
     return eng_bind_vec(m, name, n, out, err);
 }
 
+/* ---- backends -------------------------------------------------------------------------------- */
+
+typedef enum backend_kind { BACKEND_CPU, BACKEND_CUDA } backend_kind;
+
+/* Resolves a backend name ("cpu", "cuda", "auto"; NULL is "cpu") to the backend to create. */
+static pp_status backend_pick(const char *name, backend_kind *kind, eng_err *err)
+{
+    *kind = BACKEND_CPU;
+    if (!name || strcmp(name, "cpu") == 0)
+        return PP_STATUS_OK;
+    bool want_cuda = strcmp(name, "cuda") == 0;
+    if (!want_cuda && strcmp(name, "auto") != 0)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown backend '%s' (choose cpu, cuda or auto)", name);
+#ifdef PP_HAVE_CUDA
+    char why[256];
+    if (eng_backend_cuda_device_count(why, sizeof why) > 0) {
+        *kind = BACKEND_CUDA;
+        return PP_STATUS_OK;
+    }
+    if (want_cuda)
+        return eng_fail(err, PP_STATUS_UNSUPPORTED, "backend 'cuda': no CUDA device found (%s)",
+                        why[0] ? why : "cudaGetDeviceCount found none");
+#else
+    if (want_cuda)
+        return eng_fail(err, PP_STATUS_UNSUPPORTED,
+                        "backend 'cuda' is not available: this build has no CUDA support (available: cpu)");
+#endif
+    return PP_STATUS_OK; /* auto without a device */
+}
+
+/* Creates a backend of `kind`; a CUDA one shares the weight cache of `share` (a fork's source)
+ * when given, and runs on device 0 otherwise. */
+static pp_status backend_create(backend_kind kind, int n_threads, eng_backend *share, eng_backend **out,
+                                eng_err *err)
+{
+#ifdef PP_HAVE_CUDA
+    if (kind == BACKEND_CUDA)
+        return eng_backend_cuda_create(share ? -1 : 0, share, out, err);
+#endif
+    (void)kind;
+    (void)share;
+    return eng_backend_cpu_create(n_threads, out, err);
+}
+
 static const eng_family *family_for(eng_arch arch)
 {
     switch (arch) {
@@ -60,16 +104,17 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
     }
     if (!dir)
         return eng_fail(err, PP_STATUS_INVALID_ARG, "no model directory given");
-    if (opts->backend && strcmp(opts->backend, "cpu") != 0)
-        return eng_fail(err, PP_STATUS_UNSUPPORTED,
-                        "backend '%s' is not available in this build (available: cpu)", opts->backend);
+    backend_kind kind;
+    pp_status st = backend_pick(opts->backend, &kind, err);
+    if (st != PP_STATUS_OK)
+        return st;
     eng_model *m = calloc(1, sizeof *m);
     if (!m)
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
     m->opts = *opts;
-    m->opts.backend = "cpu";
+    m->opts.backend = kind == BACKEND_CUDA ? "cuda" : "cpu";
     /* config and safetensors errors name their file; later ones are prefixed with the dir */
-    pp_status st = eng_config_load(dir, &m->cfg, err);
+    st = eng_config_load(dir, &m->cfg, err);
     if (st != PP_STATUS_OK) {
         eng_model_free(m);
         return st;
@@ -100,7 +145,7 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
     }
     if ((st = eng_bind_vec(m, "model.norm.weight", c->d_model, &m->final_norm, err)) != PP_STATUS_OK)
         goto fail;
-    if ((st = eng_backend_cpu_create(opts->n_threads, &m->be, err)) != PP_STATUS_OK)
+    if ((st = backend_create(kind, opts->n_threads, NULL, &m->be, err)) != PP_STATUS_OK)
         goto fail;
     if ((st = m->family->bind(m, err)) != PP_STATUS_OK)
         goto fail;
@@ -123,7 +168,8 @@ pp_status eng_model_fork(const eng_model *src, int n_threads, eng_model **out, e
     m->opts.n_threads = n_threads;
     m->weights_owner = src->weights_owner ? src->weights_owner : src;
     m->be = NULL;
-    pp_status st = eng_backend_cpu_create(n_threads, &m->be, err);
+    backend_kind kind = strcmp(src->opts.backend, "cuda") == 0 ? BACKEND_CUDA : BACKEND_CPU;
+    pp_status st = backend_create(kind, n_threads, src->be, &m->be, err);
     if (st != PP_STATUS_OK) {
         free(m);
         return st;
@@ -405,8 +451,20 @@ pp_status eng_session_scratch(eng_session *s, size_t n, float **out, eng_err *er
     return PP_STATUS_OK;
 }
 
-pp_status eng_session_forward(eng_session *s, const int32_t *ids, int n_tokens, float *logits,
-                              bool all_logits, eng_err *err)
+/* Appends the backend's own message for its failed op (a CUDA error's name and text) to err. */
+static pp_status backend_fail(eng_backend *be, pp_status st, eng_err *err)
+{
+    const char *detail = be->ops->last_error ? be->ops->last_error(be) : NULL;
+    if (err && detail && detail[0]) {
+        size_t len = strlen(err->msg);
+        snprintf(err->msg + len, sizeof err->msg - len, ": %s", detail);
+    }
+    return st;
+}
+
+/* The forward pass proper (eng_session_forward without the backend's message). */
+static pp_status session_forward(eng_session *s, const int32_t *ids, int n_tokens, float *logits,
+                                 bool all_logits, eng_err *err)
 {
     eng_model *m = s->m;
     const eng_config *c = &m->cfg;
@@ -443,4 +501,13 @@ pp_status eng_session_forward(eng_session *s, const int32_t *ids, int n_tokens, 
         ENG_TRY(be->ops->download(be, logits, lg, n_logits * sizeof(float)));
     s->pos += n_tokens;
     return PP_STATUS_OK;
+}
+
+pp_status eng_session_forward(eng_session *s, const int32_t *ids, int n_tokens, float *logits,
+                              bool all_logits, eng_err *err)
+{
+    pp_status st = session_forward(s, ids, n_tokens, logits, all_logits, err);
+    if (st != PP_STATUS_OK && st != PP_STATUS_INVALID_ARG)
+        return backend_fail(s->m->be, st, err);
+    return st;
 }

@@ -23,7 +23,9 @@ typedef enum eng_mla_mode {
 } eng_mla_mode;
 
 typedef struct eng_model_opts {
-    const char *backend; /* "cpu" (default) */
+    const char *backend; /* "cpu" (default), "cuda" (device 0; UNSUPPORTED in a build without
+                            CUDA or when there is no device) or "auto" (cuda when a device is
+                            present, else cpu); eng_model_backend_name says which one runs */
     int n_threads;       /* CPU threads; <= 0: one per core */
     eng_mla_mode mla;    /* DeepSeek-V3 attention form; default ENG_MLA_ABSORBED */
 } eng_model_opts;
@@ -32,13 +34,16 @@ void eng_model_opts_default(eng_model_opts *opts);
 
 /* Loads DIR (config.json + safetensors). Returns PP_STATUS_OK and *out, or an error with
  * *out = NULL and a message in err: NOT_FOUND (no config.json, missing tensor or shard),
- * BAD_FORMAT, UNSUPPORTED, INVALID_ARG (bad option), OUT_OF_MEMORY. */
+ * BAD_FORMAT, UNSUPPORTED (also: backend "cuda" without CUDA or a device), INVALID_ARG (bad
+ * option, unknown backend name), OUT_OF_MEMORY, DEVICE. With the cuda backend, weights are
+ * uploaded to the device on first use, not at load. */
 pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model **out, eng_err *err);
 void eng_model_free(eng_model *model); /* NULL-safe; sessions and forks must be freed first */
 
 /* A second runtime over the same weights: the fork borrows src's mapped tensors and bound layers
- * (no copy) and owns a backend of its own (n_threads CPU threads), so src and the fork can run
- * on two threads at once. src must outlive the fork. */
+ * (no copy) and owns a backend of its own (n_threads CPU threads; for a cuda model, a cuda
+ * backend with its own stream that shares src's device weight cache), so src and the fork can
+ * run on two threads at once. src must outlive the fork. */
 pp_status eng_model_fork(const eng_model *src, int n_threads, eng_model **out, eng_err *err);
 
 const eng_config *eng_model_config(const eng_model *model);
@@ -63,7 +68,8 @@ int eng_session_n_ctx(const eng_session *session);
 /* Runs ids[0 .. n_tokens) at positions pos .. pos + n_tokens - 1, appending to the KV cache.
  * logits (host, may be NULL): [n_tokens][n_vocab] when all_logits, else [n_vocab] for the last
  * token. INVALID_ARG (and nothing changes) when an id is outside [0, n_vocab) or the context
- * would overflow n_ctx. */
+ * would overflow n_ctx. A backend failure returns its status (DEVICE for a CUDA error, with the
+ * backend's own message appended to err) and leaves the position unchanged. */
 pp_status eng_session_forward(eng_session *session, const int32_t *ids, int n_tokens, float *logits,
                               bool all_logits, eng_err *err);
 

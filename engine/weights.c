@@ -32,6 +32,10 @@ size_t eng_weight_bytes(const eng_weight *w)
         data_bytes = (size_t)(w->n_out * w->packed_cols) * 4;
         scale_bytes = (size_t)(w->n_out * w->scale_cols) * eng_dtype_size(w->scale_dtype);
         break;
+    case ENG_WFMT_INT8_CHANNEL:
+        data_bytes = (size_t)(w->n_out * w->n_in);
+        scale_bytes = (size_t)w->n_out * eng_dtype_size(w->scale_dtype);
+        break;
     }
     return data_bytes + scale_bytes;
 }
@@ -80,6 +84,13 @@ void eng_weight_row_f32(const eng_weight *w, int64_t n, int64_t k0, int64_t k1, 
             float s = eng_load_f32(w->scale, w->scale_dtype, srow + (size_t)(k / w->group));
             out[k - k0] = (float)q * s;
         }
+        break;
+    }
+    case ENG_WFMT_INT8_CHANNEL: {
+        const int8_t *row = (const int8_t *)w->data + n * w->n_in;
+        float s = eng_load_f32(w->scale, w->scale_dtype, (size_t)n);
+        for (int64_t k = k0; k < k1; k++)
+            out[k - k0] = (float)row[k] * s;
         break;
     }
     }

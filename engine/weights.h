@@ -22,23 +22,25 @@ typedef enum eng_wfmt {
     ENG_WFMT_F16,
     ENG_WFMT_FP8_BLOCK,  /* e4m3 values, scale_inv per [block_out x block_in] block */
     ENG_WFMT_INT4_GROUP, /* compressed-tensors pack-quantized: u = q + 8 nibbles, scale per group */
+    ENG_WFMT_INT8_CHANNEL, /* int8 values, one scale per output row (on-load quantization) */
 } eng_wfmt;
 
 /* A linear layer's weight, logical shape [n_out][n_in] (nn.Linear layout: y = x W^T). */
 typedef struct eng_weight {
     eng_wfmt fmt;
     int64_t n_out, n_in;
-    /* F32/BF16/F16/FP8: [n_out][n_in] in the stored dtype.
+    /* F32/BF16/F16/FP8/INT8: [n_out][n_in] in the stored dtype.
      * INT4: [n_out][packed_cols] uint32 words, 8 nibbles each, low nibble = lowest column. */
     const void *data;
     /* FP8:  [ceil(n_out/block_out)][ceil(n_in/block_in)] scale_dtype (a multiplier).
-     * INT4: [n_out][ceil(n_in/group)] scale_dtype. NULL for unquantized formats. */
+     * INT4: [n_out][ceil(n_in/group)] scale_dtype. INT8: [n_out] scale_dtype.
+     * NULL for unquantized formats. */
     const void *scale;
     eng_dtype scale_dtype;  /* F32, BF16 or F16 */
     int block_out, block_in; /* FP8 */
     int group;              /* INT4 */
     int64_t packed_cols;    /* INT4: ceil(n_in / 8) */
-    int64_t scale_cols;     /* FP8: ceil(n_in/block_in); INT4: ceil(n_in/group) */
+    int64_t scale_cols;     /* FP8: ceil(n_in/block_in); INT4: ceil(n_in/group); INT8: 1 */
 } eng_weight;
 
 /* A 1-D tensor (norm weight, bias, e_score_correction_bias), stored F32, BF16 or F16. */

@@ -145,7 +145,17 @@ typedef struct kern_attn_args {
     int64_t out_stride;
 } kern_attn_args;
 
-int kern_attention(const kern_attn_args *args, kern_stream stream);
+/* Device bytes kern_attention needs as workspace for these args: 0 when it runs without key
+ * splits (n_tokens * n_head rows already fill the GPU, or the context is short), else the
+ * split-K partials (n_split * n_tokens * n_head * (d_v + 2) floats). Depends only on the args
+ * (not on the device); 0 for invalid args or n_tokens == 0. */
+size_t kern_attention_workspace_bytes(const kern_attn_args *args);
+
+/* workspace: kern_attention_workspace_bytes(args) bytes of device memory, 8-byte aligned (NULL
+ * allowed when that is 0), used only by this call's launches on `stream`. Returns
+ * cudaErrorInvalidValue for d_qk or d_v outside 1..256, n_head not a multiple of n_head_kv,
+ * pos0 < 0, a NULL tensor or a missing workspace. */
+int kern_attention(const kern_attn_args *args, void *workspace, kern_stream stream);
 
 /* MLA, absorbed form (DeepSeek-V3), as eng_mla_args: per head h
  *   q_lat = W_UK_h^T q_nope_h, score_j = scale * (q_lat . ckv[j] + q_pe_h . kpe[j]),

@@ -474,7 +474,8 @@ static bool on_chunk(void *user, const eng_chunk *ch)
 }
 
 /* Runs one request to its terminal item. Returns false when the worker died doing it (an
- * injected kill, or a device fault that leaves its backend unusable); `why` then says why. */
+ * injected kill, or a device fault that leaves its backend unusable); `why` then says why and
+ * the stream is left for the caller to end, once the pool knows the worker is dead. */
 static bool run_request(worker *w, request *r, char *why, size_t why_len)
 {
     if (atomic_load(&r->stream->cancel)) {
@@ -490,16 +491,13 @@ static bool run_request(worker *w, request *r, char *why, size_t why_len)
              w->pool->fault_kill_after);
     else if (!alive)
         msgf(why, why_len, "%s", err.msg);
-    if (!alive) {
-        char msg[1024];
-        msgf(msg, sizeof msg, "worker %d of %s died while generating: %s", w->index, w->slot->key, why);
-        stream_fail(r->stream, PP_STATUS_WORKER_DIED, msg);
-    } else if (g.push_failed) {
+    if (!alive)
+        return false;
+    if (g.push_failed)
         stream_fail(r->stream, PP_STATUS_OUT_OF_MEMORY, "out of memory while streaming");
-    } else if (st != PP_STATUS_OK) {
+    else if (st != PP_STATUS_OK)
         stream_fail(r->stream, st, err.msg);
-    }
-    return alive;
+    return true;
 }
 
 /* Ends every request queued on w with `status`; pool->mu held. */
@@ -560,6 +558,15 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&pool->mu);
         char why[512] = "";
         bool alive = run_request(w, r, why, sizeof why);
+        if (!alive) {
+            /* the stream learns of the death only once the pool counts w as dead */
+            char msg[1024];
+            msgf(msg, sizeof msg, "worker %d of %s died while generating: %s", w->index, w->slot->key, why);
+            pthread_mutex_lock(&pool->mu);
+            w->dead = true;
+            stream_fail(r->stream, PP_STATUS_WORKER_DIED, msg);
+            pthread_mutex_unlock(&pool->mu);
+        }
         stream_unref(r->stream);
         request_free(r);
         pthread_mutex_lock(&pool->mu);
@@ -569,7 +576,6 @@ static void *worker_main(void *arg)
         w->slot->last_used = now_s();
         if (!alive) {
             /* this thread ends; the maintenance thread joins it and starts a replacement */
-            w->dead = true;
             pool_log("worker %d of %s died: %s", w->index, w->slot->key, why);
             reroute_queue(w);
             pthread_cond_signal(&pool->maint_cv);
@@ -725,13 +731,13 @@ static void replace_worker(pp_pool *pool, model_slot *slot, worker *w)
     pp_status st = fault_spawn(pool, slot, w->index, msg, sizeof msg);
     pthread_mutex_lock(&pool->mu);
     w->dead = false; /* the new thread may start serving as soon as it exists */
+    w->restarts++;
     atomic_store(&w->stop, false);
     pthread_mutex_unlock(&pool->mu);
     if (st == PP_STATUS_OK)
         st = worker_start(slot, w, false, msg, sizeof msg);
     pthread_mutex_lock(&pool->mu);
     if (st == PP_STATUS_OK) {
-        w->restarts++;
         pool_log("Replaced worker %d of %s (restart %zu)", w->index, slot->key, w->restarts);
         return;
     }

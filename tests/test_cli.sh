@@ -106,7 +106,7 @@ else
     fails=$((fails + 1))
 fi
 "$bin" run --model "$nano" --prompt 'def fibonacci(n):
-' --temperature 0 --max-tokens 48 >"$tmp/run.txt" 2>"$tmp/err"
+' --temperature 0 --max-tokens 48 --backend cpu >"$tmp/run.txt" 2>"$tmp/err"
 want='    return fibonacci(n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,'
 if [ "$(cat "$tmp/run.txt")" = "$want" ]; then
     echo "ok   run --temperature 0 reproduces the reference greedy text, stdout holds only it"
@@ -132,11 +132,12 @@ else
     fails=$((fails + 1))
 fi
 
-# Good input: one JSON object, n_ids rows of n_vocab, identical whatever --prefill is.
+# Good input: one JSON object, n_ids rows of n_vocab, identical whatever --prefill is (on the CPU
+# reference, whose results do not depend on the split into steps beyond 1e-6).
 ids=3,17,42,7,99,1
-"$bin" logits --model "$tiny" --ids $ids >"$tmp/a.json" 2>"$tmp/err" || { echo "FAIL logits: $(cat "$tmp/err")"; fails=$((fails + 1)); }
-"$bin" logits --model "$tiny" --ids $ids --prefill 2 >"$tmp/b.json" 2>"$tmp/err" || { echo "FAIL logits --prefill: $(cat "$tmp/err")"; fails=$((fails + 1)); }
-"$bin" logits --model "$tiny" --ids $ids --prefill 6 --threads 1 >"$tmp/c.json" 2>"$tmp/err" || { echo "FAIL logits --threads: $(cat "$tmp/err")"; fails=$((fails + 1)); }
+"$bin" logits --model "$tiny" --ids $ids --backend cpu >"$tmp/a.json" 2>"$tmp/err" || { echo "FAIL logits: $(cat "$tmp/err")"; fails=$((fails + 1)); }
+"$bin" logits --model "$tiny" --ids $ids --prefill 2 --backend cpu >"$tmp/b.json" 2>"$tmp/err" || { echo "FAIL logits --prefill: $(cat "$tmp/err")"; fails=$((fails + 1)); }
+"$bin" logits --model "$tiny" --ids $ids --prefill 6 --threads 1 --backend cpu >"$tmp/c.json" 2>"$tmp/err" || { echo "FAIL logits --threads: $(cat "$tmp/err")"; fails=$((fails + 1)); }
 if python3 - "$tmp/a.json" "$tmp/b.json" "$tmp/c.json" <<'PY'
 import json, sys
 rows = [json.load(open(p))["logits"] for p in sys.argv[1:]]
@@ -150,6 +151,25 @@ then
     echo "ok   logits: 6 rows of 512, the same with --prefill 2 and --threads 1"
 else
     echo "FAIL logits output"
+    fails=$((fails + 1))
+fi
+
+# --backend: auto (the default) says on stderr which backend it picked; cuda either runs (a CUDA
+# device is present) or fails cleanly naming CUDA.
+"$bin" logits --model "$tiny" --ids 1,2 >/dev/null 2>"$tmp/err"
+if grep -qE "on backend (cpu|cuda) \(picked by --backend auto\), f32 compute" "$tmp/err"; then
+    echo "ok   --backend auto: $(grep -o 'on backend.*' "$tmp/err")"
+else
+    echo "FAIL --backend auto: $(cat "$tmp/err")"
+    fails=$((fails + 1))
+fi
+"$bin" logits --model "$tiny" --ids 1,2 --backend cuda >"$tmp/out" 2>"$tmp/err"
+rc=$?
+if { [ $rc -eq 0 ] && grep -q "on backend cuda, f32 compute" "$tmp/err"; } ||
+    { [ $rc -eq 1 ] && [ ! -s "$tmp/out" ] && grep -qiE "cuda.*(no CUDA device|not available)" "$tmp/err"; }; then
+    echo "ok   --backend cuda: rc=$rc $(tail -n 1 "$tmp/err" | head -c 160)"
+else
+    echo "FAIL --backend cuda: rc=$rc $(head -c 400 "$tmp/err")"
     fails=$((fails + 1))
 fi
 

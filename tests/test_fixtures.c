@@ -1,13 +1,19 @@
 /* test_fixtures.c: teacher-forced logits of a tiny fixture model against Hugging Face's
  * reference.json.
  *
- *   test_fixtures MODEL_DIR [--mla naive|absorbed] [--decode]
+ *   test_fixtures MODEL_DIR [--mla naive|absorbed] [--decode] [--fork]
  *
  * For every case (ids = prompt + the reference's greedy continuation) each position's logits must
  * be within relative L2 error 1e-4 of the reference row, and the argmax must agree wherever the
  * reference's top-2 margin exceeds 1e-3 (the issue's bounds; the fixtures README expects an f32
  * engine near 1e-5). --decode runs the prompt as one prefill and every later id as a one-token
- * decode step through the KV cache; without it the whole sequence is one prefill.
+ * decode step through the KV cache; without it the whole sequence is one prefill. --fork runs every
+ * other case on eng_model_fork of the loaded model (a second backend over the same weights; for
+ * cuda, one sharing the first one's device weight cache, so the fork's cases use tensors the
+ * first model uploaded).
+ *
+ * The backend comes from PP_TEST_BACKEND (cpu, the default, or cuda: tests/test_backend.h); the
+ * bounds are the same on both.
  */
 #include <json-c/json.h>
 #include <math.h>
@@ -16,6 +22,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "test_backend.h"
 
 #define REL_L2_MAX 1e-4
 #define MARGIN_MIN 1e-3
@@ -38,16 +45,21 @@ static int argmax(const double *v, int n, double *margin)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: test_fixtures MODEL_DIR [--mla naive|absorbed] [--decode]\n");
+        fprintf(stderr, "usage: test_fixtures MODEL_DIR [--mla naive|absorbed] [--decode] [--fork]\n");
         return 2;
     }
     const char *dir = argv[1];
     eng_model_opts mo;
     eng_model_opts_default(&mo);
-    bool decode = false;
+    int rc = test_backend_pick(&mo.backend);
+    if (rc != 0)
+        return rc;
+    bool decode = false, use_fork = false;
     for (int i = 2; i < argc; i++) {
         if (strcmp(argv[i], "--decode") == 0)
             decode = true;
+        else if (strcmp(argv[i], "--fork") == 0)
+            use_fork = true;
         else if (strcmp(argv[i], "--mla") == 0 && i + 1 < argc)
             mo.mla = strcmp(argv[++i], "naive") == 0 ? ENG_MLA_NAIVE : ENG_MLA_ABSORBED;
     }
@@ -58,20 +70,23 @@ int main(int argc, char **argv)
         fprintf(stderr, "FAIL: cannot read %s\n", path);
         return 1;
     }
-    eng_model *model = NULL;
+    eng_model *loaded = NULL, *forked = NULL;
     eng_err err = {{0}};
-    if (eng_model_load(dir, &mo, &model, &err) != PP_STATUS_OK) {
+    if (eng_model_load(dir, &mo, &loaded, &err) != PP_STATUS_OK ||
+        (use_fork && eng_model_fork(loaded, 0, &forked, &err) != PP_STATUS_OK)) {
         fprintf(stderr, "FAIL: %s\n", err.msg);
+        eng_model_free(loaded);
         json_object_put(ref);
         return 1;
     }
-    int n_vocab = eng_model_config(model)->n_vocab;
+    int n_vocab = eng_model_config(loaded)->n_vocab;
     json_object *cases = json_object_object_get(ref, "cases");
     int failures = 0;
     double worst = 0.0;
     int n_rows = 0;
     for (size_t ci = 0; ci < json_object_array_length(cases); ci++) {
         json_object *cs = json_object_array_get_idx(cases, ci);
+        eng_model *model = forked && ci % 2 == 1 ? forked : loaded;
         json_object *jids = json_object_object_get(cs, "ids");
         json_object *jlog = json_object_object_get(cs, "logits");
         int prompt_len = json_object_get_int(json_object_object_get(cs, "prompt_len"));
@@ -134,10 +149,12 @@ int main(int argc, char **argv)
         free(refrow);
         free(ourrow);
     }
-    printf("%s: %d rows, worst relative L2 error %.3g (%s, %s)%s\n", dir, n_rows, worst,
+    printf("%s: %d rows, worst relative L2 error %.3g (%s, %s, backend %s%s)%s\n", dir, n_rows, worst,
            decode ? "prefill + decode steps" : "one prefill",
-           mo.mla == ENG_MLA_NAIVE ? "naive MLA" : "absorbed MLA", failures ? "" : ": ok");
-    eng_model_free(model);
+           mo.mla == ENG_MLA_NAIVE ? "naive MLA" : "absorbed MLA", eng_model_backend_name(loaded),
+           use_fork ? ", every other case on a fork" : "", failures ? "" : ": ok");
+    eng_model_free(forked);
+    eng_model_free(loaded);
     json_object_put(ref);
     return failures ? 1 : 0;
 }

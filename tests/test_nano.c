@@ -6,7 +6,8 @@
  * decode step per token; --prefill-all runs everything as one prefill) and checks, at every step,
  * the chosen id's logit and the row's logsumexp within 1e-4 relative of the reference (the issue's
  * bound), and reports the greedy agreement. A missing directory (the nano models other than the
- * committed Qwen one live in ../shared) is reported as skipped (exit 77).
+ * committed Qwen one live in ../shared) is reported as skipped (exit 77). The backend comes from
+ * PP_TEST_BACKEND (cpu, the default, or cuda: tests/test_backend.h), with the same bounds.
  */
 #include <json-c/json.h>
 #include <math.h>
@@ -16,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "model.h"
+#include "test_backend.h"
 
 #define REL_MAX 1e-4
 
@@ -29,6 +31,11 @@ int main(int argc, char **argv)
     }
     const char *dir = argv[1];
     bool prefill_all = argc > 2 && strcmp(argv[2], "--prefill-all") == 0;
+    eng_model_opts mo;
+    eng_model_opts_default(&mo);
+    int rc = test_backend_pick(&mo.backend);
+    if (rc != 0)
+        return rc;
     struct stat sb;
     if (stat(dir, &sb) != 0) {
         printf("skipped: %s not found (the nano fixtures live in ../shared/fixtures/nano)\n", dir);
@@ -43,7 +50,7 @@ int main(int argc, char **argv)
     }
     eng_model *model = NULL;
     eng_err err = {{0}};
-    if (eng_model_load(dir, NULL, &model, &err) != PP_STATUS_OK) {
+    if (eng_model_load(dir, &mo, &model, &err) != PP_STATUS_OK) {
         fprintf(stderr, "FAIL: %s\n", err.msg);
         json_object_put(ref);
         return 1;
@@ -109,9 +116,10 @@ int main(int argc, char **argv)
         free(logits);
     }
     printf("%s: %d steps, worst relative error logit %.3g, logsumexp %.3g; argmax equals the "
-           "reference's greedy id at %d of %d steps (%s)%s\n",
+           "reference's greedy id at %d of %d steps (%s, backend %s)%s\n",
            dir, steps, worst_logit, worst_lse, greedy_same, steps,
-           prefill_all ? "one prefill" : "prefill + decode steps", failures ? "" : ": ok");
+           prefill_all ? "one prefill" : "prefill + decode steps", eng_model_backend_name(model),
+           failures ? "" : ": ok");
     eng_model_free(model);
     json_object_put(ref);
     return failures ? 1 : 0;

@@ -1,0 +1,882 @@
+/* backend_cuda.c: the CUDA backend: eng_backend_ops over the launchers of kernels/kernels.h.
+ *
+ * Invariants:
+ *   - Every op is queued on the backend's own non-blocking stream and returns without waiting,
+ *     except download, upload (the caller may reuse its host buffer at once) and the first use
+ *     of a weight; so ops issued in order on one backend see each other's results.
+ *   - Weights stay where the model bound them (host memory, the safetensors mapping) and are
+ *     made resident on first use through a weight cache: host pointer -> device copy. The cache
+ *     is shared (refcounted, one mutex) by a backend and the backends created with share_with,
+ *     so a model's fork never uploads a tensor twice; an entry is published only after its
+ *     upload has completed, so another backend's stream may use it at once.
+ *   - Every CUDA call and every launcher's return is checked. A failure returns PP_STATUS_DEVICE
+ *     (OUT_OF_MEMORY for an allocation) and keeps a message for last_error; a sticky error (an
+ *     illegal address, a launch failure: the CUDA context is lost) marks the backend dead, and
+ *     from then on every op returns PP_STATUS_DEVICE without touching the device.
+ * A backend is used by one thread at a time; backends sharing a cache may run on two threads.
+ */
+#include <cuda_runtime.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "backend.h"
+#include "kernels.h"
+
+/* Device allocations are rounded up to this many bytes (and the tail of an uploaded tensor is
+ * zeroed), so a kernel's vector load of the last elements of an odd-sized tensor stays inside
+ * the allocation; cudaMalloc aligns to 256 bytes as well. */
+#define ALLOC_ROUND 256
+
+/* Device copies of RoPE frequency tables a backend keeps (one per model and rope in practice). */
+#define ROPE_SLOTS 4
+
+static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+/* ---- the shared weight cache ----------------------------------------------------------------- */
+
+typedef struct cache_slot {
+    const void *host; /* key: host address of the tensor (or expert array); NULL: empty slot */
+    void *dev;        /* device copy */
+    size_t bytes;     /* bytes uploaded (the allocation is rounded up to ALLOC_ROUND) */
+} cache_slot;
+
+/* Open addressing with linear probing; cap is a power of two and at most half the slots are
+ * used. Entries are never removed before the whole cache is freed. */
+typedef struct cache_map {
+    cache_slot *slots;
+    size_t cap, n;
+} cache_map;
+
+typedef struct weight_cache {
+    pthread_mutex_t mu; /* guards everything below */
+    int refs;           /* backends using the cache */
+    int device;
+    cache_map tensors;  /* eng_weight data / scale, eng_vec data -> device bytes */
+    cache_map experts;  /* host eng_weight[n_expert] arrays -> device kern_weight[n_expert] */
+    size_t device_bytes;
+} weight_cache;
+
+static size_t map_hash(const void *key, size_t mask)
+{
+    uint64_t h = (uint64_t)(uintptr_t)key * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h ^ (h >> 29)) & mask;
+}
+
+static cache_slot *map_find(const cache_map *m, const void *key)
+{
+    if (m->cap == 0)
+        return NULL;
+    for (size_t i = map_hash(key, m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+        if (m->slots[i].host == key)
+            return &m->slots[i];
+        if (!m->slots[i].host)
+            return NULL;
+    }
+}
+
+/* Adds key (not present); false when out of host memory (nothing changes then). */
+static bool map_insert(cache_map *m, const void *key, void *dev, size_t bytes)
+{
+    if (2 * (m->n + 1) > m->cap) {
+        size_t cap = m->cap ? 2 * m->cap : 64;
+        cache_slot *slots = calloc(cap, sizeof *slots);
+        if (!slots)
+            return false;
+        for (size_t j = 0; j < m->cap; j++) {
+            if (!m->slots[j].host)
+                continue;
+            size_t i = map_hash(m->slots[j].host, cap - 1);
+            while (slots[i].host)
+                i = (i + 1) & (cap - 1);
+            slots[i] = m->slots[j];
+        }
+        free(m->slots);
+        m->slots = slots;
+        m->cap = cap;
+    }
+    size_t i = map_hash(key, m->cap - 1);
+    while (m->slots[i].host)
+        i = (i + 1) & (m->cap - 1);
+    m->slots[i] = (cache_slot){key, dev, bytes};
+    m->n++;
+    return true;
+}
+
+/* Frees every device copy (errors ignored: the context may be gone) and the table. */
+static void map_clear(cache_map *m)
+{
+    for (size_t i = 0; i < m->cap; i++)
+        if (m->slots[i].host)
+            cudaFree(m->slots[i].dev);
+    free(m->slots);
+    m->slots = NULL;
+    m->cap = m->n = 0;
+}
+
+static void cache_release(weight_cache *wc)
+{
+    if (!wc)
+        return;
+    pthread_mutex_lock(&wc->mu);
+    bool last = --wc->refs == 0;
+    pthread_mutex_unlock(&wc->mu);
+    if (!last)
+        return;
+    int cur = -1;
+    if (cudaGetDevice(&cur) == cudaSuccess && cur != wc->device)
+        cudaSetDevice(wc->device);
+    map_clear(&wc->tensors);
+    map_clear(&wc->experts);
+    cudaGetLastError(); /* errors of a lost context are not this call's to report */
+    pthread_mutex_destroy(&wc->mu);
+    free(wc);
+}
+
+/* ---- the backend ----------------------------------------------------------------------------- */
+
+typedef struct rope_slot {
+    const float *host; /* key: eng_rope.inv_freq (host, the model's) */
+    int d_rope;
+    float *values;     /* [d_rope / 2] host: what was uploaded (compared on every lookup) */
+    float *dev;        /* [d_rope / 2] device */
+} rope_slot;
+
+typedef struct cuda_backend {
+    eng_backend base;
+    int device;
+    cudaStream_t stream;
+    weight_cache *wc;
+    bool dead;      /* a sticky CUDA error was seen: the context is unusable */
+    char msg[512];  /* the last failure, "" after a successful op */
+    void *work;     /* kernel workspace (attention, MLA, MoE), work_bytes, device */
+    size_t work_bytes;
+    int32_t *ids;   /* [ids_cap] device: embedding ids */
+    size_t ids_cap;
+    rope_slot rope[ROPE_SLOTS];
+    int rope_next;  /* slot replaced next when none matches */
+} cuda_backend;
+
+static const eng_backend_ops cuda_ops;
+
+static cuda_backend *as_cuda(eng_backend *be) { return (cuda_backend *)be; }
+
+/* Errors after which the CUDA context is unusable (every later call fails the same way). */
+static bool error_is_sticky(cudaError_t e)
+{
+    switch (e) {
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorLaunchFailure:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorAssert:
+    case cudaErrorECCUncorrectable:
+    case cudaErrorNvlinkUncorrectable:
+    case cudaErrorContextIsDestroyed:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorCudartUnloading:
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorUnknown: return true;
+    default: return false;
+    }
+}
+
+/* Records a failed CUDA call or launcher (what: its text) and returns the status the op gives:
+ * OUT_OF_MEMORY for an allocation failure, DEVICE otherwise. A sticky error marks the backend
+ * dead; any other is cleared from the runtime's last-error slot so that it is not reported
+ * again by the next launcher. */
+static pp_status cuda_fail(cuda_backend *cb, cudaError_t e, const char *what, int line)
+{
+    bool sticky = error_is_sticky(e);
+    snprintf(cb->msg, sizeof cb->msg, "cuda backend (device %d): %.160s failed: %s (%s) at backend_cuda.c:%d%s",
+             cb->device, what, cudaGetErrorName(e), cudaGetErrorString(e), line,
+             sticky ? "; the CUDA context is lost, the backend is dead" : "");
+    if (sticky)
+        cb->dead = true;
+    else
+        cudaGetLastError();
+    return e == cudaErrorMemoryAllocation ? PP_STATUS_OUT_OF_MEMORY : PP_STATUS_DEVICE;
+}
+
+/* Runs a CUDA runtime call or a kern_* launcher (both return 0 / a cudaError_t); on failure
+ * records it and returns the failure's status from the enclosing function. */
+#define CUDA_TRY(cb, call)                                                                         \
+    do {                                                                                           \
+        cudaError_t try_e_ = (cudaError_t)(call);                                                  \
+        if (try_e_ != cudaSuccess)                                                                 \
+            return cuda_fail((cb), try_e_, #call, __LINE__);                                       \
+    } while (0)
+
+/* Records a failure that is not a CUDA error (a bad argument, host memory) and returns st. */
+static pp_status set_fail(cuda_backend *cb, pp_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static pp_status set_fail(cuda_backend *cb, pp_status st, const char *fmt, ...)
+{
+    int n = snprintf(cb->msg, sizeof cb->msg, "cuda backend: ");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cb->msg + n, sizeof cb->msg - (size_t)n, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+/* Every op starts here: a dead backend fails at once; otherwise the message is cleared and the
+ * calling thread is put on the backend's device. */
+static pp_status op_begin(cuda_backend *cb)
+{
+    if (cb->dead)
+        return PP_STATUS_DEVICE;
+    cb->msg[0] = '\0';
+    int cur = -1;
+    CUDA_TRY(cb, cudaGetDevice(&cur));
+    if (cur != cb->device)
+        CUDA_TRY(cb, cudaSetDevice(cb->device));
+    return PP_STATUS_OK;
+}
+
+/* cudaMalloc of bytes rounded up to ALLOC_ROUND (at least one unit). */
+static pp_status dev_alloc(cuda_backend *cb, size_t bytes, void **out)
+{
+    *out = NULL;
+    CUDA_TRY(cb, cudaMalloc(out, round_up(bytes ? bytes : 1, ALLOC_ROUND)));
+    return PP_STATUS_OK;
+}
+
+/* Frees a buffer the stream may still be using: waits for the stream first. */
+static void dev_free_after_stream(cuda_backend *cb, void *p)
+{
+    if (!p)
+        return;
+    cudaStreamSynchronize(cb->stream);
+    cudaFree(p);
+    if (!cb->dead)
+        cudaGetLastError();
+}
+
+/* Grows a device scratch buffer (*buf of *cap bytes) to at least bytes; the old contents are
+ * not kept. */
+static pp_status scratch_reserve(cuda_backend *cb, void **buf, size_t *cap, size_t bytes)
+{
+    if (bytes <= *cap && *buf)
+        return PP_STATUS_OK;
+    dev_free_after_stream(cb, *buf);
+    *buf = NULL;
+    *cap = 0;
+    size_t want = round_up(bytes + bytes / 2, ALLOC_ROUND);
+    pp_status st = dev_alloc(cb, want, buf);
+    if (st == PP_STATUS_OK)
+        *cap = want;
+    return st;
+}
+
+/* ---- weights: eng_weight -> kern_weight with device data ------------------------------------- */
+
+static bool kern_dtype_of(eng_dtype d, kern_dtype *out)
+{
+    switch (d) {
+    case ENG_DTYPE_F32: *out = KERN_DT_F32; return true;
+    case ENG_DTYPE_BF16: *out = KERN_DT_BF16; return true;
+    case ENG_DTYPE_F16: *out = KERN_DT_F16; return true;
+    default: return false;
+    }
+}
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* Bytes of a weight's data as stored (eng_weight_bytes without the scales). */
+static size_t weight_data_bytes(const eng_weight *w)
+{
+    switch (w->fmt) {
+    case ENG_WFMT_F32: return (size_t)(w->n_out * w->n_in) * 4;
+    case ENG_WFMT_BF16:
+    case ENG_WFMT_F16: return (size_t)(w->n_out * w->n_in) * 2;
+    case ENG_WFMT_FP8_BLOCK:
+    case ENG_WFMT_INT8_CHANNEL: return (size_t)(w->n_out * w->n_in);
+    case ENG_WFMT_INT4_GROUP: return (size_t)(w->n_out * w->packed_cols) * 4;
+    }
+    return 0;
+}
+
+/* Bytes of a weight's scale grid (0 for unquantized formats). */
+static size_t weight_scale_bytes(const eng_weight *w)
+{
+    size_t rows = 0;
+    if (w->fmt == ENG_WFMT_FP8_BLOCK)
+        rows = (size_t)ceil_div(w->n_out, w->block_out);
+    else if (w->fmt == ENG_WFMT_INT4_GROUP || w->fmt == ENG_WFMT_INT8_CHANNEL)
+        rows = (size_t)w->n_out;
+    return rows * (size_t)w->scale_cols * eng_dtype_size(w->scale_dtype);
+}
+
+/* Uploads bytes of host memory into a new device buffer (tail zeroed) and waits for the copy,
+ * so that the buffer may be published to other streams. */
+static pp_status upload_new(cuda_backend *cb, const void *host, size_t bytes, void **out)
+{
+    void *d = NULL;
+    pp_status st = dev_alloc(cb, bytes, &d);
+    if (st != PP_STATUS_OK)
+        return st;
+    size_t padded = round_up(bytes ? bytes : 1, ALLOC_ROUND);
+    cudaError_t e = cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice, cb->stream);
+    if (e == cudaSuccess && padded > bytes)
+        e = cudaMemsetAsync((char *)d + bytes, 0, padded - bytes, cb->stream);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(cb->stream);
+    if (e != cudaSuccess) {
+        cudaFree(d);
+        return cuda_fail(cb, e, "uploading a weight (cudaMemcpyAsync + cudaStreamSynchronize)", __LINE__);
+    }
+    *out = d;
+    return PP_STATUS_OK;
+}
+
+/* The device copy of `bytes` bytes of host tensor data at host, uploaded on first use. */
+static pp_status cache_tensor(cuda_backend *cb, const void *host, size_t bytes, const void **dev)
+{
+    weight_cache *wc = cb->wc;
+    pp_status st = PP_STATUS_OK;
+    pthread_mutex_lock(&wc->mu);
+    cache_slot *s = map_find(&wc->tensors, host);
+    if (s && s->bytes >= bytes) {
+        *dev = s->dev;
+    } else if (s) {
+        /* the same host address with a larger extent: the host tensor was freed and its memory
+         * reused while the cache lives, which the engine never does */
+        st = set_fail(cb, PP_STATUS_INTERNAL, "weight cache: host tensor %p was cached with %zu bytes, "
+                      "now used with %zu (was it freed while the backend lives?)", host, s->bytes, bytes);
+    } else {
+        void *d = NULL;
+        st = upload_new(cb, host, bytes, &d);
+        if (st == PP_STATUS_OK && !map_insert(&wc->tensors, host, d, bytes)) {
+            cudaFree(d);
+            st = set_fail(cb, PP_STATUS_OUT_OF_MEMORY, "weight cache: out of host memory");
+        }
+        if (st == PP_STATUS_OK) {
+            wc->device_bytes += round_up(bytes ? bytes : 1, ALLOC_ROUND);
+            *dev = d;
+        }
+    }
+    pthread_mutex_unlock(&wc->mu);
+    return st;
+}
+
+/* Describes w for the kernels, its data and scales made resident. */
+static pp_status weight_resolve(cuda_backend *cb, const eng_weight *w, kern_weight *kw)
+{
+    memset(kw, 0, sizeof *kw);
+    switch (w->fmt) {
+    case ENG_WFMT_F32: kw->fmt = KERN_W_F32; break;
+    case ENG_WFMT_BF16: kw->fmt = KERN_W_BF16; break;
+    case ENG_WFMT_F16: kw->fmt = KERN_W_F16; break;
+    case ENG_WFMT_FP8_BLOCK: kw->fmt = KERN_W_FP8_BLOCK; break;
+    case ENG_WFMT_INT4_GROUP: kw->fmt = KERN_W_INT4_GROUP; break;
+    case ENG_WFMT_INT8_CHANNEL:
+        return set_fail(cb, PP_STATUS_UNSUPPORTED, "int8 per-channel weights have no CUDA kernels yet");
+    default: return set_fail(cb, PP_STATUS_INVALID_ARG, "unknown weight format %d", (int)w->fmt);
+    }
+    bool quantized = w->fmt == ENG_WFMT_FP8_BLOCK || w->fmt == ENG_WFMT_INT4_GROUP;
+    if (!w->data || (quantized && (!w->scale || !kern_dtype_of(w->scale_dtype, &kw->scale_dtype))))
+        return set_fail(cb, PP_STATUS_INVALID_ARG,
+                        "[%lld][%lld] weight without data, or without a F32/BF16/F16 scale grid",
+                        (long long)w->n_out, (long long)w->n_in);
+    kw->n_out = w->n_out;
+    kw->n_in = w->n_in;
+    kw->block_out = w->block_out;
+    kw->block_in = w->block_in;
+    kw->group = w->group;
+    kw->packed_cols = w->packed_cols;
+    kw->scale_cols = w->scale_cols;
+    pp_status st = cache_tensor(cb, w->data, weight_data_bytes(w), &kw->data);
+    if (st == PP_STATUS_OK && quantized)
+        st = cache_tensor(cb, w->scale, weight_scale_bytes(w), &kw->scale);
+    return st;
+}
+
+static pp_status vec_resolve(cuda_backend *cb, const eng_vec *v, kern_vec *kv)
+{
+    memset(kv, 0, sizeof *kv);
+    if (!v->data || !kern_dtype_of(v->dtype, &kv->dtype))
+        return set_fail(cb, PP_STATUS_INVALID_ARG, "vector of %lld elements without data or not F32/BF16/F16",
+                        (long long)v->n);
+    kv->n = v->n;
+    return cache_tensor(cb, v->data, (size_t)v->n * eng_dtype_size(v->dtype), &kv->data);
+}
+
+/* The device array of kern_weight describing experts host[0 .. n), built and uploaded on first
+ * use (every expert's tensors made resident) and cached under the host array's address. */
+static pp_status experts_resolve(cuda_backend *cb, const eng_weight *host, int n, const kern_weight **dev)
+{
+    weight_cache *wc = cb->wc;
+    size_t bytes = (size_t)n * sizeof(kern_weight);
+    pthread_mutex_lock(&wc->mu);
+    cache_slot *s = map_find(&wc->experts, host);
+    const kern_weight *found = s ? s->dev : NULL;
+    size_t found_bytes = s ? s->bytes : 0;
+    pthread_mutex_unlock(&wc->mu);
+    if (found && found_bytes == bytes) {
+        *dev = found;
+        return PP_STATUS_OK;
+    }
+    if (found)
+        return set_fail(cb, PP_STATUS_INTERNAL, "weight cache: expert array %p was cached with %zu "
+                        "experts, now used with %d", (const void *)host, found_bytes / sizeof(kern_weight), n);
+
+    /* resolve outside the lock (cache_tensor takes it), then publish unless another backend did */
+    kern_weight *kw = malloc(bytes);
+    if (!kw)
+        return set_fail(cb, PP_STATUS_OUT_OF_MEMORY, "out of host memory for %d expert descriptors", n);
+    pp_status st = PP_STATUS_OK;
+    for (int e = 0; e < n && st == PP_STATUS_OK; e++)
+        st = weight_resolve(cb, &host[e], &kw[e]);
+    if (st == PP_STATUS_OK) {
+        pthread_mutex_lock(&wc->mu);
+        s = map_find(&wc->experts, host);
+        if (s && s->bytes == bytes) {
+            *dev = s->dev;
+        } else if (s) {
+            st = set_fail(cb, PP_STATUS_INTERNAL, "weight cache: expert array %p cached twice with "
+                          "different sizes", (const void *)host);
+        } else {
+            void *d = NULL;
+            st = upload_new(cb, kw, bytes, &d);
+            if (st == PP_STATUS_OK && !map_insert(&wc->experts, host, d, bytes)) {
+                cudaFree(d);
+                st = set_fail(cb, PP_STATUS_OUT_OF_MEMORY, "weight cache: out of host memory");
+            }
+            if (st == PP_STATUS_OK) {
+                wc->device_bytes += round_up(bytes, ALLOC_ROUND);
+                *dev = d;
+            }
+        }
+        pthread_mutex_unlock(&wc->mu);
+    }
+    free(kw);
+    return st;
+}
+
+/* The device copy of rope->inv_freq ([d_rope / 2] f32). Keyed by the host pointer and d_rope,
+ * and checked against the values uploaded, so a table rewritten in place is uploaded again. */
+static pp_status rope_resolve(cuda_backend *cb, const eng_rope *rope, const float **dev)
+{
+    int half = rope->d_rope / 2;
+    size_t bytes = (size_t)half * sizeof(float);
+    if (!rope->inv_freq)
+        return set_fail(cb, PP_STATUS_INVALID_ARG, "rope without an inv_freq table");
+    rope_slot *slot = NULL;
+    for (int i = 0; i < ROPE_SLOTS; i++) {
+        rope_slot *r = &cb->rope[i];
+        if (r->host == rope->inv_freq && r->d_rope == rope->d_rope) {
+            if (memcmp(r->values, rope->inv_freq, bytes) == 0) {
+                *dev = r->dev;
+                return PP_STATUS_OK;
+            }
+            slot = r;
+        }
+    }
+    if (!slot) {
+        for (int i = 0; i < ROPE_SLOTS && !slot; i++)
+            if (!cb->rope[i].host)
+                slot = &cb->rope[i];
+        if (!slot)
+            slot = &cb->rope[cb->rope_next++ % ROPE_SLOTS];
+    }
+    /* replace the slot: kernels queued earlier may still read its device copy */
+    dev_free_after_stream(cb, slot->dev);
+    free(slot->values);
+    *slot = (rope_slot){0};
+    float *values = malloc(bytes ? bytes : 1);
+    if (!values)
+        return set_fail(cb, PP_STATUS_OUT_OF_MEMORY, "out of host memory for a RoPE table of %d", half);
+    memcpy(values, rope->inv_freq, bytes);
+    void *d = NULL;
+    pp_status st = upload_new(cb, values, bytes, &d);
+    if (st != PP_STATUS_OK) {
+        free(values);
+        return st;
+    }
+    *slot = (rope_slot){rope->inv_freq, rope->d_rope, values, d};
+    *dev = d;
+    return PP_STATUS_OK;
+}
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+
+/* Zeroed, as the CPU backend's calloc. */
+static pp_status cuda_alloc(eng_backend *be, size_t bytes, void **out)
+{
+    cuda_backend *cb = as_cuda(be);
+    *out = NULL;
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK)
+        return st;
+    void *p = NULL;
+    if ((st = dev_alloc(cb, bytes, &p)) != PP_STATUS_OK)
+        return st;
+    cudaError_t e = cudaMemsetAsync(p, 0, round_up(bytes ? bytes : 1, ALLOC_ROUND), cb->stream);
+    if (e != cudaSuccess) {
+        cudaFree(p);
+        return cuda_fail(cb, e, "cudaMemsetAsync", __LINE__);
+    }
+    *out = p;
+    return PP_STATUS_OK;
+}
+
+static void cuda_free(eng_backend *be, void *ptr)
+{
+    cuda_backend *cb = as_cuda(be);
+    if (!ptr)
+        return;
+    int cur = -1;
+    if (cudaGetDevice(&cur) == cudaSuccess && cur != cb->device)
+        cudaSetDevice(cb->device);
+    dev_free_after_stream(cb, ptr);
+}
+
+static pp_status cuda_upload(eng_backend *be, void *dst, const void *src, size_t bytes)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || bytes == 0)
+        return st;
+    CUDA_TRY(cb, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
+    CUDA_TRY(cb, cudaStreamSynchronize(cb->stream)); /* src may be reused on return */
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_download(eng_backend *be, void *dst, const void *src, size_t bytes)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || bytes == 0)
+        return st;
+    CUDA_TRY(cb, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cb->stream));
+    CUDA_TRY(cb, cudaStreamSynchronize(cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_copy(eng_backend *be, float *dst, const float *src, size_t n)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || n == 0)
+        return st;
+    CUDA_TRY(cb, cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, cb->stream));
+    return PP_STATUS_OK;
+}
+
+/* ---- ops --------------------------------------------------------------------------------------- */
+
+static pp_status cuda_embedding(eng_backend *be, const eng_weight *table, const int32_t *ids,
+                                int n_tokens, float *out)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || n_tokens <= 0)
+        return st;
+    for (int t = 0; t < n_tokens; t++)
+        if (ids[t] < 0 || ids[t] >= table->n_out)
+            return set_fail(cb, PP_STATUS_INVALID_ARG, "embedding: token id %d at index %d is outside [0, %lld)",
+                            (int)ids[t], t, (long long)table->n_out);
+    kern_weight kt;
+    if ((st = weight_resolve(cb, table, &kt)) != PP_STATUS_OK)
+        return st;
+    size_t bytes = (size_t)n_tokens * sizeof(int32_t);
+    void *buf = cb->ids;
+    if ((st = scratch_reserve(cb, &buf, &cb->ids_cap, bytes)) != PP_STATUS_OK)
+        return st;
+    cb->ids = buf;
+    CUDA_TRY(cb, cudaMemcpyAsync(cb->ids, ids, bytes, cudaMemcpyHostToDevice, cb->stream));
+    CUDA_TRY(cb, cudaStreamSynchronize(cb->stream)); /* ids (the caller's) may change on return */
+    CUDA_TRY(cb, kern_embedding(&kt, cb->ids, n_tokens, out, cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_matmul(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w,
+                             float *y, int64_t y_stride, int n_tokens)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || n_tokens <= 0)
+        return st;
+    kern_weight kw;
+    if ((st = weight_resolve(cb, w, &kw)) != PP_STATUS_OK)
+        return st;
+    CUDA_TRY(cb, kern_matmul(x, x_stride, &kw, y, y_stride, n_tokens, cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_rmsnorm(eng_backend *be, const float *x, int64_t x_stride, const eng_vec *w,
+                              float eps, float *out, int64_t out_stride, int n_rows)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || n_rows <= 0)
+        return st;
+    kern_vec kv;
+    if ((st = vec_resolve(cb, w, &kv)) != PP_STATUS_OK)
+        return st;
+    CUDA_TRY(cb, kern_rmsnorm(x, x_stride, &kv, eps, out, out_stride, n_rows, cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_add(eng_backend *be, const float *a, const float *b, float *out, size_t n)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || n == 0)
+        return st;
+    CUDA_TRY(cb, kern_add(a, b, out, n, cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_rope(eng_backend *be, float *x, int n_tokens, int n_head, int64_t token_stride,
+                           int64_t head_stride, int rope_offset, int pos0, const eng_rope *rope)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || n_tokens <= 0 || n_head <= 0 || rope->d_rope <= 0)
+        return st;
+    const float *inv_freq = NULL;
+    if ((st = rope_resolve(cb, rope, &inv_freq)) != PP_STATUS_OK)
+        return st;
+    CUDA_TRY(cb, kern_rope(x, n_tokens, n_head, token_stride, head_stride, rope_offset, pos0,
+                           rope->d_rope, rope->interleaved, rope->cos_sin_scale, inv_freq, cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_swiglu(eng_backend *be, const float *gate, int64_t gate_stride, const float *up,
+                             int64_t up_stride, float *out, int64_t out_stride, int n_tokens, int d_ff)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || n_tokens <= 0 || d_ff <= 0)
+        return st;
+    CUDA_TRY(cb, kern_swiglu(gate, gate_stride, up, up_stride, out, out_stride, n_tokens, d_ff, cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_attention(eng_backend *be, const eng_attn_args *a)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || a->n_tokens <= 0)
+        return st;
+    kern_attn_args ka = {
+        .n_tokens = a->n_tokens, .n_head = a->n_head, .n_head_kv = a->n_head_kv,
+        .d_qk = a->d_qk, .d_v = a->d_v, .pos0 = a->pos0, .scale = a->scale,
+        .q = a->q, .q_stride = a->q_stride,
+        .k = a->k, .k_stride = a->k_stride,
+        .v = a->v, .v_stride = a->v_stride,
+        .out = a->out, .out_stride = a->out_stride,
+    };
+    size_t ws = kern_attention_workspace_bytes(&ka);
+    if (ws && (st = scratch_reserve(cb, &cb->work, &cb->work_bytes, ws)) != PP_STATUS_OK)
+        return st;
+    CUDA_TRY(cb, kern_attention(&ka, ws ? cb->work : NULL, cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_mla_absorbed(eng_backend *be, const eng_mla_args *a)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || a->n_tokens <= 0)
+        return st;
+    kern_weight kv_b;
+    if ((st = weight_resolve(cb, a->kv_b, &kv_b)) != PP_STATUS_OK)
+        return st;
+    kern_mla_args ka = {
+        .n_tokens = a->n_tokens, .n_head = a->n_head,
+        .d_nope = a->d_nope, .d_rope = a->d_rope, .d_v = a->d_v, .kv_lora_rank = a->kv_lora_rank,
+        .pos0 = a->pos0, .scale = a->scale,
+        .q = a->q, .q_stride = a->q_stride,
+        .ckv = a->ckv, .kpe = a->kpe,
+        .kv_b = &kv_b,
+        .out = a->out,
+    };
+    size_t ws = kern_mla_workspace_bytes(&ka);
+    if (ws && (st = scratch_reserve(cb, &cb->work, &cb->work_bytes, ws)) != PP_STATUS_OK)
+        return st;
+    CUDA_TRY(cb, kern_mla_absorbed(&ka, ws ? cb->work : NULL, cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_moe_route(eng_backend *be, const eng_route_args *a)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || a->n_tokens <= 0)
+        return st;
+    kern_vec bias;
+    if (a->bias && (st = vec_resolve(cb, a->bias, &bias)) != PP_STATUS_OK)
+        return st;
+    kern_route_args ka = {
+        .kind = a->kind == ENG_ROUTER_SIGMOID ? KERN_ROUTER_SIGMOID : KERN_ROUTER_SOFTMAX,
+        .n_tokens = a->n_tokens, .n_expert = a->n_expert, .n_expert_used = a->n_expert_used,
+        .n_group = a->n_group, .topk_group = a->topk_group,
+        .norm_topk_prob = a->norm_topk_prob,
+        .routed_scaling_factor = a->routed_scaling_factor,
+        .bias = a->bias ? &bias : NULL,
+        .logits = a->logits,
+        .idx = a->idx,
+        .weight = a->weight,
+    };
+    CUDA_TRY(cb, kern_moe_route(&ka, cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_moe_experts(eng_backend *be, const eng_moe_args *a)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || a->n_tokens <= 0)
+        return st;
+    const kern_weight *gate = NULL, *up = NULL, *down = NULL;
+    if ((st = experts_resolve(cb, a->gate, a->n_expert, &gate)) != PP_STATUS_OK ||
+        (st = experts_resolve(cb, a->up, a->n_expert, &up)) != PP_STATUS_OK ||
+        (st = experts_resolve(cb, a->down, a->n_expert, &down)) != PP_STATUS_OK)
+        return st;
+    kern_moe_args ka = {
+        .n_tokens = a->n_tokens, .d_model = a->d_model, .d_ff_expert = a->d_ff_expert,
+        .n_expert = a->n_expert, .n_expert_used = a->n_expert_used,
+        .x = a->x,
+        .gate = gate, .up = up, .down = down,
+        .idx = a->idx, .weight = a->weight,
+        .out = a->out,
+    };
+    size_t ws = kern_moe_workspace_bytes(&ka);
+    if (ws && (st = scratch_reserve(cb, &cb->work, &cb->work_bytes, ws)) != PP_STATUS_OK)
+        return st;
+    CUDA_TRY(cb, kern_moe_experts(&ka, ws ? cb->work : NULL, cb->stream));
+    return PP_STATUS_OK;
+}
+
+/* ---- lifetime -------------------------------------------------------------------------------- */
+
+static const char *cuda_last_error(eng_backend *be) { return as_cuda(be)->msg; }
+
+static void cuda_destroy(eng_backend *be)
+{
+    cuda_backend *cb = as_cuda(be);
+    if (!cb)
+        return;
+    int cur = -1;
+    if (cudaGetDevice(&cur) == cudaSuccess && cur != cb->device)
+        cudaSetDevice(cb->device);
+    if (cb->stream)
+        cudaStreamSynchronize(cb->stream);
+    cudaFree(cb->work);
+    cudaFree(cb->ids);
+    for (int i = 0; i < ROPE_SLOTS; i++) {
+        cudaFree(cb->rope[i].dev);
+        free(cb->rope[i].values);
+    }
+    if (cb->stream)
+        cudaStreamDestroy(cb->stream);
+    cudaGetLastError(); /* nothing to report from a destroyer */
+    cache_release(cb->wc);
+    free(cb);
+}
+
+static const eng_backend_ops cuda_ops = {
+    .name = "cuda",
+    .destroy = cuda_destroy,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .upload = cuda_upload,
+    .download = cuda_download,
+    .copy = cuda_copy,
+    .embedding = cuda_embedding,
+    .matmul = cuda_matmul,
+    .rmsnorm = cuda_rmsnorm,
+    .add = cuda_add,
+    .rope = cuda_rope,
+    .swiglu = cuda_swiglu,
+    .attention = cuda_attention,
+    .mla_absorbed = cuda_mla_absorbed,
+    .moe_route = cuda_moe_route,
+    .moe_experts = cuda_moe_experts,
+    .last_error = cuda_last_error,
+};
+
+int eng_backend_cuda_device_count(char *why, size_t why_len)
+{
+    if (why && why_len)
+        why[0] = '\0';
+    return kern_device_count(why, why_len);
+}
+
+pp_status eng_backend_cuda_create(int device, eng_backend *share_with, eng_backend **out, eng_err *err)
+{
+    *out = NULL;
+    cuda_backend *share = NULL;
+    if (share_with) {
+        if (share_with->ops != &cuda_ops)
+            return eng_fail(err, PP_STATUS_INVALID_ARG, "cuda backend: share_with is a %s backend, not a cuda one",
+                            share_with->ops->name);
+        share = as_cuda(share_with);
+        if (device < 0)
+            device = share->device;
+        if (device != share->device)
+            return eng_fail(err, PP_STATUS_INVALID_ARG,
+                            "cuda backend: cannot share the weight cache of device %d on device %d",
+                            share->device, device);
+    }
+    if (device < 0)
+        device = 0;
+    char why[256] = "";
+    int n = eng_backend_cuda_device_count(why, sizeof why);
+    if (device >= n)
+        return eng_fail(err, n > 0 ? PP_STATUS_INVALID_ARG : PP_STATUS_UNSUPPORTED,
+                        "cuda backend: no CUDA device %d (%d found%s%s)", device, n, why[0] ? ": " : "", why);
+    cuda_backend *cb = calloc(1, sizeof *cb);
+    if (!cb)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "cuda backend: out of memory");
+    cb->base.ops = &cuda_ops;
+    cb->device = device;
+    cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess)
+        e = cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+        cb->stream = NULL;
+        pp_status st = cuda_fail(cb, e, "cudaSetDevice + cudaStreamCreateWithFlags", __LINE__);
+        eng_fail(err, st, "%s", cb->msg);
+        cuda_destroy(&cb->base);
+        return st;
+    }
+    if (share) {
+        cb->wc = share->wc;
+        pthread_mutex_lock(&cb->wc->mu);
+        cb->wc->refs++;
+        pthread_mutex_unlock(&cb->wc->mu);
+    } else {
+        weight_cache *wc = calloc(1, sizeof *wc);
+        if (!wc || pthread_mutex_init(&wc->mu, NULL) != 0) {
+            free(wc);
+            cuda_destroy(&cb->base);
+            return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "cuda backend: cannot create the weight cache");
+        }
+        wc->refs = 1;
+        wc->device = device;
+        cb->wc = wc;
+    }
+    *out = &cb->base;
+    return PP_STATUS_OK;
+}
+
+size_t eng_backend_cuda_weight_bytes(const eng_backend *be)
+{
+    if (!be || be->ops != &cuda_ops)
+        return 0;
+    weight_cache *wc = ((const cuda_backend *)be)->wc;
+    pthread_mutex_lock(&wc->mu);
+    size_t bytes = wc->device_bytes;
+    pthread_mutex_unlock(&wc->mu);
+    return bytes;
+}

@@ -1,0 +1,222 @@
+// elementwise.cu: embedding lookup, RMSNorm, residual add, RoPE and SwiGLU, the memory-bound ops
+// of a transformer layer.
+//
+// Invariant: every kernel computes engine/backend_cpu.c's formula in the same f32 operation
+// order (RMSNorm's sum of squares in double, RoPE's cos/sin in double rounded to f32, as the
+// CPU); results differ from it only by RMSNorm's summation order and by CUDA's expf / double
+// sincos being within 2 ulp rather than glibc's. Ops documented as in place (rmsnorm, add,
+// swiglu, rope) read each element before any thread writes it.
+#include <cuda_runtime.h>
+#include <math.h>
+
+#include "dequant.cuh"
+#include "kernels.h"
+
+// Threads per block of every kernel here (8 warps).
+#define EW_THREADS 256
+// Largest gridDim.y; the row (token) loops stride by gridDim.y beyond it.
+#define EW_MAX_GRID_Y 65535
+// RoPE keeps a slice in registers: at most EW_ROPE_PAIRS_PER_LANE pairs per lane of a warp,
+// so d_rope <= 2 * 32 * 16 = 1024, the CPU reference's limit (checked at model load).
+#define EW_ROPE_PAIRS_PER_LANE 16
+#define EW_ROPE_MAX (2 * 32 * EW_ROPE_PAIRS_PER_LANE)
+
+static unsigned grid_y(int64_t rows)
+{
+    return (unsigned)(rows < EW_MAX_GRID_Y ? rows : EW_MAX_GRID_Y);
+}
+
+// ---- embedding --------------------------------------------------------------------------------
+
+// Grid (ceil(n_in / 256), min(n_tokens, 65535)): one thread per output element, token rows
+// strided by gridDim.y.
+static __global__ void embedding_kernel(kern_weight table, const int32_t *__restrict__ ids,
+                                        int n_tokens, float *__restrict__ out)
+{
+    int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= table.n_in)
+        return;
+    for (int t = blockIdx.y; t < n_tokens; t += gridDim.y) {
+        int32_t id = __ldg(ids + t);
+        out[(int64_t)t * table.n_in + k] =
+            id >= 0 && id < table.n_out ? dq_weight_at(table, id, k) : __int_as_float(0x7fc00000);
+    }
+}
+
+extern "C" int kern_embedding(const kern_weight *table, const int32_t *ids, int n_tokens,
+                              float *out, kern_stream stream)
+{
+    if (!dq_weight_valid(table) || !ids || !out || n_tokens < 0)
+        return (int)cudaErrorInvalidValue;
+    if (n_tokens == 0 || table->n_in == 0)
+        return 0;
+    dim3 grid((unsigned)((table->n_in + EW_THREADS - 1) / EW_THREADS), grid_y(n_tokens));
+    embedding_kernel<<<grid, EW_THREADS, 0, stream>>>(*table, ids, n_tokens, out);
+    return (int)cudaGetLastError();
+}
+
+// ---- rmsnorm ----------------------------------------------------------------------------------
+
+// Sum of v over the block, the result in every thread; red holds one slot per warp.
+static __device__ double block_sum(double v, double *red)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0)
+        red[threadIdx.x / 32] = v;
+    __syncthreads();
+    v = 0.0;
+    for (int i = 0; i < EW_THREADS / 32; i++)
+        v += red[i];
+    return v;
+}
+
+// One block per row; each thread strides over the row's columns twice (sum of squares, then
+// the scaled store), reading x[i] before writing out[i] so x and out may alias.
+static __global__ void __launch_bounds__(EW_THREADS)
+rmsnorm_kernel(const float *x, int64_t x_stride, kern_vec w, float eps, float *out,
+               int64_t out_stride)
+{
+    __shared__ double red[EW_THREADS / 32];
+    const float *xr = x + (int64_t)blockIdx.x * x_stride;
+    float *o = out + (int64_t)blockIdx.x * out_stride;
+    double ss = 0.0;
+    for (int64_t i = threadIdx.x; i < w.n; i += EW_THREADS)
+        ss += (double)xr[i] * (double)xr[i];
+    ss = block_sum(ss, red);
+    float inv = (float)(1.0 / sqrt(ss / (double)w.n + (double)eps));
+    for (int64_t i = threadIdx.x; i < w.n; i += EW_THREADS)
+        o[i] = xr[i] * inv * dq_load(w.data, w.dtype, i);
+}
+
+extern "C" int kern_rmsnorm(const float *x, int64_t x_stride, const kern_vec *w, float eps,
+                            float *out, int64_t out_stride, int n_rows, kern_stream stream)
+{
+    if (!x || !w || !w->data || !dq_dtype_valid(w->dtype) || w->n < 0 || !out || n_rows < 0)
+        return (int)cudaErrorInvalidValue;
+    if (n_rows == 0 || w->n == 0)
+        return 0;
+    rmsnorm_kernel<<<(unsigned)n_rows, EW_THREADS, 0, stream>>>(x, x_stride, *w, eps, out,
+                                                                out_stride);
+    return (int)cudaGetLastError();
+}
+
+// ---- add --------------------------------------------------------------------------------------
+
+// Grid-stride loop, one element per thread per step (out may alias a or b: same index).
+static __global__ void add_kernel(const float *a, const float *b, float *out, size_t n)
+{
+    size_t step = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step)
+        out[i] = a[i] + b[i];
+}
+
+extern "C" int kern_add(const float *a, const float *b, float *out, size_t n, kern_stream stream)
+{
+    if (!a || !b || !out)
+        return (int)cudaErrorInvalidValue;
+    if (n == 0)
+        return 0;
+    size_t blocks = (n + EW_THREADS - 1) / EW_THREADS;
+    // 2^20 blocks of 256 cover 256M elements per step; larger n loops in the kernel
+    if (blocks > ((size_t)1 << 20))
+        blocks = (size_t)1 << 20;
+    add_kernel<<<(unsigned)blocks, EW_THREADS, 0, stream>>>(a, b, out, n);
+    return (int)cudaGetLastError();
+}
+
+// ---- rope -------------------------------------------------------------------------------------
+
+// One warp per (token, head) slice, 8 slices per block. Lane l owns pairs j = l + 32 i: it reads
+// every pair of the slice into registers, the warp synchronises, then it writes (j, j + half);
+// the interleaved layout reads (2j, 2j+1), which other lanes write, hence the two phases.
+static __global__ void __launch_bounds__(EW_THREADS)
+rope_kernel(float *x, int n_tokens, int n_head, int64_t token_stride, int64_t head_stride,
+            int rope_offset, int pos0, int d_rope, bool interleaved, float cos_sin_scale,
+            const float *__restrict__ inv_freq)
+{
+    int64_t slice = (int64_t)blockIdx.x * (EW_THREADS / 32) + threadIdx.x / 32;
+    if (slice >= (int64_t)n_tokens * n_head)
+        return; // the whole warp leaves together
+    int t = (int)(slice / n_head), h = (int)(slice % n_head);
+    int lane = threadIdx.x % 32, half = d_rope / 2;
+    float *v = x + (int64_t)t * token_stride + (int64_t)h * head_stride + rope_offset;
+    float pos = (float)(pos0 + t);
+    float lo[EW_ROPE_PAIRS_PER_LANE], hi[EW_ROPE_PAIRS_PER_LANE];
+#pragma unroll
+    for (int i = 0; i < EW_ROPE_PAIRS_PER_LANE; i++) {
+        int j = lane + 32 * i;
+        if (j >= half)
+            break;
+        // as the CPU: f32 angle, cos/sin in double rounded to f32, then the attention factor
+        float ang = pos * __ldg(inv_freq + j);
+        double sd, cd;
+        sincos((double)ang, &sd, &cd);
+        float c = (float)cd * cos_sin_scale;
+        float s = (float)sd * cos_sin_scale;
+        float a = interleaved ? v[2 * j] : v[j];
+        float b = interleaved ? v[2 * j + 1] : v[j + half];
+        // explicit roundings: the CPU build (no FMA) rounds each product, so no contraction here
+        lo[i] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+        hi[i] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+    }
+    __syncwarp();
+#pragma unroll
+    for (int i = 0; i < EW_ROPE_PAIRS_PER_LANE; i++) {
+        int j = lane + 32 * i;
+        if (j >= half)
+            break;
+        v[j] = lo[i];
+        v[j + half] = hi[i];
+    }
+}
+
+extern "C" int kern_rope(float *x, int n_tokens, int n_head, int64_t token_stride,
+                         int64_t head_stride, int rope_offset, int pos0, int d_rope,
+                         bool interleaved, float cos_sin_scale, const float *inv_freq,
+                         kern_stream stream)
+{
+    if (!x || !inv_freq || n_tokens < 0 || n_head < 0 || rope_offset < 0 || d_rope < 0 ||
+        d_rope % 2 != 0 || d_rope > EW_ROPE_MAX)
+        return (int)cudaErrorInvalidValue;
+    if (n_tokens == 0 || n_head == 0 || d_rope == 0)
+        return 0;
+    int64_t slices = (int64_t)n_tokens * n_head;
+    unsigned blocks = (unsigned)((slices + EW_THREADS / 32 - 1) / (EW_THREADS / 32));
+    rope_kernel<<<blocks, EW_THREADS, 0, stream>>>(x, n_tokens, n_head, token_stride, head_stride,
+                                                   rope_offset, pos0, d_rope, interleaved,
+                                                   cos_sin_scale, inv_freq);
+    return (int)cudaGetLastError();
+}
+
+// ---- swiglu -----------------------------------------------------------------------------------
+
+// Grid (ceil(d_ff / 256), min(n_tokens, 65535)): one thread per element, token rows strided by
+// gridDim.y; out may alias gate or up (same element).
+static __global__ void swiglu_kernel(const float *gate, int64_t gate_stride, const float *up,
+                                     int64_t up_stride, float *out, int64_t out_stride,
+                                     int n_tokens, int d_ff)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= d_ff)
+        return;
+    for (int t = blockIdx.y; t < n_tokens; t += gridDim.y) {
+        float g = gate[(int64_t)t * gate_stride + i];
+        float u = up[(int64_t)t * up_stride + i];
+        out[(int64_t)t * out_stride + i] = g / (1.0f + expf(-g)) * u;
+    }
+}
+
+extern "C" int kern_swiglu(const float *gate, int64_t gate_stride, const float *up,
+                           int64_t up_stride, float *out, int64_t out_stride, int n_tokens,
+                           int d_ff, kern_stream stream)
+{
+    if (!gate || !up || !out || n_tokens < 0 || d_ff < 0)
+        return (int)cudaErrorInvalidValue;
+    if (n_tokens == 0 || d_ff == 0)
+        return 0;
+    dim3 grid((unsigned)((d_ff + EW_THREADS - 1) / EW_THREADS), grid_y(n_tokens));
+    swiglu_kernel<<<grid, EW_THREADS, 0, stream>>>(gate, gate_stride, up, up_stride, out,
+                                                   out_stride, n_tokens, d_ff);
+    return (int)cudaGetLastError();
+}

@@ -1,0 +1,1454 @@
+/* test_ops.c: every op of the CUDA backend checked against the CPU reference backend.
+ *
+ *   test_ops [--small] [--op NAME] [--seed N] [--backend cuda|cpu]
+ *
+ * Each case builds its inputs on the host (weights as host eng_weight structs over random bytes,
+ * the form a safetensors mapping gives both backends), runs the op on the CPU backend and on a
+ * fresh backend under test, and checks every output in this order:
+ *   1. NaN/Inf positions: a NaN/Inf in the tested output where the CPU value is finite (or the
+ *      reverse) fails, reported with its index;
+ *   2. relative L2 error per row, ||out - cpu|| / ||cpu||, against the op's bound (f32 mode,
+ *      kernels/kernels.h: the backends differ only by summation order and the last ulps of
+ *      expf / cosf / sinf):
+ *        BOUND_ELEMENTWISE 1e-5  embedding, rmsnorm, add, rope, swiglu, moe_route's weights
+ *        BOUND_REDUCTION   1e-4  matmul, attention, MLA, MoE experts
+ *      (the issue's bounds: they are not to be widened to make a case pass);
+ *   3. guard bands: every output buffer has GUARD extra elements on both sides (and, for strided
+ *      rows, gaps between rows) filled with SENTINEL, which must come back bit for bit. Inputs
+ *      hold NaN there instead, so a kernel reading outside its inputs shows up in check 1.
+ * moe_route's expert ids must be identical (its logits are drawn without near-ties, see
+ * route_logits). An op the backend under test refuses with PP_STATUS_UNSUPPORTED (a weight format
+ * without kernels) is reported as "unsup", not failed; any other error fails the case. Prints one line per case and a summary; exits 0 when every case passes, 1
+ * otherwise, 77 without a CUDA device. --small runs only small shapes (for compute-sanitizer);
+ * --op runs one op's cases; --backend cpu checks the CPU backend against itself, which tests the
+ * harness without a GPU (every error must then be 0). A case that loses the CUDA context (an
+ * illegal address, a misaligned access) fails, and the device is reset so the next cases run.
+ */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "kernels.h"
+
+#define BOUND_ELEMENTWISE 1e-5
+#define BOUND_REDUCTION 1e-4
+
+#define GUARD 64              /* elements of guard band on each side of every buffer */
+#define SENTINEL 0xffbadbadu  /* guard bands and gaps of outputs: a NaN no op writes */
+#define NAN_BITS 0x7fc00000u  /* guard bands and gaps of inputs */
+#define MAX_FAIL_LINES 6      /* failure details printed per case */
+
+/* ---- small utilities ---------------------------------------------------------------------- */
+
+static void *xmalloc(size_t bytes)
+{
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "test_ops: out of host memory (%zu bytes)\n", bytes);
+        exit(1);
+    }
+    return p;
+}
+
+static uint32_t f32_bits(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float bits_f32(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Round to nearest even (test values are finite). */
+static uint16_t bf16_from_f32(float f)
+{
+    uint32_t u = f32_bits(f);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* Round to nearest even for normal halves; tiny values flush to zero (test values never are). */
+static uint16_t f16_from_f32(float f)
+{
+    uint32_t u = f32_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    int32_t exp = (int32_t)((u >> 23) & 0xffu) - 127 + 15;
+    uint32_t man = u & 0x7fffffu;
+    if (exp <= 0)
+        return (uint16_t)sign;
+    if (exp >= 31)
+        return (uint16_t)(sign | 0x7c00u);
+    uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13);
+    uint32_t rest = man & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+        h++; /* a carry into the exponent is still the right rounding */
+    return (uint16_t)h;
+}
+
+/* Stores v as element i of an F32/BF16/F16 array. */
+static void store_f(void *p, eng_dtype dt, size_t i, float v)
+{
+    if (dt == ENG_DTYPE_BF16)
+        ((uint16_t *)p)[i] = bf16_from_f32(v);
+    else if (dt == ENG_DTYPE_F16)
+        ((uint16_t *)p)[i] = f16_from_f32(v);
+    else
+        ((float *)p)[i] = v;
+}
+
+static const char *dtype_name(eng_dtype dt)
+{
+    return dt == ENG_DTYPE_BF16 ? "bf16" : dt == ENG_DTYPE_F16 ? "f16" : "f32";
+}
+
+/* splitmix64: a reproducible stream per case. */
+typedef struct rng {
+    uint64_t s;
+} rng;
+
+static uint64_t rng_u64(rng *r)
+{
+    uint64_t z = (r->s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float rng_f(rng *r, float lo, float hi)
+{
+    return lo + (hi - lo) * (float)(rng_u64(r) >> 40) * (1.0f / 16777216.0f);
+}
+
+static int rng_int(rng *r, int n) { return (int)(rng_u64(r) % (uint64_t)n); }
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* ---- test weights and vectors: host tensors over random bytes --------------------------------- */
+
+typedef struct wfmt_case {
+    const char *name;
+    eng_wfmt fmt;
+    eng_dtype scale_dtype; /* FP8 / INT4 */
+    int group;             /* INT4 */
+} wfmt_case;
+
+static const wfmt_case FORMATS[] = {
+    {"f32", ENG_WFMT_F32, ENG_DTYPE_UNKNOWN, 0},
+    {"bf16", ENG_WFMT_BF16, ENG_DTYPE_UNKNOWN, 0},
+    {"f16", ENG_WFMT_F16, ENG_DTYPE_UNKNOWN, 0},
+    {"fp8/f32", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_F32, 0},
+    {"fp8/bf16", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_BF16, 0},
+    {"fp8/f16", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_F16, 0},
+    {"int4g32/bf16", ENG_WFMT_INT4_GROUP, ENG_DTYPE_BF16, 32},
+    {"int4g128/f16", ENG_WFMT_INT4_GROUP, ENG_DTYPE_F16, 128},
+    {"int4g32/f32", ENG_WFMT_INT4_GROUP, ENG_DTYPE_F32, 32},
+    {"int8/f32", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_F32, 0},
+};
+#define N_FORMATS ((int)(sizeof FORMATS / sizeof FORMATS[0]))
+
+/* A linear weight in host memory; w points at data and scale. */
+typedef struct test_weight {
+    eng_weight w;
+    void *data;  /* [n_out][n_in] stored dtype, or [n_out][packed_cols] uint32 */
+    void *scale; /* FP8: [ceil(n_out/128)][ceil(n_in/128)], INT4: [n_out][ceil(n_in/group)] */
+} test_weight;
+
+/* Random weights of moderate size (dequantized values mostly within +-4):
+ *   f32 / bf16 / f16: uniform in [-1, 1] (rounded to the dtype);
+ *   fp8: any e4m3 byte but the NaN codes 0x7f / 0xff (subnormals and 448 included), 128x128
+ *        blocks (ragged at the edges when n_out, n_in are not multiples), scales in [2^-9, 2^-7];
+ *   int4: random words (the nibbles past n_in too), scales in [2^-5, 2^-3];
+ *   int8: random bytes, one scale per row in [2^-8, 2^-6]. */
+static void weight_make(test_weight *t, const wfmt_case *f, int64_t n_out, int64_t n_in, rng *r)
+{
+    memset(t, 0, sizeof *t);
+    eng_weight *w = &t->w;
+    w->fmt = f->fmt;
+    w->n_out = n_out;
+    w->n_in = n_in;
+    size_t n = (size_t)(n_out * n_in);
+    size_t n_scale = 0;
+    float s_lo = 0, s_hi = 0;
+    switch (f->fmt) {
+    case ENG_WFMT_F32:
+    case ENG_WFMT_BF16:
+    case ENG_WFMT_F16: {
+        eng_dtype dt = f->fmt == ENG_WFMT_F32 ? ENG_DTYPE_F32 : f->fmt == ENG_WFMT_BF16 ? ENG_DTYPE_BF16 : ENG_DTYPE_F16;
+        t->data = xmalloc(n * eng_dtype_size(dt));
+        for (size_t i = 0; i < n; i++)
+            store_f(t->data, dt, i, rng_f(r, -1.0f, 1.0f));
+        break;
+    }
+    case ENG_WFMT_FP8_BLOCK: {
+        uint8_t *d = xmalloc(n);
+        for (size_t i = 0; i < n; i++) {
+            uint8_t b;
+            do
+                b = (uint8_t)rng_u64(r);
+            while ((b & 0x7fu) == 0x7fu);
+            d[i] = b;
+        }
+        t->data = d;
+        w->block_out = w->block_in = 128;
+        w->scale_cols = ceil_div(n_in, 128);
+        n_scale = (size_t)(ceil_div(n_out, 128) * w->scale_cols);
+        s_lo = 1.0f / 512, s_hi = 1.0f / 128;
+        break;
+    }
+    case ENG_WFMT_INT4_GROUP: {
+        w->group = f->group;
+        w->packed_cols = ceil_div(n_in, 8);
+        w->scale_cols = ceil_div(n_in, f->group);
+        size_t n_words = (size_t)(n_out * w->packed_cols);
+        uint32_t *d = xmalloc(n_words * 4);
+        for (size_t i = 0; i < n_words; i++)
+            d[i] = (uint32_t)rng_u64(r);
+        t->data = d;
+        n_scale = (size_t)(n_out * w->scale_cols);
+        s_lo = 1.0f / 32, s_hi = 1.0f / 8;
+        break;
+    }
+    case ENG_WFMT_INT8_CHANNEL: {
+        uint8_t *d = xmalloc(n);
+        for (size_t i = 0; i < n; i++)
+            d[i] = (uint8_t)rng_u64(r);
+        t->data = d;
+        w->scale_cols = 1;
+        n_scale = (size_t)n_out;
+        s_lo = 1.0f / 256, s_hi = 1.0f / 64;
+        break;
+    }
+    }
+    if (n_scale) {
+        w->scale_dtype = f->scale_dtype;
+        t->scale = xmalloc(n_scale * eng_dtype_size(f->scale_dtype));
+        for (size_t i = 0; i < n_scale; i++)
+            store_f(t->scale, f->scale_dtype, i, rng_f(r, s_lo, s_hi));
+    }
+    w->data = t->data;
+    w->scale = t->scale;
+}
+
+static void weight_free(test_weight *t)
+{
+    free(t->data);
+    free(t->scale);
+    memset(t, 0, sizeof *t);
+}
+
+/* n_expert experts' gate / up ([d_ff][d_model]) and down ([d_model][d_ff]) weights, with the
+ * eng_weight arrays eng_moe_args points at. */
+typedef struct test_experts {
+    int n;
+    test_weight *store;            /* [3][n] */
+    eng_weight *gate, *up, *down;  /* [n] each */
+} test_experts;
+
+static void experts_make(test_experts *e, const wfmt_case *f, int n, int d_model, int d_ff, rng *r)
+{
+    e->n = n;
+    e->store = xmalloc(3 * (size_t)n * sizeof *e->store);
+    eng_weight *w = xmalloc(3 * (size_t)n * sizeof *w);
+    for (int i = 0; i < 3 * n; i++) {
+        bool down = i >= 2 * n;
+        weight_make(&e->store[i], f, down ? d_model : d_ff, down ? d_ff : d_model, r);
+        w[i] = e->store[i].w;
+    }
+    e->gate = w;
+    e->up = w + n;
+    e->down = w + 2 * n;
+}
+
+static void experts_free(test_experts *e)
+{
+    for (int i = 0; i < 3 * e->n; i++)
+        weight_free(&e->store[i]);
+    free(e->store);
+    free(e->gate);
+    memset(e, 0, sizeof *e);
+}
+
+typedef struct test_vec {
+    eng_vec v;
+    void *data;
+} test_vec;
+
+/* n values of dtype dt: vals when given, else uniform in [lo, hi). */
+static void vec_make(test_vec *t, eng_dtype dt, int64_t n, const float *vals, float lo, float hi, rng *r)
+{
+    t->data = xmalloc((size_t)n * eng_dtype_size(dt));
+    for (int64_t i = 0; i < n; i++)
+        store_f(t->data, dt, (size_t)i, vals ? vals[i] : rng_f(r, lo, hi));
+    t->v = (eng_vec){t->data, dt, n};
+}
+
+static void vec_free(test_vec *t)
+{
+    free(t->data);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- layouts: where an op reads or writes inside a buffer ------------------------------------ */
+
+/* Element (r, s, c) sits at offset + r * row_stride + s * sub_stride + c for r < n_rows,
+ * s < n_sub, c < width (sub-blocks are heads). Rows are the unit of the relative L2 error. */
+typedef struct layout {
+    int64_t n_rows, row_stride;
+    int64_t n_sub, sub_stride;
+    int64_t width, offset;
+} layout;
+
+static layout rows(int64_t n_rows, int64_t width, int64_t row_stride)
+{
+    return (layout){n_rows, row_stride, 1, 0, width, 0};
+}
+
+static size_t layout_at(const layout *l, int64_t r, int64_t s, int64_t c)
+{
+    return (size_t)(l->offset + r * l->row_stride + s * l->sub_stride + c);
+}
+
+/* Elements a buffer needs to hold the layout. */
+static size_t layout_extent(const layout *l)
+{
+    if (l->n_rows <= 0 || l->n_sub <= 0 || l->width <= 0)
+        return 0;
+    return layout_at(l, l->n_rows - 1, l->n_sub - 1, l->width - 1) + 1;
+}
+
+/* [n] flags: 1 where the layout has an element. */
+static uint8_t *layout_mask(const layout *l, size_t n)
+{
+    uint8_t *m = xmalloc(n);
+    memset(m, 0, n);
+    for (int64_t r = 0; r < l->n_rows; r++)
+        for (int64_t s = 0; s < l->n_sub; s++)
+            for (int64_t c = 0; c < l->width; c++)
+                m[layout_at(l, r, s, c)] = 1;
+    return m;
+}
+
+/* ---- the harness ----------------------------------------------------------------------------- */
+
+typedef struct harness {
+    eng_backend *cpu;
+    const char *dut_name; /* "cuda", or "cpu" to check the harness */
+    bool small;
+    const char *only;     /* run only this op's cases (NULL: all) */
+    uint64_t seed;
+    int n_cases, n_failed, n_unsupported;
+    double worst_elementwise, worst_reduction;
+    bool stop;            /* the device is lost: no further cases */
+} harness;
+
+typedef struct tcase {
+    harness *h;
+    eng_backend *dut;  /* a fresh backend under test */
+    rng r;
+    char op[32];
+    char desc[160];
+    double bound;
+    double max_rel;
+    int n_fail;
+    bool unsupported;  /* the backend under test refused the op with UNSUPPORTED */
+} tcase;
+
+static void fail(tcase *tc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void fail(tcase *tc, const char *fmt, ...)
+{
+    if (tc->n_fail++ >= MAX_FAIL_LINES)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    printf("      FAIL %s %s: ", tc->op, tc->desc);
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+}
+
+static pp_status dut_create(harness *h, eng_backend *share, eng_backend **out, eng_err *err)
+{
+    if (strcmp(h->dut_name, "cpu") == 0)
+        return eng_backend_cpu_create(0, out, err);
+    return eng_backend_cuda_create(share ? -1 : 0, share, out, err);
+}
+
+/* Starts a case: false when it is filtered out or the device is gone. */
+static bool case_begin(harness *h, tcase *tc, const char *op, double bound, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static bool case_begin(harness *h, tcase *tc, const char *op, double bound, const char *fmt, ...)
+{
+    memset(tc, 0, sizeof *tc);
+    if (h->stop || (h->only && strcmp(h->only, op) != 0))
+        return false;
+    tc->h = h;
+    tc->bound = bound;
+    tc->r.s = h->seed ^ ((uint64_t)(h->n_cases + 1) * 0xd1b54a32d192ed03ull);
+    snprintf(tc->op, sizeof tc->op, "%s", op);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tc->desc, sizeof tc->desc, fmt, ap);
+    va_end(ap);
+    eng_err err = {{0}};
+    if (dut_create(h, NULL, &tc->dut, &err) != PP_STATUS_OK) {
+        printf("FAIL  %-12s %s: cannot create the %s backend: %s; stopping\n", op, tc->desc, h->dut_name,
+               err.msg);
+        h->n_cases++;
+        h->n_failed++;
+        h->stop = true;
+        return false;
+    }
+    return true;
+}
+
+static void case_end(tcase *tc)
+{
+    harness *h = tc->h;
+    h->n_cases++;
+    if (tc->n_fail)
+        h->n_failed++;
+    else if (tc->unsupported)
+        h->n_unsupported++;
+    double *worst = tc->bound >= BOUND_REDUCTION ? &h->worst_reduction : &h->worst_elementwise;
+    if (tc->max_rel > *worst)
+        *worst = tc->max_rel;
+    printf("%-5s %-12s %-66s max rel L2 %8.2e (bound %.0e)\n",
+           tc->n_fail ? "FAIL" : tc->unsupported ? "unsup" : "ok", tc->op, tc->desc, tc->max_rel, tc->bound);
+    fflush(stdout);
+    eng_backend_destroy(tc->dut);
+    tc->dut = NULL;
+    if (strcmp(h->dut_name, "cuda") == 0) {
+        /* a sticky fault poisons the context for every later case: start a new one */
+        cudaError_t e = cudaDeviceSynchronize();
+        if (e != cudaSuccess) {
+            printf("      the device failed (%s: %s); resetting it\n", cudaGetErrorName(e), cudaGetErrorString(e));
+            cudaDeviceReset();
+            cudaGetLastError();
+        }
+    }
+}
+
+/* Checks a status from the backend under test (or, with is_cpu, the reference). */
+static bool op_ok(tcase *tc, pp_status st, bool is_cpu, const char *what)
+{
+    if (st == PP_STATUS_OK)
+        return true;
+    eng_backend *be = is_cpu ? tc->h->cpu : tc->dut;
+    const char *msg = be->ops->last_error ? be->ops->last_error(be) : "";
+    if (!is_cpu && st == PP_STATUS_UNSUPPORTED) {
+        tc->unsupported = true;
+        printf("      unsupported by %s %s: %s\n", tc->h->dut_name, what, msg);
+        return false;
+    }
+    fail(tc, "%s %s returned %s%s%s", is_cpu ? "cpu" : tc->h->dut_name, what, pp_status_str(st),
+         msg[0] ? ": " : "", msg);
+    return false;
+}
+
+/* ---- buffers with guard bands: one copy for the CPU, one in the backend under test ----------- */
+
+typedef struct gbuf {
+    size_t n;          /* interior elements (4 bytes each: f32, or int32 expert ids) */
+    uint32_t *init;    /* [GUARD + n + GUARD] host: the bits the buffer started with */
+    void *cpu;         /* [n] host: the CPU backend's copy of the interior */
+    void *dut_base;    /* [GUARD + n + GUARD] memory of the backend under test */
+    void *dut;         /* dut_base + GUARD elements: what the op sees */
+} gbuf;
+
+/* A buffer of n elements starting as interior[0 .. n) with `guard` in the guard bands. */
+static bool gbuf_make(tcase *tc, gbuf *b, size_t n, const uint32_t *interior, uint32_t guard)
+{
+    memset(b, 0, sizeof *b);
+    size_t total = n + 2 * GUARD;
+    b->n = n;
+    b->init = xmalloc(total * 4);
+    for (size_t i = 0; i < total; i++)
+        b->init[i] = guard;
+    memcpy(b->init + GUARD, interior, n * 4);
+    b->cpu = xmalloc(n * 4);
+    memcpy(b->cpu, interior, n * 4);
+    eng_backend *d = tc->dut;
+    if (!op_ok(tc, d->ops->alloc(d, total * 4, &b->dut_base), false, "alloc") ||
+        !op_ok(tc, d->ops->upload(d, b->dut_base, b->init, total * 4), false, "upload"))
+        return false;
+    b->dut = (uint32_t *)b->dut_base + GUARD;
+    return true;
+}
+
+static void gbuf_free(tcase *tc, gbuf *b)
+{
+    if (b->dut_base)
+        tc->dut->ops->free(tc->dut, b->dut_base);
+    free(b->init);
+    free(b->cpu);
+    memset(b, 0, sizeof *b);
+}
+
+/* An input (or in/out) buffer: uniform values in [lo, hi) at the layout's elements, NaN in the
+ * gaps and guard bands. */
+static bool gbuf_random(tcase *tc, gbuf *b, const layout *l, float lo, float hi)
+{
+    size_t n = layout_extent(l);
+    uint32_t *bits = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++)
+        bits[i] = NAN_BITS;
+    for (int64_t r = 0; r < l->n_rows; r++)
+        for (int64_t s = 0; s < l->n_sub; s++)
+            for (int64_t c = 0; c < l->width; c++)
+                bits[layout_at(l, r, s, c)] = f32_bits(rng_f(&tc->r, lo, hi));
+    bool ok = gbuf_make(tc, b, n, bits, NAN_BITS);
+    free(bits);
+    return ok;
+}
+
+/* An input buffer holding n given 4-byte values (no gaps). */
+static bool gbuf_values(tcase *tc, gbuf *b, const void *values, size_t n)
+{
+    return gbuf_make(tc, b, n, values, NAN_BITS);
+}
+
+/* An output buffer of n elements, SENTINEL everywhere. */
+static bool gbuf_output(tcase *tc, gbuf *b, size_t n)
+{
+    uint32_t *bits = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++)
+        bits[i] = SENTINEL;
+    bool ok = gbuf_make(tc, b, n, bits, SENTINEL);
+    free(bits);
+    return ok;
+}
+
+/* The whole buffer (guard bands included) as the backend under test left it; NULL on failure. */
+static uint32_t *gbuf_fetch(tcase *tc, const gbuf *b)
+{
+    size_t total = b->n + 2 * GUARD;
+    uint32_t *got = xmalloc(total * 4);
+    if (!op_ok(tc, tc->dut->ops->download(tc->dut, got, b->dut_base, total * 4), false, "download")) {
+        free(got);
+        return NULL;
+    }
+    return got;
+}
+
+/* Check 3: every element outside the layout (guard bands, gaps) is as it started. */
+static void check_guards(tcase *tc, const gbuf *b, const uint32_t *got, const uint8_t *mask, const char *what)
+{
+    size_t total = b->n + 2 * GUARD;
+    for (size_t i = 0; i < total; i++) {
+        bool in = i >= GUARD && i < GUARD + b->n;
+        if (in && mask[i - GUARD])
+            continue;
+        if (got[i] != b->init[i])
+            fail(tc, "%s: %s element %lld changed (0x%08x -> 0x%08x = %g)", what,
+                 in ? "gap" : "guard band", (long long)i - GUARD, b->init[i], got[i], (double)bits_f32(got[i]));
+    }
+}
+
+/* Checks an f32 output against the CPU's: NaN/Inf positions, relative L2 per row, guard bands. */
+static void check_f32(tcase *tc, const gbuf *b, const layout *l, const char *what)
+{
+    uint32_t *got = gbuf_fetch(tc, b);
+    if (!got)
+        return;
+    uint8_t *mask = layout_mask(l, b->n);
+    const float *ref = b->cpu;
+    int bad = 0;
+    for (int64_t r = 0; r < l->n_rows; r++)
+        for (int64_t s = 0; s < l->n_sub; s++)
+            for (int64_t c = 0; c < l->width; c++) {
+                size_t i = layout_at(l, r, s, c);
+                float want = ref[i], have = bits_f32(got[GUARD + i]);
+                bool same_class = isfinite(want) ? isfinite(have)
+                                                 : (isnan(want) ? isnan(have) : have == want);
+                if (!same_class) {
+                    bad++;
+                    fail(tc, "%s: element [%lld][%lld][%lld] (index %zu) is %g, cpu %g", what, (long long)r,
+                         (long long)s, (long long)c, i, (double)have, (double)want);
+                }
+            }
+    for (int64_t r = 0; r < l->n_rows && !bad; r++) {
+        double num = 0.0, den = 0.0;
+        for (int64_t s = 0; s < l->n_sub; s++)
+            for (int64_t c = 0; c < l->width; c++) {
+                size_t i = layout_at(l, r, s, c);
+                if (!isfinite(ref[i]))
+                    continue;
+                double d = (double)bits_f32(got[GUARD + i]) - (double)ref[i];
+                num += d * d;
+                den += (double)ref[i] * (double)ref[i];
+            }
+        double rel = num == 0.0 ? 0.0 : den == 0.0 ? INFINITY : sqrt(num / den);
+        if (rel > tc->max_rel)
+            tc->max_rel = rel;
+        if (!(rel <= tc->bound))
+            fail(tc, "%s: row %lld relative L2 error %.3g > %.0e", what, (long long)r, rel, tc->bound);
+    }
+    check_guards(tc, b, got, mask, what);
+    free(mask);
+    free(got);
+}
+
+/* Checks an int32 output equals the CPU's element for element, then its guard bands. */
+static void check_i32(tcase *tc, const gbuf *b, const layout *l, const char *what)
+{
+    uint32_t *got = gbuf_fetch(tc, b);
+    if (!got)
+        return;
+    uint8_t *mask = layout_mask(l, b->n);
+    const int32_t *ref = b->cpu;
+    for (int64_t r = 0; r < l->n_rows; r++)
+        for (int64_t c = 0; c < l->width; c++) {
+            size_t i = layout_at(l, r, 0, c);
+            if ((int32_t)got[GUARD + i] != ref[i])
+                fail(tc, "%s: row %lld slot %lld is %d, cpu %d", what, (long long)r, (long long)c,
+                     (int32_t)got[GUARD + i], ref[i]);
+        }
+    check_guards(tc, b, got, mask, what);
+    free(mask);
+    free(got);
+}
+
+/* ---- embedding ---------------------------------------------------------------------------------- */
+
+static void case_embedding(harness *h, const wfmt_case *f, int n_vocab, int d, int n_tokens)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "embedding", BOUND_ELEMENTWISE, "n_vocab=%d d=%d n_tokens=%d %s", n_vocab, d,
+                    n_tokens, f->name))
+        return;
+    test_weight tw;
+    weight_make(&tw, f, n_vocab, d, &tc.r);
+    int32_t *ids = xmalloc((size_t)n_tokens * sizeof *ids);
+    for (int t = 0; t < n_tokens; t++)
+        ids[t] = rng_int(&tc.r, n_vocab);
+    ids[0] = n_vocab - 1; /* the last row, the first row and a repeated id */
+    if (n_tokens > 1)
+        ids[1] = 0;
+    if (n_tokens > 2)
+        ids[2] = ids[0];
+    layout l = rows(n_tokens, d, d);
+    gbuf out = {0};
+    if (gbuf_output(&tc, &out, layout_extent(&l)) &&
+        op_ok(&tc, h->cpu->ops->embedding(h->cpu, &tw.w, ids, n_tokens, out.cpu), true, "embedding") &&
+        op_ok(&tc, tc.dut->ops->embedding(tc.dut, &tw.w, ids, n_tokens, out.dut), false, "embedding"))
+        check_f32(&tc, &out, &l, "out");
+    gbuf_free(&tc, &out);
+    free(ids);
+    weight_free(&tw);
+    case_end(&tc);
+}
+
+/* Ids outside [0, n_vocab) are refused with INVALID_ARG before anything is written, and the
+ * backend stays usable. (Not for --backend cpu: the CPU reference trusts its caller.) */
+static void case_embedding_bad_ids(harness *h)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "embedding", BOUND_ELEMENTWISE, "bad ids -1 and n_vocab are refused"))
+        return;
+    test_weight tw;
+    weight_make(&tw, &FORMATS[1], 10, 8, &tc.r);
+    int32_t good[3] = {9, 0, 4}, too_big[3] = {1, 10, 2}, negative[3] = {-1, 0, 0};
+    layout l = rows(3, 8, 8);
+    gbuf out = {0};
+    if (gbuf_output(&tc, &out, layout_extent(&l))) {
+        const int32_t *bad[2] = {too_big, negative};
+        for (int i = 0; i < 2; i++) {
+            pp_status st = tc.dut->ops->embedding(tc.dut, &tw.w, bad[i], 3, out.dut);
+            const char *msg = tc.dut->ops->last_error ? tc.dut->ops->last_error(tc.dut) : "";
+            if (st != PP_STATUS_INVALID_ARG || !msg[0])
+                fail(&tc, "ids {%d, %d, %d}: got %s with message '%s', expected INVALID_ARG and a message",
+                     bad[i][0], bad[i][1], bad[i][2], pp_status_str(st), msg);
+        }
+        uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, out.n);
+        uint32_t *got = gbuf_fetch(&tc, &out);
+        if (got)
+            check_guards(&tc, &out, got, none, "out after refused ids"); /* nothing written */
+        free(got);
+        free(none);
+        if (op_ok(&tc, h->cpu->ops->embedding(h->cpu, &tw.w, good, 3, out.cpu), true, "embedding") &&
+            op_ok(&tc, tc.dut->ops->embedding(tc.dut, &tw.w, good, 3, out.dut), false, "embedding after refused ids"))
+            check_f32(&tc, &out, &l, "out");
+    }
+    gbuf_free(&tc, &out);
+    weight_free(&tw);
+    case_end(&tc);
+}
+
+/* ---- matmul ---------------------------------------------------------------------------------- */
+
+static void case_matmul(harness *h, const wfmt_case *f, int n_out, int n_in, int n_tokens, int x_pad, int y_pad)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "matmul", BOUND_REDUCTION, "n_out=%d n_in=%d n_tokens=%d x_stride=%d y_stride=%d %s",
+                    n_out, n_in, n_tokens, n_in + x_pad, n_out + y_pad, f->name))
+        return;
+    test_weight tw;
+    weight_make(&tw, f, n_out, n_in, &tc.r);
+    layout lx = rows(n_tokens, n_in, n_in + x_pad), ly = rows(n_tokens, n_out, n_out + y_pad);
+    gbuf x = {0}, y = {0};
+    if (gbuf_random(&tc, &x, &lx, -1.0f, 1.0f) && gbuf_output(&tc, &y, layout_extent(&ly)) &&
+        op_ok(&tc, h->cpu->ops->matmul(h->cpu, x.cpu, lx.row_stride, &tw.w, y.cpu, ly.row_stride, n_tokens), true,
+              "matmul") &&
+        op_ok(&tc, tc.dut->ops->matmul(tc.dut, x.dut, lx.row_stride, &tw.w, y.dut, ly.row_stride, n_tokens), false,
+              "matmul"))
+        check_f32(&tc, &y, &ly, "y");
+    gbuf_free(&tc, &x);
+    gbuf_free(&tc, &y);
+    weight_free(&tw);
+    case_end(&tc);
+}
+
+/* ---- elementwise ------------------------------------------------------------------------------ */
+
+/* alias: out is x (same stride). */
+static void case_rmsnorm(harness *h, eng_dtype dt, int d, int n_rows, int x_pad, int out_pad, bool alias)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "rmsnorm", BOUND_ELEMENTWISE, "d=%d n_rows=%d x_stride=%d out_stride=%d%s w %s", d,
+                    n_rows, d + x_pad, alias ? d + x_pad : d + out_pad, alias ? " in place" : "", dtype_name(dt)))
+        return;
+    test_vec w;
+    vec_make(&w, dt, d, NULL, 0.5f, 1.5f, &tc.r);
+    float eps = 1e-6f;
+    layout lx = rows(n_rows, d, d + x_pad), lo = alias ? lx : rows(n_rows, d, d + out_pad);
+    gbuf x = {0}, o = {0};
+    bool ok = gbuf_random(&tc, &x, &lx, -2.0f, 2.0f) && (alias || gbuf_output(&tc, &o, layout_extent(&lo)));
+    gbuf *out = alias ? &x : &o;
+    if (ok && op_ok(&tc, h->cpu->ops->rmsnorm(h->cpu, x.cpu, lx.row_stride, &w.v, eps, out->cpu, lo.row_stride, n_rows),
+                    true, "rmsnorm") &&
+        op_ok(&tc, tc.dut->ops->rmsnorm(tc.dut, x.dut, lx.row_stride, &w.v, eps, out->dut, lo.row_stride, n_rows),
+              false, "rmsnorm"))
+        check_f32(&tc, out, &lo, "out");
+    gbuf_free(&tc, &x);
+    if (!alias)
+        gbuf_free(&tc, &o);
+    vec_free(&w);
+    case_end(&tc);
+}
+
+/* alias: 0 out separate, 1 out is a, 2 out is b. */
+static void case_add(harness *h, size_t n, int alias)
+{
+    tcase tc;
+    static const char *const names[3] = {"", " out=a", " out=b"};
+    if (!case_begin(h, &tc, "add", BOUND_ELEMENTWISE, "n=%zu%s", n, names[alias]))
+        return;
+    layout l = rows(1, (int64_t)n, (int64_t)n);
+    gbuf a = {0}, b = {0}, o = {0};
+    bool ok = gbuf_random(&tc, &a, &l, -1.0f, 1.0f) && gbuf_random(&tc, &b, &l, -1.0f, 1.0f) &&
+              (alias || gbuf_output(&tc, &o, n));
+    gbuf *out = alias == 1 ? &a : alias == 2 ? &b : &o;
+    if (ok && op_ok(&tc, h->cpu->ops->add(h->cpu, a.cpu, b.cpu, out->cpu, n), true, "add") &&
+        op_ok(&tc, tc.dut->ops->add(tc.dut, a.dut, b.dut, out->dut, n), false, "add"))
+        check_f32(&tc, out, &l, "out");
+    gbuf_free(&tc, &a);
+    gbuf_free(&tc, &b);
+    gbuf_free(&tc, &o);
+    case_end(&tc);
+}
+
+typedef struct rope_case {
+    int n_tokens, n_head;
+    int head_width;         /* elements of each head (the rotated slice is inside) */
+    int64_t token_stride, head_stride;
+    int x_offset;           /* the op's x is the buffer + x_offset (DeepSeek's k_pe: ckv + r, one
+                               head); the data fills head_width elements of each head from the
+                               buffer's row start */
+    int rope_offset, d_rope;
+    bool interleaved;
+    float cos_sin_scale;
+    int pos0;
+    float base;             /* inv_freq[j] = base^(-2j / d_rope) */
+} rope_case;
+
+static void case_rope(harness *h, rope_case p)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "rope", BOUND_ELEMENTWISE,
+                    "n_tokens=%d n_head=%d d_rope=%d offset=%d strides=%lld,%lld %s scale=%g pos0=%d", p.n_tokens,
+                    p.n_head, p.d_rope, p.rope_offset, (long long)p.token_stride, (long long)p.head_stride,
+                    p.interleaved ? "interleaved" : "half-split", (double)p.cos_sin_scale, p.pos0))
+        return;
+    float *inv_freq = xmalloc((size_t)(p.d_rope / 2) * sizeof(float));
+    for (int j = 0; j < p.d_rope / 2; j++)
+        inv_freq[j] = powf(p.base, -2.0f * (float)j / (float)p.d_rope);
+    eng_rope rope = {p.d_rope, p.interleaved, p.cos_sin_scale, inv_freq};
+    /* the whole heads hold data; only the rotated slices may change */
+    layout lh = {p.n_tokens, p.token_stride, p.n_head, p.head_stride, p.head_width, 0};
+    layout lr = {p.n_tokens, p.token_stride, p.n_head, p.head_stride, p.d_rope, p.x_offset + p.rope_offset};
+    gbuf x = {0};
+    if (gbuf_random(&tc, &x, &lh, -1.0f, 1.0f) &&
+        op_ok(&tc, h->cpu->ops->rope(h->cpu, (float *)x.cpu + p.x_offset, p.n_tokens, p.n_head, p.token_stride,
+                                     p.head_stride, p.rope_offset, p.pos0, &rope), true, "rope") &&
+        op_ok(&tc, tc.dut->ops->rope(tc.dut, (float *)x.dut + p.x_offset, p.n_tokens, p.n_head, p.token_stride,
+                                     p.head_stride, p.rope_offset, p.pos0, &rope), false, "rope"))
+        check_f32(&tc, &x, &lr, "x");
+    gbuf_free(&tc, &x);
+    free(inv_freq);
+    case_end(&tc);
+}
+
+/* fused: gate and up halves of one [n_tokens][2 * d_ff] row (Phi-3's gate_up_proj); in_place: out
+ * is gate with gate's stride (eng_mlp_forward). */
+static void case_swiglu(harness *h, int n_tokens, int d_ff, bool fused, bool in_place, int out_pad)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "swiglu", BOUND_ELEMENTWISE, "n_tokens=%d d_ff=%d%s%s out_stride=%d", n_tokens, d_ff,
+                    fused ? " gate|up rows" : "", in_place ? " out=gate" : "", d_ff + out_pad))
+        return;
+    int64_t gs = fused ? 2 * (int64_t)d_ff : d_ff;
+    layout lg = rows(n_tokens, fused ? 2 * d_ff : d_ff, gs), lu = rows(n_tokens, d_ff, d_ff);
+    layout lgate = rows(n_tokens, d_ff, gs), lo = in_place ? lgate : rows(n_tokens, d_ff, d_ff + out_pad);
+    gbuf g = {0}, u = {0}, o = {0};
+    bool ok = gbuf_random(&tc, &g, &lg, -6.0f, 6.0f) && (fused || gbuf_random(&tc, &u, &lu, -2.0f, 2.0f)) &&
+              (in_place || gbuf_output(&tc, &o, layout_extent(&lo)));
+    float *up_cpu = fused ? (float *)g.cpu + d_ff : u.cpu, *up_dut = fused ? (float *)g.dut + d_ff : u.dut;
+    int64_t us = fused ? gs : d_ff;
+    gbuf *out = in_place ? &g : &o;
+    if (ok && op_ok(&tc, h->cpu->ops->swiglu(h->cpu, g.cpu, gs, up_cpu, us, out->cpu, lo.row_stride, n_tokens, d_ff),
+                    true, "swiglu") &&
+        op_ok(&tc, tc.dut->ops->swiglu(tc.dut, g.dut, gs, up_dut, us, out->dut, lo.row_stride, n_tokens, d_ff),
+              false, "swiglu"))
+        check_f32(&tc, out, &lo, "out");
+    gbuf_free(&tc, &g);
+    gbuf_free(&tc, &u);
+    gbuf_free(&tc, &o);
+    case_end(&tc);
+}
+
+/* ---- attention ------------------------------------------------------------------------------ */
+
+typedef struct attn_case {
+    int n_head, n_head_kv, d_qk, d_v, n_tokens, pos0;
+    int q_pad, kv_pad, out_pad; /* extra elements per row (q, k, v, out rows strided) */
+} attn_case;
+
+static void case_attention(harness *h, attn_case p)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "attention", BOUND_REDUCTION, "heads=%d/%d d_qk=%d d_v=%d n_tokens=%d pos0=%d%s",
+                    p.n_head, p.n_head_kv, p.d_qk, p.d_v, p.n_tokens, p.pos0,
+                    p.q_pad || p.kv_pad || p.out_pad ? " strided" : ""))
+        return;
+    int n_keys = p.pos0 + p.n_tokens;
+    layout lq = rows(p.n_tokens, (int64_t)p.n_head * p.d_qk, (int64_t)p.n_head * p.d_qk + p.q_pad);
+    layout lk = rows(n_keys, (int64_t)p.n_head_kv * p.d_qk, (int64_t)p.n_head_kv * p.d_qk + p.kv_pad);
+    layout lv = rows(n_keys, (int64_t)p.n_head_kv * p.d_v, (int64_t)p.n_head_kv * p.d_v + p.kv_pad);
+    layout lo = rows(p.n_tokens, (int64_t)p.n_head * p.d_v, (int64_t)p.n_head * p.d_v + p.out_pad);
+    gbuf q = {0}, k = {0}, v = {0}, o = {0};
+    bool ok = gbuf_random(&tc, &q, &lq, -1.0f, 1.0f) && gbuf_random(&tc, &k, &lk, -1.0f, 1.0f) &&
+              gbuf_random(&tc, &v, &lv, -1.0f, 1.0f) && gbuf_output(&tc, &o, layout_extent(&lo));
+    eng_attn_args a = {
+        .n_tokens = p.n_tokens, .n_head = p.n_head, .n_head_kv = p.n_head_kv,
+        .d_qk = p.d_qk, .d_v = p.d_v, .pos0 = p.pos0, .scale = 1.0f / sqrtf((float)p.d_qk),
+        .q = q.cpu, .q_stride = lq.row_stride,
+        .k = k.cpu, .k_stride = lk.row_stride,
+        .v = v.cpu, .v_stride = lv.row_stride,
+        .out = o.cpu, .out_stride = lo.row_stride,
+    };
+    if (ok && op_ok(&tc, h->cpu->ops->attention(h->cpu, &a), true, "attention")) {
+        a.q = q.dut, a.k = k.dut, a.v = v.dut, a.out = o.dut;
+        if (op_ok(&tc, tc.dut->ops->attention(tc.dut, &a), false, "attention"))
+            check_f32(&tc, &o, &lo, "out");
+    }
+    gbuf_free(&tc, &q);
+    gbuf_free(&tc, &k);
+    gbuf_free(&tc, &v);
+    gbuf_free(&tc, &o);
+    case_end(&tc);
+}
+
+typedef struct mla_case {
+    int n_head, kv_lora_rank, d_nope, d_rope, d_v, n_tokens, pos0, q_pad;
+    int fmt; /* index into FORMATS for kv_b */
+} mla_case;
+
+static void case_mla(harness *h, mla_case p)
+{
+    tcase tc;
+    const wfmt_case *f = &FORMATS[p.fmt];
+    if (!case_begin(h, &tc, "mla_absorbed", BOUND_REDUCTION,
+                    "heads=%d rank=%d d_nope=%d d_rope=%d d_v=%d n_tokens=%d pos0=%d%s kv_b %s", p.n_head,
+                    p.kv_lora_rank, p.d_nope, p.d_rope, p.d_v, p.n_tokens, p.pos0, p.q_pad ? " strided" : "",
+                    f->name))
+        return;
+    int n_keys = p.pos0 + p.n_tokens, d_qk = p.d_nope + p.d_rope;
+    test_weight kv_b;
+    weight_make(&kv_b, f, (int64_t)p.n_head * (p.d_nope + p.d_v), p.kv_lora_rank, &tc.r);
+    layout lq = rows(p.n_tokens, (int64_t)p.n_head * d_qk, (int64_t)p.n_head * d_qk + p.q_pad);
+    layout lc = rows(n_keys, p.kv_lora_rank, p.kv_lora_rank), lp = rows(n_keys, p.d_rope, p.d_rope);
+    layout lo = rows(p.n_tokens, (int64_t)p.n_head * p.d_v, (int64_t)p.n_head * p.d_v);
+    gbuf q = {0}, ckv = {0}, kpe = {0}, o = {0};
+    bool ok = gbuf_random(&tc, &q, &lq, -1.0f, 1.0f) && gbuf_random(&tc, &ckv, &lc, -1.0f, 1.0f) &&
+              gbuf_random(&tc, &kpe, &lp, -1.0f, 1.0f) && gbuf_output(&tc, &o, layout_extent(&lo));
+    eng_mla_args a = {
+        .n_tokens = p.n_tokens, .n_head = p.n_head,
+        .d_nope = p.d_nope, .d_rope = p.d_rope, .d_v = p.d_v, .kv_lora_rank = p.kv_lora_rank,
+        .pos0 = p.pos0, .scale = 1.0f / sqrtf((float)d_qk),
+        .q = q.cpu, .q_stride = lq.row_stride,
+        .ckv = ckv.cpu, .kpe = kpe.cpu,
+        .kv_b = &kv_b.w,
+        .out = o.cpu,
+    };
+    if (ok && op_ok(&tc, h->cpu->ops->mla_absorbed(h->cpu, &a), true, "mla_absorbed")) {
+        a.q = q.dut, a.ckv = ckv.dut, a.kpe = kpe.dut, a.out = o.dut;
+        if (op_ok(&tc, tc.dut->ops->mla_absorbed(tc.dut, &a), false, "mla_absorbed"))
+            check_f32(&tc, &o, &lo, "out");
+    }
+    gbuf_free(&tc, &q);
+    gbuf_free(&tc, &ckv);
+    gbuf_free(&tc, &kpe);
+    gbuf_free(&tc, &o);
+    weight_free(&kv_b);
+    case_end(&tc);
+}
+
+/* ---- MoE --------------------------------------------------------------------------------------- */
+
+typedef struct route_case {
+    eng_router_kind kind;
+    int n_tokens, n_expert, n_expert_used, n_group, topk_group;
+    bool norm, ties;
+    float scaling;
+    eng_dtype bias_dtype; /* ENG_DTYPE_UNKNOWN: no bias */
+} route_case;
+
+static double sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+/* The largest two of v[0 .. n) summed (the sigmoid router's group score). */
+static double top2_sum(const double *v, int n)
+{
+    double a = -INFINITY, b = -INFINITY;
+    for (int i = 0; i < n; i++) {
+        if (v[i] > a) {
+            b = a;
+            a = v[i];
+        } else if (v[i] > b) {
+            b = v[i];
+        }
+    }
+    return a + b;
+}
+
+/* One token's router logits without near-ties, so both backends must pick the same experts: a
+ * random permutation of a grid of n_expert values 6 / n_expert apart in [-3, 3) (distinct
+ * probabilities and sigmoid scores differ by >= ~1e-3, far above f32 noise; integer biases keep
+ * scores of different biases apart by > 0.09), redrawn until the group scores of the sigmoid
+ * router are >= 1e-5 apart. With ties, every odd expert copies its even neighbour and group 1
+ * copies group 0 (exact ties, which both must break towards the lower index). */
+static void route_logits(const route_case *p, const float *bias, rng *r, float *lg)
+{
+    int E = p->n_expert, per = p->n_group > 1 ? E / p->n_group : E;
+    double *score = xmalloc((size_t)E * sizeof *score), gs[64];
+    for (int attempt = 0; attempt < 1000; attempt++) {
+        for (int e = 0; e < E; e++)
+            lg[e] = -3.0f + 6.0f * (float)e / (float)E;
+        for (int e = E - 1; e > 0; e--) {
+            int j = rng_int(r, e + 1);
+            float t = lg[e];
+            lg[e] = lg[j];
+            lg[j] = t;
+        }
+        if (p->ties) {
+            for (int e = 1; e < E; e += 2)
+                lg[e] = lg[e - 1];
+            if (p->n_group > 1)
+                for (int e = 0; e < per; e++)
+                    lg[per + e] = lg[e];
+        }
+        if (p->kind != ENG_ROUTER_SIGMOID || p->n_group <= 1)
+            break;
+        for (int e = 0; e < E; e++)
+            score[e] = sigmoid_d(lg[e]) + (bias ? bias[e] : 0.0);
+        for (int g = 0; g < p->n_group; g++)
+            gs[g] = top2_sum(score + g * per, per);
+        bool separated = true;
+        for (int g = 0; g < p->n_group; g++)
+            for (int g2 = g + 1; g2 < p->n_group; g2++)
+                if (fabs(gs[g] - gs[g2]) < 1e-5 && !(p->ties && g == 0 && g2 == 1))
+                    separated = false;
+        if (separated)
+            break;
+    }
+    free(score);
+}
+
+static void case_route(harness *h, route_case p)
+{
+    tcase tc;
+    bool has_bias = p.bias_dtype != ENG_DTYPE_UNKNOWN;
+    if (!case_begin(h, &tc, "moe_route", BOUND_ELEMENTWISE,
+                    "%s n_tokens=%d experts=%d/%d groups=%d/%d norm=%d scale=%g bias=%s%s",
+                    p.kind == ENG_ROUTER_SIGMOID ? "sigmoid" : "softmax", p.n_tokens, p.n_expert_used, p.n_expert,
+                    p.n_group, p.topk_group, p.norm, (double)p.scaling, has_bias ? dtype_name(p.bias_dtype) : "none",
+                    p.ties ? " ties" : ""))
+        return;
+    int E = p.n_expert, K = p.n_expert_used;
+    float *bias_vals = xmalloc((size_t)E * sizeof(float));
+    for (int e = 0; e < E; e++)
+        bias_vals[e] = (float)(rng_int(&tc.r, 3) - 1); /* -1, 0, 1: exact in every dtype */
+    if (p.ties) { /* as route_logits: odd experts copy their even neighbour, group 1 copies group 0 */
+        for (int e = 1; e < E; e += 2)
+            bias_vals[e] = bias_vals[e - 1];
+        for (int e = 0; p.n_group > 1 && e < E / p.n_group; e++)
+            bias_vals[E / p.n_group + e] = bias_vals[e];
+    }
+    test_vec bias = {{0}, NULL};
+    if (has_bias)
+        vec_make(&bias, p.bias_dtype, E, bias_vals, 0, 0, &tc.r);
+    float *lg = xmalloc((size_t)p.n_tokens * (size_t)E * sizeof(float));
+    for (int t = 0; t < p.n_tokens; t++)
+        route_logits(&p, has_bias ? bias_vals : NULL, &tc.r, lg + (size_t)t * (size_t)E);
+    layout lk = rows(p.n_tokens, K, K);
+    gbuf logits = {0}, idx = {0}, w = {0};
+    bool ok = gbuf_values(&tc, &logits, lg, (size_t)p.n_tokens * (size_t)E) &&
+              gbuf_output(&tc, &idx, layout_extent(&lk)) && gbuf_output(&tc, &w, layout_extent(&lk));
+    eng_route_args a = {
+        .kind = p.kind, .n_tokens = p.n_tokens, .n_expert = E, .n_expert_used = K,
+        .n_group = p.n_group, .topk_group = p.topk_group, .norm_topk_prob = p.norm,
+        .routed_scaling_factor = p.scaling, .bias = has_bias ? &bias.v : NULL,
+        .logits = logits.cpu, .idx = idx.cpu, .weight = w.cpu,
+    };
+    if (ok && op_ok(&tc, h->cpu->ops->moe_route(h->cpu, &a), true, "moe_route")) {
+        a.logits = logits.dut, a.idx = idx.dut, a.weight = w.dut;
+        if (op_ok(&tc, tc.dut->ops->moe_route(tc.dut, &a), false, "moe_route")) {
+            check_i32(&tc, &idx, &lk, "idx");
+            check_f32(&tc, &w, &lk, "weight");
+        }
+    }
+    gbuf_free(&tc, &logits);
+    gbuf_free(&tc, &idx);
+    gbuf_free(&tc, &w);
+    vec_free(&bias);
+    free(lg);
+    free(bias_vals);
+    case_end(&tc);
+}
+
+static void case_moe_experts(harness *h, const wfmt_case *f, int n_expert, int K, int n_tokens, int d_model, int d_ff)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "moe_experts", BOUND_REDUCTION, "n_tokens=%d experts=%d/%d d_model=%d d_ff=%d %s",
+                    n_tokens, K, n_expert, d_model, d_ff, f->name))
+        return;
+    test_experts ex;
+    experts_make(&ex, f, n_expert, d_model, d_ff, &tc.r);
+    size_t n_sel = (size_t)n_tokens * (size_t)K;
+    int32_t *ids = xmalloc(n_sel * sizeof *ids);
+    float *wts = xmalloc(n_sel * sizeof *wts);
+    for (int t = 0; t < n_tokens; t++)
+        for (int i = 0; i < K; i++) {
+            int32_t e;
+            bool taken;
+            do { /* K distinct experts per token */
+                e = rng_int(&tc.r, n_expert);
+                taken = false;
+                for (int j = 0; j < i; j++)
+                    taken = taken || ids[(size_t)t * (size_t)K + (size_t)j] == e;
+            } while (taken);
+            ids[(size_t)t * (size_t)K + (size_t)i] = e;
+            wts[(size_t)t * (size_t)K + (size_t)i] = rng_f(&tc.r, 0.1f, 1.0f);
+        }
+    layout lx = rows(n_tokens, d_model, d_model);
+    gbuf x = {0}, idx = {0}, w = {0}, o = {0};
+    bool ok = gbuf_random(&tc, &x, &lx, -1.0f, 1.0f) && gbuf_values(&tc, &idx, ids, n_sel) &&
+              gbuf_values(&tc, &w, wts, n_sel) && gbuf_output(&tc, &o, layout_extent(&lx));
+    eng_moe_args a = {
+        .n_tokens = n_tokens, .d_model = d_model, .d_ff_expert = d_ff, .n_expert = n_expert, .n_expert_used = K,
+        .x = x.cpu, .gate = ex.gate, .up = ex.up, .down = ex.down, .idx = idx.cpu, .weight = w.cpu, .out = o.cpu,
+    };
+    if (ok && op_ok(&tc, h->cpu->ops->moe_experts(h->cpu, &a), true, "moe_experts")) {
+        a.x = x.dut, a.idx = idx.dut, a.weight = w.dut, a.out = o.dut;
+        if (op_ok(&tc, tc.dut->ops->moe_experts(tc.dut, &a), false, "moe_experts"))
+            check_f32(&tc, &o, &lx, "out");
+    }
+    gbuf_free(&tc, &x);
+    gbuf_free(&tc, &idx);
+    gbuf_free(&tc, &w);
+    gbuf_free(&tc, &o);
+    free(ids);
+    free(wts);
+    experts_free(&ex);
+    case_end(&tc);
+}
+
+/* ---- the shared weight cache (CUDA only) ------------------------------------------------------ */
+
+#define SHARE_WEIGHTS 8
+
+typedef struct share_ctx {
+    eng_backend *be;
+    const test_weight *w;    /* [SHARE_WEIGHTS] */
+    const float *x;          /* [n_tokens][n_in] host */
+    const float *ref;        /* [SHARE_WEIGHTS][n_tokens][n_out] host, from the CPU */
+    int n_tokens, reverse;
+    double max_rel;
+    pp_status st;
+    char msg[512];
+} share_ctx;
+
+/* One thread: every weight's matmul on its own backend (in its own order), against the CPU. */
+static void *share_thread(void *p)
+{
+    share_ctx *c = p;
+    eng_backend *be = c->be;
+    int64_t n_in = c->w[0].w.n_in, n_out = c->w[0].w.n_out;
+    size_t nx = (size_t)(c->n_tokens * n_in), ny = (size_t)(c->n_tokens * n_out);
+    float *x = NULL, *y = NULL, *host = xmalloc(ny * sizeof(float));
+    c->st = be->ops->alloc(be, nx * sizeof(float), (void **)&x);
+    if (c->st == PP_STATUS_OK)
+        c->st = be->ops->alloc(be, ny * sizeof(float), (void **)&y);
+    if (c->st == PP_STATUS_OK)
+        c->st = be->ops->upload(be, x, c->x, nx * sizeof(float));
+    for (int k = 0; k < SHARE_WEIGHTS && c->st == PP_STATUS_OK; k++) {
+        int i = c->reverse ? SHARE_WEIGHTS - 1 - k : k;
+        c->st = be->ops->matmul(be, x, n_in, &c->w[i].w, y, n_out, c->n_tokens);
+        if (c->st == PP_STATUS_OK)
+            c->st = be->ops->download(be, host, y, ny * sizeof(float));
+        for (int t = 0; t < c->n_tokens && c->st == PP_STATUS_OK; t++) {
+            double num = 0, den = 0;
+            const float *want = c->ref + ((size_t)i * (size_t)c->n_tokens + (size_t)t) * (size_t)n_out;
+            for (int64_t n = 0; n < n_out; n++) {
+                double d = (double)host[(size_t)t * (size_t)n_out + (size_t)n] - (double)want[n];
+                num += d * d;
+                den += (double)want[n] * (double)want[n];
+            }
+            double rel = isfinite(num) ? sqrt(num / den) : INFINITY;
+            c->max_rel = rel > c->max_rel ? rel : c->max_rel;
+        }
+    }
+    if (c->st != PP_STATUS_OK)
+        snprintf(c->msg, sizeof c->msg, "%s", be->ops->last_error(be));
+    if (x)
+        be->ops->free(be, x);
+    if (y)
+        be->ops->free(be, y);
+    free(host);
+    return NULL;
+}
+
+/* Two backends sharing one weight cache (a model and its fork): each weight is uploaded once
+ * (the resident bytes do not grow when the second backend uses it), concurrent first uses from
+ * two threads give correct results, and the cache outlives the backend that created it. */
+static void case_shared_cache(harness *h)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "shared_cache", BOUND_REDUCTION, "2 backends, 1 weight cache, 2 threads, %d weights",
+                    SHARE_WEIGHTS))
+        return;
+    const int n_out = 300, n_in = 200, n_tokens = 5;
+    test_weight w[SHARE_WEIGHTS];
+    for (int i = 0; i < SHARE_WEIGHTS; i++)
+        weight_make(&w[i], &FORMATS[i % N_FORMATS], n_out, n_in, &tc.r);
+    float *x = xmalloc((size_t)(n_tokens * n_in) * sizeof(float));
+    for (int i = 0; i < n_tokens * n_in; i++)
+        x[i] = rng_f(&tc.r, -1.0f, 1.0f);
+    size_t ny = (size_t)(n_tokens * n_out);
+    float *ref = xmalloc(SHARE_WEIGHTS * ny * sizeof(float));
+    for (int i = 0; i < SHARE_WEIGHTS; i++)
+        op_ok(&tc, h->cpu->ops->matmul(h->cpu, x, n_in, &w[i].w, ref + (size_t)i * ny, n_out, n_tokens), true,
+              "matmul");
+    eng_backend *b2 = NULL;
+    eng_err err = {{0}};
+    if (dut_create(h, tc.dut, &b2, &err) != PP_STATUS_OK) {
+        fail(&tc, "creating a backend that shares the cache: %s", err.msg);
+    } else {
+        share_ctx c[2] = {
+            {tc.dut, w, x, ref, n_tokens, 0, 0.0, PP_STATUS_OK, ""},
+            {b2, w, x, ref, n_tokens, 1, 0.0, PP_STATUS_OK, ""},
+        };
+        pthread_t th[2];
+        for (int i = 0; i < 2; i++)
+            if (pthread_create(&th[i], NULL, share_thread, &c[i]) != 0) {
+                fprintf(stderr, "test_ops: pthread_create failed\n");
+                exit(1);
+            }
+        for (int i = 0; i < 2; i++) {
+            pthread_join(th[i], NULL);
+            if (c[i].st != PP_STATUS_OK)
+                fail(&tc, "thread %d: %s: %s", i, pp_status_str(c[i].st), c[i].msg);
+            tc.max_rel = c[i].max_rel > tc.max_rel ? c[i].max_rel : tc.max_rel;
+            if (!(c[i].max_rel <= tc.bound))
+                fail(&tc, "thread %d: relative L2 error %.3g > %.0e", i, c[i].max_rel, tc.bound);
+        }
+        size_t bytes = 0;
+        for (int i = 0; i < SHARE_WEIGHTS; i++)
+            bytes += eng_weight_bytes(&w[i].w);
+        size_t r1 = eng_backend_cuda_weight_bytes(tc.dut), r2 = eng_backend_cuda_weight_bytes(b2);
+        /* each tensor once, rounded up to 256 bytes: at most 2 tensors x 256 bytes of slack */
+        if (r1 != r2 || r1 < bytes || r1 > bytes + SHARE_WEIGHTS * 2 * 256)
+            fail(&tc, "resident bytes %zu / %zu for %zu bytes of weights: uploaded twice?", r1, r2, bytes);
+        /* the first backend goes; the second still reaches the cache (and adds to it) */
+        eng_backend_destroy(tc.dut);
+        tc.dut = b2;
+        test_weight extra;
+        weight_make(&extra, &FORMATS[3], n_out, n_in, &tc.r);
+        share_ctx c3 = {b2, &extra, x, ref, n_tokens, 0, 0.0, PP_STATUS_OK, ""};
+        float *ref3 = xmalloc(SHARE_WEIGHTS * ny * sizeof(float));
+        op_ok(&tc, h->cpu->ops->matmul(h->cpu, x, n_in, &extra.w, ref3, n_out, n_tokens), true, "matmul");
+        /* share_thread runs SHARE_WEIGHTS matmuls; give it the one weight each time */
+        test_weight same[SHARE_WEIGHTS];
+        for (int i = 0; i < SHARE_WEIGHTS; i++) {
+            same[i] = extra;
+            memcpy(ref3 + (size_t)i * ny, ref3, ny * sizeof(float));
+        }
+        c3.w = same;
+        c3.ref = ref3;
+        share_thread(&c3);
+        if (c3.st != PP_STATUS_OK || !(c3.max_rel <= tc.bound))
+            fail(&tc, "after destroying the first backend: %s %s, relative L2 %.3g", pp_status_str(c3.st), c3.msg,
+                 c3.max_rel);
+        if (eng_backend_cuda_weight_bytes(b2) < r1 + eng_weight_bytes(&extra.w))
+            fail(&tc, "the cache did not grow after destroying the first backend");
+        free(ref3);
+        weight_free(&extra);
+    }
+    for (int i = 0; i < SHARE_WEIGHTS; i++)
+        weight_free(&w[i]);
+    free(x);
+    free(ref);
+    case_end(&tc);
+}
+
+/* ---- the case lists --------------------------------------------------------------------------- */
+
+static const int DIMS[] = {1, 3, 7, 17, 100, 136, 200, 257, 1000, 2048 + 3};
+#define N_DIMS ((int)(sizeof DIMS / sizeof DIMS[0]))
+static const int TOKENS[] = {1, 2, 5, 16, 17, 64, 133};
+#define N_TOKENS ((int)(sizeof TOKENS / sizeof TOKENS[0]))
+
+static void run_embedding(harness *h)
+{
+    static const int shapes[][2] = {{1000, 257}, {100, 2051}, {7, 3}, {2051, 64}, {1, 1}};
+    static const int small[][2] = {{7, 3}, {100, 136}, {1, 1}};
+    int n = h->small ? 3 : 5;
+    for (int fi = 0; fi < N_FORMATS; fi++)
+        for (int s = 0; s < n; s++) {
+            const int *sh = h->small ? small[s] : shapes[s];
+            case_embedding(h, &FORMATS[fi], sh[0], sh[1], TOKENS[(fi + 2 * s) % (h->small ? 5 : N_TOKENS)]);
+        }
+    if (strcmp(h->dut_name, "cpu") != 0)
+        case_embedding_bad_ids(h);
+}
+
+/* Per format: every n_out (with an n_in and n_tokens that move along), every n_in, every n_tokens
+ * at a large ragged shape, and strided x / y. --small: a few shapes per format that still reach
+ * the ragged edges (for the sanitizers, which run every kernel 10-100x slower). */
+static void run_matmul(harness *h)
+{
+    static const int small[][3] = {{1, 1, 1}, {7, 17, 2}, {17, 136, 5}, {136, 257, 17}, {257, 100, 16}};
+    for (int fi = 0; fi < N_FORMATS; fi++) {
+        const wfmt_case *f = &FORMATS[fi];
+        if (h->small) {
+            for (int i = 0; i < 5; i++)
+                case_matmul(h, f, small[i][0], small[i][1], small[i][2], 0, 0);
+            case_matmul(h, f, 17, 100, 5, 7, 9);
+            continue;
+        }
+        for (int i = 0; i < N_DIMS; i++) {
+            int a = DIMS[i], b = DIMS[(i * 3 + fi) % N_DIMS]; /* i * 3 runs through every index */
+            case_matmul(h, f, a, b, TOKENS[(i + fi) % N_TOKENS], 0, 0);     /* n_out = a */
+            case_matmul(h, f, b, a, TOKENS[(i + fi + 3) % N_TOKENS], 0, 0); /* n_in = a */
+        }
+        for (int i = 0; i < N_TOKENS; i++)
+            case_matmul(h, f, 257, 2051, TOKENS[i], i % 2 ? 5 : 0, i % 3 ? 0 : 3);
+        case_matmul(h, f, 1000, 1000, 64, 7, 9);
+    }
+}
+
+static void run_elementwise(harness *h)
+{
+    static const int rms_d[] = {1, 7, 64, 128, 1000, 2051, 7168};
+    static const eng_dtype dts[] = {ENG_DTYPE_F32, ENG_DTYPE_BF16, ENG_DTYPE_F16};
+    for (int i = 0; i < 7; i++) {
+        if (h->small && rms_d[i] > 1000)
+            continue;
+        int n_rows = (int[]){1, 5, 133}[i % 3];
+        if (h->small && n_rows > 17)
+            n_rows = 17;
+        case_rmsnorm(h, dts[i % 3], rms_d[i], n_rows, 0, 0, false);
+        case_rmsnorm(h, dts[(i + 1) % 3], rms_d[i], n_rows, 3, 5, false);
+        case_rmsnorm(h, dts[(i + 2) % 3], rms_d[i], n_rows, i % 2 ? 4 : 0, 0, true);
+    }
+    /* Qwen3's per-head q_norm: every head a row, in place */
+    case_rmsnorm(h, ENG_DTYPE_BF16, 128, h->small ? 40 : 133 * 32, 0, 0, true);
+
+    static const size_t add_n[] = {1, 3, 1000, 7 * 2051, (1u << 20) + 3};
+    for (int i = 0; i < 5; i++)
+        if (!h->small || add_n[i] < 100000)
+            for (int alias = 0; alias < 3; alias++)
+                case_add(h, add_n[i], alias);
+
+    /* rope: half split (Qwen3), partial (Phi-3), interleaved on q_pe after q_nope (DeepSeek) and
+     * on k_pe (one head, stride 0, inside the c_kv | k_pe row), YaRN's cos/sin scale, large pos0 */
+    rope_case ropes[] = {
+        {5, 4, 64, 256, 64, 0, 0, 64, false, 1.0f, 0, 10000.0f},
+        {133, 32, 128, 32 * 128, 128, 0, 0, 128, false, 1.0f, 7, 1000000.0f},
+        {17, 8, 96, 3 * 8 * 96, 96, 0, 0, 32, false, 1.0f, 3, 10000.0f},
+        {7, 4, 192, 4 * 192, 192, 0, 128, 64, true, 1.2f, 11, 50000.0f},
+        {7, 1, 576, 576, 0, 512, 0, 64, true, 1.2f, 11, 50000.0f},
+        {3, 2, 64, 128, 64, 0, 0, 64, false, 1.0f, 30000, 10000.0f},
+        {3, 2, 192, 2 * 192 + 5, 192, 0, 128, 64, true, 0.8f, 30000, 10000.0f},
+        {2, 3, 16, 48, 16, 0, 4, 8, true, 1.0f, 32766, 10000.0f},
+        {1, 1, 8, 8, 8, 0, 0, 8, false, 1.0f, 0, 10000.0f},
+    };
+    for (size_t i = 0; i < sizeof ropes / sizeof ropes[0]; i++)
+        if (!h->small || ropes[i].n_tokens * ropes[i].n_head <= 64)
+            case_rope(h, ropes[i]);
+
+    static const int sw[][2] = {{1, 1}, {7, 100}, {5, 1000}, {133, 2051}, {16, 768}};
+    for (int i = 0; i < 5; i++) {
+        if (h->small && sw[i][0] * sw[i][1] > 10000)
+            continue;
+        case_swiglu(h, sw[i][0], sw[i][1], false, false, 0);
+        case_swiglu(h, sw[i][0], sw[i][1], true, false, 3);
+        case_swiglu(h, sw[i][0], sw[i][1], i % 2 == 0, true, 0);
+    }
+}
+
+static void run_attention(harness *h)
+{
+    /* GQA 1:1, 4:1, 8:1 with every (d_qk, d_v), a short prefill after a short prefix */
+    static const int dims[][2] = {{24, 24}, {64, 64}, {128, 128}, {192, 128}, {192, 100}, {24, 100}, {64, 128}, {128, 100}};
+    static const int ratio[] = {1, 4, 8};
+    for (int d = 0; d < 8; d++)
+        for (int r = 0; r < 3; r++) {
+            int kv = d % 2 ? 2 : 1;
+            case_attention(h, (attn_case){ratio[r] * kv, kv, dims[d][0], dims[d][1], 5, 3, 0, 0, 0});
+        }
+    /* strided as Phi-3 lays out q | k | v and DeepSeek's naive cache */
+    case_attention(h, (attn_case){8, 2, 64, 64, 7, 9, 2 * 2 * 64, 2 * 64 + 3, 5});
+    case_attention(h, (attn_case){4, 4, 192, 128, 3, 20, 0, 0, 0});
+    if (h->small) {
+        case_attention(h, (attn_case){16, 2, 128, 128, 1, 63, 0, 0, 0});
+        case_attention(h, (attn_case){4, 1, 64, 64, 17, 0, 0, 0, 0});
+        return;
+    }
+    /* decode: one token over a long cache */
+    static const int pos[] = {0, 1, 255, 4096, 32767};
+    for (int i = 0; i < 5; i++) {
+        case_attention(h, (attn_case){16, 2, 128, 128, 1, pos[i], 0, 0, 0});
+        case_attention(h, (attn_case){4, 4, 192, 128, 1, pos[i], 0, 0, 0});
+    }
+    case_attention(h, (attn_case){32, 4, 100, 100, 1, 20000, 0, 0, 0});
+    /* prefill, and prefill after a cached prefix */
+    case_attention(h, (attn_case){8, 2, 128, 128, 300, 0, 0, 0, 0});
+    case_attention(h, (attn_case){4, 4, 64, 64, 300, 0, 0, 0, 0});
+    case_attention(h, (attn_case){8, 1, 192, 100, 300, 0, 0, 0, 0});
+    case_attention(h, (attn_case){8, 2, 128, 128, 64, 500, 0, 0, 0});
+    case_attention(h, (attn_case){16, 2, 64, 64, 133, 1000, 128, 3, 0});
+    case_attention(h, (attn_case){4, 1, 24, 100, 17, 31000, 0, 0, 0});
+}
+
+static void run_mla(harness *h)
+{
+    /* heads, rank, d_nope, d_rope, d_v, n_tokens, pos0, q_pad, kv_b format */
+    static const mla_case cases[] = {
+        {4, 32, 16, 8, 16, 1, 0, 0, 1},
+        {4, 32, 16, 8, 16, 5, 3, 0, 3},
+        {2, 32, 128, 64, 128, 7, 20, 5, 6},
+        {3, 512, 16, 8, 16, 2, 3, 0, 4},
+        {8, 512, 128, 64, 128, 1, 1000, 0, 3},
+        {4, 512, 128, 64, 128, 64, 0, 0, 1},
+        {3, 512, 16, 8, 16, 17, 100, 0, 6},
+        {16, 512, 128, 64, 128, 5, 300, 0, 0},
+        {2, 32, 16, 64, 128, 64, 64, 0, 8},
+        {2, 512, 128, 8, 16, 133, 7, 3, 5},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const mla_case *c = &cases[i];
+        if (h->small && (c->n_tokens > 17 || c->pos0 > 64 || c->n_head * c->kv_lora_rank > 1600))
+            continue;
+        case_mla(h, *c);
+    }
+}
+
+static void run_moe(harness *h)
+{
+    static const int tok[] = {1, 7, 133};
+    for (int i = 0; i < 3; i++) {
+        int T = h->small && tok[i] > 17 ? 17 : tok[i];
+        case_route(h, (route_case){ENG_ROUTER_SOFTMAX, T, 128, 8, 1, 1, true, false, 1.0f, ENG_DTYPE_UNKNOWN});
+        case_route(h, (route_case){ENG_ROUTER_SOFTMAX, T, 64, 6, 1, 1, false, false, 1.0f, ENG_DTYPE_UNKNOWN});
+        case_route(h, (route_case){ENG_ROUTER_SIGMOID, T, 256, 8, 8, 4, true, false, 2.5f, ENG_DTYPE_BF16});
+        case_route(h, (route_case){ENG_ROUTER_SIGMOID, T, 64, 6, 1, 1, false, false, 1.0f, ENG_DTYPE_F32});
+        case_route(h, (route_case){ENG_ROUTER_SIGMOID, T, 64, 4, 4, 2, true, false, 1.5f, ENG_DTYPE_UNKNOWN});
+        case_route(h, (route_case){ENG_ROUTER_SIGMOID, T, 16, 4, 4, 2, true, false, 1.0f, ENG_DTYPE_F16});
+    }
+    case_route(h, (route_case){ENG_ROUTER_SOFTMAX, 7, 8, 2, 1, 1, true, true, 1.0f, ENG_DTYPE_UNKNOWN});
+    case_route(h, (route_case){ENG_ROUTER_SOFTMAX, 7, 128, 8, 1, 1, false, true, 1.0f, ENG_DTYPE_UNKNOWN});
+    case_route(h, (route_case){ENG_ROUTER_SIGMOID, 7, 256, 8, 8, 4, true, true, 2.5f, ENG_DTYPE_BF16});
+    case_route(h, (route_case){ENG_ROUTER_SIGMOID, 7, 64, 6, 1, 1, true, true, 1.0f, ENG_DTYPE_F32});
+
+    static const int moe_tok[] = {1, 7, 64};
+    for (int fi = 0; fi < N_FORMATS; fi++) {
+        if (h->small) {
+            case_moe_experts(h, &FORMATS[fi], 16, 4, fi % 2 ? 7 : 1, 64, 40);
+            continue;
+        }
+        for (int i = 0; i < 3; i++)
+            case_moe_experts(h, &FORMATS[fi], 64, 8, moe_tok[i], i % 2 ? 257 : 200, i % 2 ? 100 : 136);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    harness h = {.dut_name = "cuda", .seed = 0x5eed};
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--small") == 0) {
+            h.small = true;
+        } else if (strcmp(argv[i], "--op") == 0 && i + 1 < argc) {
+            h.only = argv[++i];
+        } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
+            h.seed = strtoull(argv[++i], NULL, 0);
+        } else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc &&
+                   (strcmp(argv[i + 1], "cuda") == 0 || strcmp(argv[i + 1], "cpu") == 0)) {
+            h.dut_name = argv[++i];
+        } else {
+            fprintf(stderr, "usage: test_ops [--small] [--op NAME] [--seed N] [--backend cuda|cpu]\n");
+            return 2;
+        }
+    }
+    bool cuda = strcmp(h.dut_name, "cuda") == 0;
+    if (cuda) {
+        char why[512] = "";
+        if (kern_device_count(why, sizeof why) <= 0) {
+            printf("skipped: no CUDA device (%s)\n", why[0] ? why : "cudaGetDeviceCount returned 0");
+            return 77;
+        }
+        kern_device_info info;
+        if (kern_device_info_get(0, &info, why, sizeof why) == 0)
+            printf("device 0: %s, sm_%d%d, %d SMs\n", info.name, info.major, info.minor, info.n_sm);
+    }
+    eng_err err = {{0}};
+    if (eng_backend_cpu_create(0, &h.cpu, &err) != PP_STATUS_OK) {
+        fprintf(stderr, "test_ops: %s\n", err.msg);
+        return 1;
+    }
+    printf("test_ops: %s backend against the CPU reference, %s shapes, seed 0x%llx\n", h.dut_name,
+           h.small ? "small" : "all", (unsigned long long)h.seed);
+    run_embedding(&h);
+    run_matmul(&h);
+    run_elementwise(&h);
+    run_attention(&h);
+    run_mla(&h);
+    run_moe(&h);
+    if (cuda)
+        case_shared_cache(&h);
+    eng_backend_destroy(h.cpu);
+    printf("test_ops: %d cases, %d failed, %d unsupported; worst relative L2 error: elementwise %.2e "
+           "(bound %.0e), reductions %.2e (bound %.0e)%s\n",
+           h.n_cases, h.n_failed, h.n_unsupported, h.worst_elementwise, BOUND_ELEMENTWISE, h.worst_reduction,
+           BOUND_REDUCTION,
+           h.stop ? "; stopped early: the device was lost" : "");
+    return h.n_failed || h.n_cases == 0 ? 1 : 0;
+}
