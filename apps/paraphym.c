@@ -4,7 +4,7 @@
  *   paraphym logits     [--model DIR] --ids 3,17,42 [--prefill N] [--mla naive|absorbed]
  *   paraphym perplexity [--model DIR] --file F [--ctx 256] [--max-tokens 32768]
  *   (run, logits and perplexity take --backend cpu|cuda|auto, default auto: cuda when a CUDA
- *   device is present, else cpu)
+ *   device is present, else cpu, and --quant none|fp8|int8|int4: on-load quantization)
  *   paraphym tokenize   [--model DIR]          (text on stdin -> JSON array of ids)
  *   paraphym detokenize [--model DIR]          (JSON array of ids on stdin -> text)
  *   paraphym info       [--model DIR]
@@ -60,6 +60,9 @@ static void usage(FILE *f)
             "\n"
             "--backend picks where the forward pass runs: cpu, cuda (CUDA device 0) or auto (the\n"
             "default: cuda when a CUDA device is present, else cpu); compute is f32 on both.\n"
+            "--quant none|fp8|int8|int4 (run, logits, perplexity) converts the decoder layers' bf16/f16/f32\n"
+            "linear weights at load: fp8 e4m3 with 128x128 block scales, int8 with a scale per row, int4\n"
+            "with a scale per 128 columns.\n"
             "\n"
             "Without --model the embedded Qwen3-Coder nano model is used (%s,\n"
             "or $PARAPHYM_DEFAULT_MODEL). DIR is a Hugging Face checkpoint directory.\n",
@@ -71,6 +74,7 @@ typedef struct cli_opts {
     const char *ids;
     const char *backend;
     const char *mla;
+    const char *quant;
     const char *prompt;
     const char *system;
     const char *file;
@@ -141,6 +145,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
             o->backend = v;
         else if (strcmp(a, "--mla") == 0)
             o->mla = v;
+        else if (strcmp(a, "--quant") == 0)
+            o->quant = v;
         else if (strcmp(a, "--prompt") == 0)
             o->prompt = v;
         else if (strcmp(a, "--system") == 0)
@@ -248,15 +254,26 @@ static int load_model(const cli_opts *o, eng_model **model)
         }
     }
     eng_err err = {{0}};
-    pp_status st = eng_model_load(o->model, &mo, model, &err);
+    pp_status st = PP_STATUS_OK;
+    if (o->quant && (st = eng_load_quant_parse(o->quant, &mo.quant, &err)) != PP_STATUS_OK) {
+        fprintf(stderr, "paraphym: --quant: %s\n", err.msg);
+        return -1;
+    }
+    st = eng_model_load(o->model, &mo, model, &err);
     if (st != PP_STATUS_OK) {
         fprintf(stderr, "paraphym: %s (%s)\n", err.msg, pp_status_str(st));
         return -1;
     }
     const eng_config *c = eng_model_config(*model);
-    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s, f32 compute\n",
+    char quant[160] = "weights as stored";
+    size_t n_quant, quant_bytes;
+    eng_model_quant_stats(*model, &n_quant, &quant_bytes);
+    if (mo.quant != ENG_LOADQ_NONE)
+        snprintf(quant, sizeof quant, "%zu decoder weights quantized to %s at load (%.1f MiB)", n_quant,
+                 eng_load_quant_name(mo.quant), (double)quant_bytes / (1 << 20));
+    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s, f32 compute, %s\n",
             o->model, c->model_type, c->n_layer, c->d_model, c->n_vocab, eng_model_backend_name(*model),
-            strcmp(mo.backend, "auto") == 0 ? " (picked by --backend auto)" : "");
+            strcmp(mo.backend, "auto") == 0 ? " (picked by --backend auto)" : "", quant);
     return 0;
 }
 

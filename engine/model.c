@@ -13,10 +13,38 @@ void eng_model_opts_default(eng_model_opts *opts)
     opts->mla = ENG_MLA_ABSORBED;
 }
 
+/* True for the linear weights on-load quantization converts: a decoder layer's projections and
+ * experts, not its MoE router ("...mlp.gate", whose choices are kept exact). */
+static bool quantizable(const char *prefix, const eng_weight *w)
+{
+    size_t n = strlen(prefix);
+    bool router = n >= 9 && strcmp(prefix + n - 9, ".mlp.gate") == 0;
+    return strncmp(prefix, "model.layers.", 13) == 0 && !router &&
+           (w->fmt == ENG_WFMT_F32 || w->fmt == ENG_WFMT_BF16 || w->fmt == ENG_WFMT_F16);
+}
+
 pp_status eng_bind_linear(eng_model *m, const char *prefix, int64_t n_out, int64_t n_in,
                           eng_weight *out, eng_err *err)
 {
-    return eng_weight_bind(m->st, &m->cfg, prefix, n_out, n_in, out, err);
+    pp_status st = eng_weight_bind(m->st, &m->cfg, prefix, n_out, n_in, out, err);
+    if (st != PP_STATUS_OK || m->opts.quant == ENG_LOADQ_NONE || !quantizable(prefix, out))
+        return st;
+    if (m->n_quant == m->cap_quant) {
+        size_t cap = m->cap_quant ? 2 * m->cap_quant : 64;
+        void **bufs = realloc(m->quant_bufs, cap * sizeof *bufs);
+        if (!bufs)
+            return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+        m->quant_bufs = bufs;
+        m->cap_quant = cap;
+    }
+    eng_weight q;
+    void *owned = NULL;
+    if ((st = eng_weight_quantize(out, m->opts.quant, prefix, &q, &owned, err)) != PP_STATUS_OK)
+        return st;
+    m->quant_bufs[m->n_quant++] = owned;
+    m->quant_bytes += eng_weight_bytes(&q);
+    *out = q;
+    return PP_STATUS_OK;
 }
 
 pp_status eng_bind_vec(eng_model *m, const char *name, int64_t n, eng_vec *out, eng_err *err)
@@ -186,12 +214,22 @@ void eng_model_free(eng_model *m)
         if (m->family && m->layers)
             m->family->unbind(m);
         eng_st_set_close(m->st);
+        for (size_t i = 0; i < m->n_quant; i++)
+            free(m->quant_bufs[i]);
+        free(m->quant_bufs);
     }
     eng_backend_destroy(m->be);
     free(m);
 }
 
 const eng_config *eng_model_config(const eng_model *m) { return &m->cfg; }
+
+void eng_model_quant_stats(const eng_model *m, size_t *n_tensors, size_t *bytes)
+{
+    const eng_model *owner = m->weights_owner ? m->weights_owner : m;
+    *n_tensors = owner->n_quant;
+    *bytes = owner->quant_bytes;
+}
 const char *eng_model_backend_name(const eng_model *m) { return m->be->ops->name; }
 size_t eng_model_weight_bytes(const eng_model *m) { return eng_st_total_bytes(m->st); }
 

@@ -13,6 +13,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "quantize.h"
 
 typedef struct eng_model eng_model;
 typedef struct eng_session eng_session;
@@ -28,6 +29,9 @@ typedef struct eng_model_opts {
                             present, else cpu); eng_model_backend_name says which one runs */
     int n_threads;       /* CPU threads; <= 0: one per core */
     eng_mla_mode mla;    /* DeepSeek-V3 attention form; default ENG_MLA_ABSORBED */
+    eng_load_quant quant; /* on-load quantization of the decoder layers' F32/BF16/F16 linear
+                             weights (not the embedding, lm_head, norms or MoE routers); default
+                             ENG_LOADQ_NONE. Stored-quantized weights stay as they are. */
 } eng_model_opts;
 
 void eng_model_opts_default(eng_model_opts *opts);
@@ -47,6 +51,8 @@ void eng_model_free(eng_model *model); /* NULL-safe; sessions and forks must be 
 pp_status eng_model_fork(const eng_model *src, int n_threads, eng_model **out, eng_err *err);
 
 const eng_config *eng_model_config(const eng_model *model);
+/* Weights quantized at load (opts.quant): how many tensors, and the bytes they now occupy. */
+void eng_model_quant_stats(const eng_model *model, size_t *n_tensors, size_t *bytes);
 const char *eng_model_backend_name(const eng_model *model);
 /* Bytes of weights as stored (what the model maps). */
 size_t eng_model_weight_bytes(const eng_model *model);

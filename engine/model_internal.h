@@ -49,6 +49,10 @@ struct eng_model {
     float attn_scale;
 
     const eng_model *weights_owner; /* NULL, or the model whose st/layers this fork borrows */
+
+    void **quant_bufs;    /* [n_quant] the weights quantized at load (owned, freed with the
+                             owner of the weights) */
+    size_t n_quant, cap_quant, quant_bytes;
 };
 
 struct eng_session {

@@ -119,6 +119,39 @@ static bool quantize_int8(const eng_weight *w, float *row, eng_weight *out)
     return true;
 }
 
+/* Squared error of quantizing v[0..n) to int4 with scale s. */
+static double int4_sse(const float *v, int64_t n, float s)
+{
+    double e = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        float q = fmaxf(-8.0f, fminf(7.0f, rintf(v[i] / s)));
+        double d = (double)v[i] - (double)(q * s);
+        e += d * d;
+    }
+    return e;
+}
+
+/* The group's scale: of amax / c for c in 6.0, 6.25, ..., 8.5 (c > 7 trades clipping the largest
+ * positive values for finer steps everywhere; 8 maps a negative extreme onto -8 exactly), the
+ * one with the least squared error, ties to the larger scale. */
+static float int4_scale(const float *v, int64_t n)
+{
+    float m = amax(v, n);
+    if (m == 0.0f)
+        return 1.0f;
+    float best = m / 7.0f;
+    double best_e = int4_sse(v, n, best);
+    for (int k = 0; k <= 10; k++) {
+        float s = m / (6.0f + 0.25f * (float)k);
+        double e = int4_sse(v, n, s);
+        if (e < best_e) {
+            best = s;
+            best_e = e;
+        }
+    }
+    return best;
+}
+
 static bool quantize_int4(const eng_weight *w, float *row, eng_weight *out)
 {
     uint32_t *packed = (uint32_t *)out->data;
@@ -131,8 +164,7 @@ static bool quantize_int4(const eng_weight *w, float *row, eng_weight *out)
         memset(prow, 0, (size_t)out->packed_cols * sizeof *prow);
         for (int64_t g = 0; g < out->scale_cols; g++) {
             int64_t c0 = g * INT4_GROUP, c1 = c0 + INT4_GROUP < w->n_in ? c0 + INT4_GROUP : w->n_in;
-            float m = amax(row + c0, c1 - c0);
-            float s = m > 0.0f ? m / 7.0f : 1.0f;
+            float s = int4_scale(row + c0, c1 - c0);
             scale[r * out->scale_cols + g] = s;
             for (int64_t c = c0; c < c1; c++) {
                 int qv = (int)fmaxf(-8.0f, fminf(7.0f, rintf(row[c] / s)));

@@ -4,7 +4,10 @@
  *         scale = amax(block) / 448, values rounded to nearest even;
  *   int8: int8 values with one f32 scale per output row, scale = amax(row) / 127, symmetric;
  *   int4: compressed-tensors pack-quantized nibbles (u = q + 8) with one f32 scale per 128
- *         columns of a row, scale = amax(group) / 7, q in [-8, 7] (Kimi-K2-Thinking's layout).
+ *         columns of a row, q = clamp(round(x / scale), -8, 7) (Kimi-K2-Thinking's layout), the
+ *         scale chosen among amax(group) / c, c = 6, 6.25, ..., 8.5, for the least squared error
+ *         (a few of the largest values may clip; amax / 7 alone cost Kimi's nano model +6.1%
+ *         perplexity, the search +4.2%).
  * An all-zero block, row or group gets scale 1 (its values are 0). NaN/Inf inputs are rejected.
  */
 #ifndef ENG_QUANTIZE_H

@@ -42,6 +42,18 @@ expect_fail "id >= n_vocab" "outside" logits --model "$tiny" --ids 1,512
 expect_fail "prefill too long" "exceeds" logits --model "$tiny" --ids 1,2 --prefill 3
 expect_fail "bad --mla" "naive or absorbed" logits --model "$tiny" --ids 1 --mla fast
 expect_fail "unknown backend" "backend" logits --model "$tiny" --ids 1 --backend tpu
+expect_fail "unknown quantization" "int5.*none, fp8, int8 or int4" logits --model "$tiny" --ids 1 --quant int5
+
+# --quant: the load line says how many weights were converted; the logits stay close to the
+# unquantized ones (the bounds on perplexity are in quant_perplexity_*)
+if "$bin" logits --model "$tiny" --ids 1,2,3 --backend cpu --quant fp8 >"$tmp/q.json" 2>"$tmp/err" &&
+    grep -qE "f32 compute, [1-9][0-9]* decoder weights quantized to fp8 at load" "$tmp/err" &&
+    grep -q '"logits"' "$tmp/q.json"; then
+    echo "ok   --quant fp8: $(grep -o '[0-9]* decoder weights quantized to fp8[^,]*' "$tmp/err")"
+else
+    echo "FAIL --quant fp8: $(head -c 400 "$tmp/err")"
+    fails=$((fails + 1))
+fi
 expect_fail "not a model dir" "config.json" logits --model "$tmp" --ids 1
 expect_fail "nonexistent dir" "config.json|not found|no such" logits --model "$tmp/nope" --ids 1
 

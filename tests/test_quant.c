@@ -4,7 +4,9 @@
  *     code, a hair above / below to the upper / lower one; saturation at +-448; NaN -> 0x7f.
  *   - fp8 / int8 / int4 of random bf16 and f32 weights with ragged shapes: every element's error
  *     is within half a quantization step (fp8: 2^-4 relative, or 2^-10 of the block scale in the
- *     subnormal range; int8 / int4: half the scale), the largest element of each block / row / group is exact; rows read
+ *     subnormal range; int8 / int4: half the scale), the largest element of each block / row is
+ *     exact, int4 values beyond the grid clip to its end and its searched scales beat amax / 7 in
+ *     squared error; rows read
  *     through eng_weight_row_f32 over partial ranges agree with whole rows.
  *   - bad input: NaN in a weight (BAD_FORMAT), an already-quantized weight (UNSUPPORTED), an
  *     unknown name (INVALID_ARG).
@@ -119,9 +121,14 @@ static double check_quantized(const eng_weight *w, const eng_weight *q, eng_load
                 exact_max &= fabsf(a[c]) != 127.0f * s || fabsf(b[c] - a[c]) <= 1e-6f * fabsf(a[c]);
                 break;
             case ENG_LOADQ_INT4:
+                /* values beyond the grid [-8s, 7s] are clipped to its end (the scale search may
+                 * clip a few to refine the rest); the others round to the nearest step */
                 s = ((const float *)q->scale)[r * q->scale_cols + c / q->group];
                 step = s;
-                exact_max &= fabsf(a[c]) != 7.0f * s || fabsf(b[c] - a[c]) <= 1e-6f * fabsf(a[c]);
+                if (a[c] > 7.5f * s || a[c] < -8.5f * s) {
+                    exact_max &= b[c] == (a[c] > 0 ? 7.0f : -8.0f) * s;
+                    continue;
+                }
                 break;
             case ENG_LOADQ_NONE: break;
             }
@@ -129,10 +136,30 @@ static double check_quantized(const eng_weight *w, const eng_weight *q, eng_load
             worst = err > worst ? err : worst;
         }
     }
+    if (kind == ENG_LOADQ_INT4) { /* the searched scales beat amax / 7 in squared error */
+        double sse = 0.0, sse7 = 0.0;
+        for (int64_t r = 0; r < w->n_out; r++) {
+            eng_weight_row_f32(w, r, 0, w->n_in, a);
+            eng_weight_row_f32(q, r, 0, w->n_in, b);
+            for (int64_t c0 = 0; c0 < w->n_in; c0 += q->group) {
+                int64_t c1 = c0 + q->group < w->n_in ? c0 + q->group : w->n_in;
+                float m = 0.0f;
+                for (int64_t c = c0; c < c1; c++)
+                    m = fmaxf(m, fabsf(a[c]));
+                float s7 = m > 0.0f ? m / 7.0f : 1.0f;
+                for (int64_t c = c0; c < c1; c++) {
+                    double d7 = (double)a[c] - (double)(fmaxf(-8.0f, fminf(7.0f, rintf(a[c] / s7))) * s7);
+                    sse7 += d7 * d7;
+                    sse += ((double)a[c] - (double)b[c]) * ((double)a[c] - (double)b[c]);
+                }
+            }
+        }
+        check(sse <= sse7 * (1 + 1e-9), "int4: the scale search does not lose to amax / 7");
+    }
     printf("%-32s worst error %.4f of a step\n", what, worst);
     check(bad == 0, "partial rows equal whole rows");
     check(worst <= 0.5 * (1 + 1e-5), "error within half a step");
-    check(exact_max, "the largest element of a block / row / group is exact (to 1e-6)");
+    check(exact_max, "the largest element of a block / row is exact (to 1e-6); int4 clips to the grid's end");
     free(a);
     free(b);
     free(part);
