@@ -106,16 +106,12 @@ typedef struct fmt_spec {
 } fmt_spec;
 
 /* FP8: 128 x 128 blocks, f32 scales (DeepSeek-V3 / Kimi K2 checkpoints); INT4: group 128, f32
- * scales (the on-load quantization).
- * TODO(int8): kernels.h does not declare KERN_W_INT8_CHANNEL yet. When it does (as
- * engine/weights.h's ENG_WFMT_INT8_CHANNEL: [n_out][n_in] int8, scale [n_out], scale_cols 1),
- * add {"int8_channel", KERN_W_INT8_CHANNEL} here and its case to weight_data_bytes (n_out * n_in),
- * weight_scale_bytes (n_out * 4) and weight_make (FILL_INT4 data: every byte is a valid int8;
- * scale_cols = 1). Every decode group (matmul, layer) then covers it. */
+ * scales; INT8: one f32 scale per row (both as the on-load quantization makes them). */
 static const fmt_spec DECODE_FMTS[] = {
     {"bf16", KERN_W_BF16},
     {"fp8_block", KERN_W_FP8_BLOCK},
     {"int4_group", KERN_W_INT4_GROUP},
+    {"int8_channel", KERN_W_INT8_CHANNEL},
 };
 #define N_DECODE_FMTS ((int)(sizeof DECODE_FMTS / sizeof DECODE_FMTS[0]))
 static const fmt_spec MOE_FMTS[2] = {{"bf16", KERN_W_BF16}, {"fp8_block", KERN_W_FP8_BLOCK}};
@@ -469,7 +465,8 @@ static size_t weight_data_bytes(kern_wfmt f, int64_t n_out, int64_t n_in)
     case KERN_W_F32: return (size_t)(n_out * n_in * 4);
     case KERN_W_BF16:
     case KERN_W_F16: return (size_t)(n_out * n_in * 2);
-    case KERN_W_FP8_BLOCK: return (size_t)(n_out * n_in);
+    case KERN_W_FP8_BLOCK:
+    case KERN_W_INT8_CHANNEL: return (size_t)(n_out * n_in);
     case KERN_W_INT4_GROUP: return (size_t)(n_out * ceil_div64(n_in, 8) * 4);
     default: return 0;
     }
@@ -481,6 +478,7 @@ static size_t weight_scale_bytes(kern_wfmt f, int64_t n_out, int64_t n_in)
     case KERN_W_FP8_BLOCK:
         return (size_t)(ceil_div64(n_out, QBLOCK) * ceil_div64(n_in, QBLOCK) * 4);
     case KERN_W_INT4_GROUP: return (size_t)(n_out * ceil_div64(n_in, QBLOCK) * 4);
+    case KERN_W_INT8_CHANNEL: return (size_t)(n_out * 4);
     default: return 0;
     }
 }
@@ -496,8 +494,9 @@ static int weight_make(bench *b, devlist *dl, kern_wfmt f, int64_t n_out, int64_
                        uint64_t seed, kern_weight *w)
 {
     const size_t db = weight_data_bytes(f, n_out, n_in), sb = weight_scale_bytes(f, n_out, n_in);
+    /* FILL_INT4 is random words: every nibble a valid INT4 value, every byte a valid INT8 one */
     const int kind = f == KERN_W_BF16 ? FILL_BF16 : f == KERN_W_FP8_BLOCK ? FILL_E4M3
-                   : f == KERN_W_INT4_GROUP ? FILL_INT4 : FILL_F32;
+                   : f == KERN_W_INT4_GROUP || f == KERN_W_INT8_CHANNEL ? FILL_INT4 : FILL_F32;
     void *data, *scale = NULL;
     memset(w, 0, sizeof *w);
     if (f == KERN_W_F16)
@@ -519,6 +518,8 @@ static int weight_make(bench *b, devlist *dl, kern_wfmt f, int64_t n_out, int64_
         w->group = QBLOCK;
         w->packed_cols = ceil_div64(n_in, 8);
         w->scale_cols = ceil_div64(n_in, QBLOCK);
+    } else if (f == KERN_W_INT8_CHANNEL) {
+        w->scale_cols = 1;
     }
     return 0;
 }

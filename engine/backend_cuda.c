@@ -303,15 +303,17 @@ static size_t weight_data_bytes(const eng_weight *w)
     return 0;
 }
 
-/* Bytes of a weight's scale grid (0 for unquantized formats). */
+/* Bytes of a weight's scale grid (0 for unquantized formats): INT8's is [n_out], one column
+ * whatever scale_cols says, as eng_weight_bytes counts it. */
 static size_t weight_scale_bytes(const eng_weight *w)
 {
-    size_t rows = 0;
-    if (w->fmt == ENG_WFMT_FP8_BLOCK)
-        rows = (size_t)ceil_div(w->n_out, w->block_out);
-    else if (w->fmt == ENG_WFMT_INT4_GROUP || w->fmt == ENG_WFMT_INT8_CHANNEL)
-        rows = (size_t)w->n_out;
-    return rows * (size_t)w->scale_cols * eng_dtype_size(w->scale_dtype);
+    size_t size = eng_dtype_size(w->scale_dtype);
+    switch (w->fmt) {
+    case ENG_WFMT_FP8_BLOCK: return (size_t)(ceil_div(w->n_out, w->block_out) * w->scale_cols) * size;
+    case ENG_WFMT_INT4_GROUP: return (size_t)(w->n_out * w->scale_cols) * size;
+    case ENG_WFMT_INT8_CHANNEL: return (size_t)w->n_out * size;
+    default: return 0;
+    }
 }
 
 /* Uploads bytes of host memory into a new device buffer (tail zeroed) and waits for the copy,
@@ -376,11 +378,11 @@ static pp_status weight_resolve(cuda_backend *cb, const eng_weight *w, kern_weig
     case ENG_WFMT_F16: kw->fmt = KERN_W_F16; break;
     case ENG_WFMT_FP8_BLOCK: kw->fmt = KERN_W_FP8_BLOCK; break;
     case ENG_WFMT_INT4_GROUP: kw->fmt = KERN_W_INT4_GROUP; break;
-    case ENG_WFMT_INT8_CHANNEL:
-        return set_fail(cb, PP_STATUS_UNSUPPORTED, "int8 per-channel weights have no CUDA kernels yet");
+    case ENG_WFMT_INT8_CHANNEL: kw->fmt = KERN_W_INT8_CHANNEL; break;
     default: return set_fail(cb, PP_STATUS_INVALID_ARG, "unknown weight format %d", (int)w->fmt);
     }
-    bool quantized = w->fmt == ENG_WFMT_FP8_BLOCK || w->fmt == ENG_WFMT_INT4_GROUP;
+    bool quantized = w->fmt == ENG_WFMT_FP8_BLOCK || w->fmt == ENG_WFMT_INT4_GROUP ||
+                     w->fmt == ENG_WFMT_INT8_CHANNEL;
     if (!w->data || (quantized && (!w->scale || !kern_dtype_of(w->scale_dtype, &kw->scale_dtype))))
         return set_fail(cb, PP_STATUS_INVALID_ARG,
                         "[%lld][%lld] weight without data, or without a F32/BF16/F16 scale grid",
@@ -391,7 +393,8 @@ static pp_status weight_resolve(cuda_backend *cb, const eng_weight *w, kern_weig
     kw->block_in = w->block_in;
     kw->group = w->group;
     kw->packed_cols = w->packed_cols;
-    kw->scale_cols = w->scale_cols;
+    /* INT8's scale is [n_out] (scale_cols 1 by definition; the CPU reference never reads it) */
+    kw->scale_cols = w->fmt == ENG_WFMT_INT8_CHANNEL ? 1 : w->scale_cols;
     pp_status st = cache_tensor(cb, w->data, weight_data_bytes(w), &kw->data);
     if (st == PP_STATUS_OK && quantized)
         st = cache_tensor(cb, w->scale, weight_scale_bytes(w), &kw->scale);

@@ -1,12 +1,13 @@
 // dequant.cuh: exact conversions of stored weight dtypes to f32 for the CUDA kernels
-// (elementwise.cu's embedding, matmul.cu), the device twins of engine/common.h and
-// engine/weights.c's eng_weight_row_f32.
+// (elementwise.cu's embedding, matmul.cu, mla.cu, moe.cu), the device twins of engine/common.h
+// and engine/weights.c's eng_weight_row_f32.
 //
 // Invariant: every conversion is exact (bf16, f16 and e4m3 values are all representable in f32)
 // and returns the value engine/common.h returns, bit for bit except the payload and sign of a
 // NaN; a dequantized weight is value * scale as one f32 product, as the CPU reference forms it.
-// The scalar helpers are __host__ __device__ so they can be checked against the engine on a
-// machine without a GPU. Nothing here depends on flush-to-zero being off.
+// The scalar helpers, dq_load and dq_weight_at are __host__ __device__ (plain loads on the host)
+// so they can be checked against the engine on a machine without a GPU. Nothing here depends on
+// flush-to-zero being off.
 #ifndef PP_DEQUANT_CUH
 #define PP_DEQUANT_CUH
 
@@ -95,13 +96,42 @@ static __host__ __device__ __forceinline__ float dq_int4(uint32_t word, int e)
     return (float)((int)((word >> (4 * e)) & 0xfu) - 8);
 }
 
+// An INT8_CHANNEL byte as the signed value it stores (-128 .. 127).
+static __host__ __device__ __forceinline__ float dq_int8(uint8_t v)
+{
+    return (float)(int8_t)v;
+}
+
+// Four INT8_CHANNEL values packed little-endian in v (byte e = element e), dq_int8 of each
+// without I2F: int-to-float conversions run at 16 per clock per SM on sm_80/sm_90 (the CUDA C
+// Programming Guide's throughput table), and an int8 GEMV at an H100's 3.35 TB/s over 132 SMs
+// at 1.98 GHz needs about 13. Instead, byte b ^ 0x80 = b + 128 as the low mantissa bits of 2^23
+// is the float 2^23 + b + 128 exactly, and subtracting 2^23 + 128 (8388736) leaves b exactly
+// (+0 for b = 0, as the conversion gives).
+static __host__ __device__ __forceinline__ void dq_int8x4(uint32_t v, float (&out)[4])
+{
+    const uint32_t u = v ^ 0x80808080u;
+    for (int e = 0; e < 4; e++)
+        out[e] = dq_bits_to_f32(0x4b000000u | ((u >> (8 * e)) & 0xffu)) - 8388736.0f;
+}
+
+// A read-only load: __ldg on the device, a plain load on the host.
+template <typename T> static __host__ __device__ __forceinline__ T dq_ldg(const T *p)
+{
+#ifdef __CUDA_ARCH__
+    return __ldg(p);
+#else
+    return *p;
+#endif
+}
+
 // Element i of a scale or norm vector stored as dt, widened to f32 (dt already validated).
-static __device__ __forceinline__ float dq_load(const void *p, kern_dtype dt, int64_t i)
+static __host__ __device__ __forceinline__ float dq_load(const void *p, kern_dtype dt, int64_t i)
 {
     switch (dt) {
-    case KERN_DT_BF16: return dq_bf16(__ldg((const unsigned short *)p + i));
-    case KERN_DT_F16: return dq_f16(__ldg((const unsigned short *)p + i));
-    default: return __ldg((const float *)p + i);
+    case KERN_DT_BF16: return dq_bf16(dq_ldg((const unsigned short *)p + i));
+    case KERN_DT_F16: return dq_f16(dq_ldg((const unsigned short *)p + i));
+    default: return dq_ldg((const float *)p + i);
     }
 }
 
@@ -112,7 +142,8 @@ static inline bool dq_dtype_valid(kern_dtype dt)
 
 // Checks a weight descriptor so every dequantization stays inside its tensors: known format,
 // data (and scales for the quantized formats) present, block/group sizes positive and scale
-// and packed grids at least as wide as the columns need. n_in <= 2^30 and n_out <= INT32_MAX
+// and packed grids at least as wide as the columns need (INT8_CHANNEL: exactly one scale
+// column, as its scale is indexed by row alone). n_in <= 2^30 and n_out <= INT32_MAX
 // let kernels index columns (and a granule past the last one) and divide row numbers in int.
 static inline bool dq_weight_valid(const kern_weight *w)
 {
@@ -130,25 +161,31 @@ static inline bool dq_weight_valid(const kern_weight *w)
         return w->scale && dq_dtype_valid(w->scale_dtype) && w->group > 0 &&
                w->packed_cols >= (w->n_in + 7) / 8 &&
                w->scale_cols >= (w->n_in + w->group - 1) / w->group;
+    case KERN_W_INT8_CHANNEL:
+        return w->scale && dq_dtype_valid(w->scale_dtype) && w->scale_cols == 1;
     }
     return false;
 }
 
 // Dequantized element (n, k) of a validated weight, 0 <= n < n_out, 0 <= k < n_in
 // (engine/weights.c's eng_weight_row_f32 for one element).
-static __device__ __forceinline__ float dq_weight_at(const kern_weight &w, int64_t n, int64_t k)
+static __host__ __device__ __forceinline__ float dq_weight_at(const kern_weight &w, int64_t n,
+                                                              int64_t k)
 {
     switch (w.fmt) {
-    case KERN_W_F32: return __ldg((const float *)w.data + n * w.n_in + k);
-    case KERN_W_BF16: return dq_bf16(__ldg((const unsigned short *)w.data + n * w.n_in + k));
-    case KERN_W_F16: return dq_f16(__ldg((const unsigned short *)w.data + n * w.n_in + k));
+    case KERN_W_F32: return dq_ldg((const float *)w.data + n * w.n_in + k);
+    case KERN_W_BF16: return dq_bf16(dq_ldg((const unsigned short *)w.data + n * w.n_in + k));
+    case KERN_W_F16: return dq_f16(dq_ldg((const unsigned short *)w.data + n * w.n_in + k));
     case KERN_W_FP8_BLOCK: {
-        float v = dq_e4m3(__ldg((const unsigned char *)w.data + n * w.n_in + k));
+        float v = dq_e4m3(dq_ldg((const unsigned char *)w.data + n * w.n_in + k));
         return v * dq_load(w.scale, w.scale_dtype,
                            (int64_t)((int)n / w.block_out) * w.scale_cols + (int)k / w.block_in);
     }
+    case KERN_W_INT8_CHANNEL:
+        return dq_int8(dq_ldg((const unsigned char *)w.data + n * w.n_in + k)) *
+               dq_load(w.scale, w.scale_dtype, n);
     default: { // KERN_W_INT4_GROUP
-        uint32_t word = __ldg((const unsigned int *)w.data + n * w.packed_cols + k / 8);
+        uint32_t word = dq_ldg((const unsigned int *)w.data + n * w.packed_cols + k / 8);
         return dq_int4(word, (int)(k % 8)) *
                dq_load(w.scale, w.scale_dtype, n * w.scale_cols + (int)k / w.group);
     }

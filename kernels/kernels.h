@@ -56,6 +56,7 @@ typedef enum kern_wfmt {
     KERN_W_FP8_BLOCK,  /* e4m3 values, one scale per [block_out x block_in] block */
     KERN_W_INT4_GROUP, /* uint32 words of 8 nibbles (low nibble = lowest column), value = (u - 8),
                           one scale per [1 x group] */
+    KERN_W_INT8_CHANNEL, /* int8 values, one scale per output row */
 } kern_wfmt;
 
 typedef enum kern_dtype {
@@ -70,6 +71,7 @@ typedef enum kern_dtype {
  *   FP8_BLOCK:     e4m3(data[n * n_in + k]) * scale[(n / block_out) * scale_cols + k / block_in]
  *   INT4_GROUP:    (nibble k % 8 of ((uint32*)data)[n * packed_cols + k / 8] - 8)
  *                    * scale[n * scale_cols + k / group]
+ *   INT8_CHANNEL:  (float)((int8*)data)[n * n_in + k] * scale[n]   (scale [n_out], scale_cols 1)
  * with scale in scale_dtype (products formed in f32, as the CPU reference does). */
 typedef struct kern_weight {
     kern_wfmt fmt;
@@ -80,7 +82,8 @@ typedef struct kern_weight {
     int block_out, block_in; /* FP8_BLOCK */
     int group;               /* INT4_GROUP */
     int64_t packed_cols;     /* INT4_GROUP: ceil(n_in / 8) */
-    int64_t scale_cols;      /* FP8_BLOCK: ceil(n_in / block_in); INT4_GROUP: ceil(n_in / group) */
+    int64_t scale_cols;      /* FP8_BLOCK: ceil(n_in / block_in); INT4_GROUP: ceil(n_in / group);
+                                INT8_CHANNEL: 1 */
 } kern_weight;
 
 /* A 1-D tensor (norm weight, bias): n elements of dtype. */

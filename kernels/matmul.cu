@@ -24,8 +24,8 @@ template <int FMT> struct granule {
     static constexpr int cols = FMT == KERN_W_INT4_GROUP ? 8 : 4;
 };
 
-// A granule's bits as loaded: F32 4 words; BF16/F16 2 words (low half = lower column); FP8 1
-// word (byte e = column e); INT4 1 word.
+// A granule's bits as loaded: F32 4 words; BF16/F16 2 words (low half = lower column); FP8 and
+// INT8 1 word (byte e = column e); INT4 1 word.
 struct granule_raw {
     uint32_t v[4];
 };
@@ -63,7 +63,7 @@ static __device__ __forceinline__ granule_raw granule_load(const kern_weight &w,
                 if (k + e < n_in)
                     r.v[e / 2] |= (uint32_t)__ldg(p + e) << (16 * (e % 2));
         }
-    } else { // KERN_W_FP8_BLOCK
+    } else { // KERN_W_FP8_BLOCK, KERN_W_INT8_CHANNEL: one byte per column
         const unsigned char *p = (const unsigned char *)w.data + n * w.n_in + k;
         if constexpr (VEC) {
             r.v[0] = __ldg((const unsigned int *)p);
@@ -80,10 +80,12 @@ static __device__ __forceinline__ granule_raw granule_load(const kern_weight &w,
 // Dequantizes a granule loaded at column k into out. srow: the row's first scale index
 // ((n / block_out) * scale_cols for FP8, n * scale_cols for INT4); scol: the scale column of
 // column k, used when `uniform` (block_in or group a multiple of the width, so the granule has
-// one scale); otherwise each column finds its scale by division. Columns >= n_in come out 0.
+// one scale); otherwise each column finds its scale by division. rscale: the row's scale for
+// INT8 (row_scale, loaded once per row by the caller). Columns >= n_in come out 0.
 template <int FMT>
 static __device__ __forceinline__ void granule_dequant(const kern_weight &w, const granule_raw &r,
                                                        int k, int64_t srow, int scol, bool uniform,
+                                                       float rscale,
                                                        float (&out)[granule<FMT>::cols])
 {
     const int n_in = (int)w.n_in;
@@ -113,6 +115,11 @@ static __device__ __forceinline__ void granule_dequant(const kern_weight &w, con
                              ? out[e] * dq_load(w.scale, w.scale_dtype, srow + (k + e) / w.block_in)
                              : 0.0f;
         }
+    } else if constexpr (FMT == KERN_W_INT8_CHANNEL) {
+        dq_int8x4(r.v[0], out);
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            out[e] = k + e < n_in ? out[e] * rscale : 0.0f;
     } else { // KERN_W_INT4_GROUP
         if (uniform) {
             float s = dq_load(w.scale, w.scale_dtype, srow + scol);
@@ -130,7 +137,8 @@ static __device__ __forceinline__ void granule_dequant(const kern_weight &w, con
     }
 }
 
-// Columns that share one scale: block_in (FP8), group (INT4); 1 for the unscaled formats.
+// Columns that share one scale: block_in (FP8), group (INT4); 1 for the unscaled formats and
+// INT8 (its scale is the row's, row_scale, so no scale column is tracked).
 template <int FMT> static __device__ __forceinline__ int scale_span(const kern_weight &w)
 {
     return FMT == KERN_W_FP8_BLOCK ? w.block_in : FMT == KERN_W_INT4_GROUP ? w.group : 1;
@@ -142,6 +150,17 @@ static __device__ __forceinline__ int64_t scale_row(const kern_weight &w, int64_
 {
     return FMT == KERN_W_FP8_BLOCK ? (int64_t)((int)n / w.block_out) * w.scale_cols
                                    : FMT == KERN_W_INT4_GROUP ? n * w.scale_cols : 0;
+}
+
+// The scale of row n for INT8 (every column of the row shares it); 1 for the other formats,
+// whose scales granule_dequant finds from srow and scol.
+template <int FMT>
+static __device__ __forceinline__ float row_scale(const kern_weight &w, int64_t n)
+{
+    if constexpr (FMT == KERN_W_INT8_CHANNEL)
+        return dq_load(w.scale, w.scale_dtype, n);
+    else
+        return 1.0f;
 }
 
 // ---- gemv_warp_per_row (n_tokens <= 16) ---------------------------------------------------------
@@ -172,8 +191,9 @@ static __device__ void gemv_stage_x(float *xs, const float *__restrict__ x, int6
 // each slab. Lane l handles granules l, l + 32, ... of a slab, U = 4 / R of them per step (so
 // 4 weight loads in flight per lane), with a register accumulator per (row, token) reduced by
 // warp shuffles at the end. For FP8/INT4 the scale column of the lane's granule is tracked
-// incrementally (q, rem) = divmod(k, span) instead of dividing per granule. Launch bounds cap
-// the registers at 128 so two blocks fit per SM (every instantiation compiles spill-free).
+// incrementally (q, rem) = divmod(k, span) instead of dividing per granule (INT8 has one scale
+// per row and tracks nothing). Launch bounds cap the registers at 128 so two blocks fit per SM
+// (every instantiation compiles spill-free).
 template <int FMT, bool VEC, int NT, int R>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
 gemv_warp_per_row_kernel(const float *__restrict__ x, int64_t x_stride, kern_weight w,
@@ -196,11 +216,13 @@ gemv_warp_per_row_kernel(const float *__restrict__ x, int64_t x_stride, kern_wei
         gemv_stage_x(xs, x, x_stride, n_tokens, n_in, 0, slab);
     for (int64_t rg = blockIdx.x; rg < n_groups; rg += gridDim.x) {
         int64_t rows[R], srow[R];
+        float rscale[R];
 #pragma unroll
         for (int r = 0; r < R; r++) {
             int64_t n = (rg * GEMV_WARPS + warp) * R + r;
             rows[r] = n < w.n_out ? n : w.n_out - 1;
             srow[r] = scale_row<FMT>(w, rows[r]);
+            rscale[r] = row_scale<FMT>(w, rows[r]);
         }
         float acc[R][NT];
 #pragma unroll
@@ -240,7 +262,8 @@ gemv_warp_per_row_kernel(const float *__restrict__ x, int64_t x_stride, kern_wei
                     float wv[R][G];
 #pragma unroll
                     for (int r = 0; r < R; r++)
-                        granule_dequant<FMT>(w, raw[u][r], k, srow[r], q, uniform, wv[r]);
+                        granule_dequant<FMT>(w, raw[u][r], k, srow[r], q, uniform, rscale[r],
+                                             wv[r]);
                     if (SCALED && uniform) {
                         q += step_q;
                         rem += step_r;
@@ -379,6 +402,7 @@ gemm_tiled_kernel(const float *__restrict__ x, int64_t x_stride, kern_weight w,
     const int64_t wn = n0 + wl_n;
     const bool w_row_ok = w_loader && wn < w.n_out;
     const int64_t srow = scale_row<FMT>(w, w_row_ok ? wn : 0);
+    const float rscale = row_scale<FMT>(w, w_row_ok ? wn : 0);
     const int span = scale_span<FMT>(w);
     const bool uniform = span % G == 0;
 
@@ -404,7 +428,7 @@ gemm_tiled_kernel(const float *__restrict__ x, int64_t x_stride, kern_weight w,
         if (w_row_ok && k < n_in) {
             granule_raw raw = w_vec ? granule_load<FMT, true>(w, wn, k)
                                     : granule_load<FMT, false>(w, wn, k);
-            granule_dequant<FMT>(w, raw, k, srow, uniform ? k / span : 0, uniform, wr);
+            granule_dequant<FMT>(w, raw, k, srow, uniform ? k / span : 0, uniform, rscale, wr);
         } else {
 #pragma unroll
             for (int e = 0; e < G; e++)
@@ -471,10 +495,12 @@ static cudaError_t gemm_launch(const float *x, int64_t x_stride, const kern_weig
 // ---- dispatch -----------------------------------------------------------------------------------
 
 // Whether a 4-column granule of every row is one aligned vector load: rows start at multiples
-// of 4 columns and the base is aligned to the granule's bytes. (INT4 loads whole words anyway.)
+// of 4 columns and the base is aligned to the granule's bytes (FP8 and INT8: 4 values in one
+// 32-bit word). (INT4 loads whole words anyway.)
 static bool weight_vec_ok(const kern_weight *w)
 {
-    size_t elem = w->fmt == KERN_W_F32 ? 4 : w->fmt == KERN_W_FP8_BLOCK ? 1 : 2;
+    size_t elem = w->fmt == KERN_W_F32 ? 4
+                  : w->fmt == KERN_W_FP8_BLOCK || w->fmt == KERN_W_INT8_CHANNEL ? 1 : 2;
     return w->fmt != KERN_W_INT4_GROUP && w->n_in % 4 == 0 && (uintptr_t)w->data % (4 * elem) == 0;
 }
 
@@ -509,6 +535,8 @@ extern "C" int kern_matmul(const float *x, int64_t x_stride, const kern_weight *
         return (int)matmul_fmt<KERN_W_FP8_BLOCK>(x, x_stride, w, y, y_stride, n_tokens, stream);
     case KERN_W_INT4_GROUP:
         return (int)matmul_fmt<KERN_W_INT4_GROUP>(x, x_stride, w, y, y_stride, n_tokens, stream);
+    case KERN_W_INT8_CHANNEL:
+        return (int)matmul_fmt<KERN_W_INT8_CHANNEL>(x, x_stride, w, y, y_stride, n_tokens, stream);
     }
     return (int)cudaErrorInvalidValue;
 }

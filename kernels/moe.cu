@@ -383,7 +383,8 @@ static __global__ void __launch_bounds__(SORT_THREADS) moe_sort(moe_params p)
 }
 
 // Whether whole 8-column granules of w can be read with one aligned vector load: rows a
-// multiple of 8 wide, data 16-byte aligned, and one scale per granule.
+// multiple of 8 wide, data 16-byte aligned, and one scale per granule (INT8: always, one per
+// row).
 static __device__ bool granule8_ok(const kern_weight &w)
 {
     if (w.n_in % 8 != 0 || (uintptr_t)w.data % 16 != 0)
@@ -420,6 +421,17 @@ static __device__ __forceinline__ void granule8(const kern_weight &w, int64_t n,
         dq_e4m3x4(u.x, lo);
         dq_e4m3x4(u.y, hi);
         float s = dq_load(w.scale, w.scale_dtype, (n / w.block_out) * w.scale_cols + k / w.block_in);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            o[j] = lo[j] * s;
+            o[4 + j] = hi[j] * s;
+        }
+    } else if constexpr (FMT == KERN_W_INT8_CHANNEL) {
+        uint2 u = __ldg((const uint2 *)((const unsigned char *)w.data + n * w.n_in + k));
+        float lo[4], hi[4];
+        dq_int8x4(u.x, lo);
+        dq_int8x4(u.y, hi);
+        float s = dq_load(w.scale, w.scale_dtype, n);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             o[j] = lo[j] * s;
@@ -515,8 +527,11 @@ static __device__ void grouped_row(const moe_params &p, const kern_weight &w0,
 // serves active expert a (none when a >= n_active) and weight rows x * GR_WARPS + warp:
 // GATED: gate/up rows over x into h (n_out = d_ff); else down rows over h into y
 // (n_out = d_model). A descriptor whose shape does not match gives NaN rows.
+// No __launch_bounds__: with .maxntid 256 and six vector formats, ptxas (CUDA 13.0) schedules
+// moe_grouped<false> towards 128 registers and spills 28 (sm_90a) / 48 (sm_80) bytes; without
+// it both instantiations settle at 112-125 registers, spill-free and still two CTAs per SM.
 template <bool GATED>
-static __global__ void __launch_bounds__(GR_WARPS * 32) moe_grouped(moe_params p)
+static __global__ void moe_grouped(moe_params p)
 {
     if ((int)blockIdx.y >= *p.n_active)
         return;
@@ -545,6 +560,7 @@ static __global__ void __launch_bounds__(GR_WARPS * 32) moe_grouped(moe_params p
     case KERN_W_F16: grouped_row<GATED, KERN_W_F16>(p, w0, w1, n, beg, end); break;
     case KERN_W_FP8_BLOCK: grouped_row<GATED, KERN_W_FP8_BLOCK>(p, w0, w1, n, beg, end); break;
     case KERN_W_INT4_GROUP: grouped_row<GATED, KERN_W_INT4_GROUP>(p, w0, w1, n, beg, end); break;
+    case KERN_W_INT8_CHANNEL: grouped_row<GATED, KERN_W_INT8_CHANNEL>(p, w0, w1, n, beg, end); break;
     default: grouped_row<GATED, -1>(p, w0, w1, n, beg, end); break;
     }
 }

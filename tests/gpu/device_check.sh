@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # device_check.sh: the one script a GPU session runs (an H100 or H200, the repository copied
-# without ../shared). Builds what the GPU tests need into build-gpu (Release, PP_CUDA=ON, sm_90a;
-# a build directory carried from another machine is reused when it was configured for this
-# checkout, else rebuilt), then runs, each under its own time limit and all within BUDGET_S
-# seconds (default 470, about 8 minutes):
-#   build       cmake configure + build of test_gpu_device, test_ops, test_fixtures, test_nano
+# without ../shared). Uses build-gpu as scripts/gpu_build.sh made it on the development machine
+# (carry build-gpu; marked by build-gpu/.prebuilt: its programs run with build-gpu/devlibs on the
+# library path, and its recorded source path is linked to this checkout so ctest finds
+# everything), or else builds it here (Release, PP_CUDA=ON, sm_90a). Then runs, each under its own
+# time limit and all within BUDGET_S seconds (default 470, about 8 minutes):
+#   build       cmake configure + build of test_gpu_device, test_ops, test_fixtures, test_nano,
+#               bench_kernels (skipped for a prebuilt build-gpu)
 #   nvidia_smi  the device
 #   gpu_device  tests/gpu/test_gpu_device.c (a kernel runs)
 #   gpu_ops     tests/gpu/test_ops.c: every op of the CUDA backend against the CPU reference
 #   gpu_fixtures, gpu_nano   ctest -L gpu: the end-to-end checks with PP_TEST_BACKEND=cuda
+#   bench       bench/bench_kernels: kernel rates beside the copy bandwidth and cuBLAS of the run
 #   memcheck, racecheck      compute-sanitizer on test_ops --small
 # Each step's output goes to $OUT/<step>.log (OUT defaults to ./device_out); a table of step,
 # status, seconds and the step's key number comes last (also in $OUT/summary.txt). Exits 0 when
@@ -74,15 +77,28 @@ ctest_key() {
 }
 
 # ---- build ------------------------------------------------------------------------------------
-if [ -f "$build/CMakeCache.txt" ] &&
-    ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$root" "$build/CMakeCache.txt"; then
-    echo "== $build was configured for another checkout: starting it afresh"
-    rm -rf "$build"
+recorded=$(sed -n 's/^CMAKE_HOME_DIRECTORY:INTERNAL=//p' "$build/CMakeCache.txt" 2>/dev/null)
+if [ -f "$build/.prebuilt" ]; then
+    export LD_LIBRARY_PATH="$build/devlibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+        [ -d "$d" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
+    done
+    if [ -n "$recorded" ] && [ "$recorded" != "$root" ] && [ ! -e "$recorded" ]; then
+        mkdir -p "$(dirname "$recorded")" && ln -s "$root" "$recorded"
+    fi
+    step_rc=0 step_s=0
+    echo "prebuilt by scripts/gpu_build.sh for $recorded" >"$out/build.log"
+    record build "prebuilt (source path $recorded)"
+else
+    if [ -n "$recorded" ] && [ "$recorded" != "$root" ]; then
+        echo "== $build was configured for another checkout: starting it afresh"
+        rm -rf "$build"
+    fi
+    run_step build 240 bash -c "cmake -S '$root' -B '$build' -DCMAKE_BUILD_TYPE=Release -DPP_CUDA=ON \
+        -DPP_CUDA_ARCHITECTURES=90a && cmake --build '$build' -j$jobs --target test_gpu_device test_ops \
+        test_fixtures test_nano test_perplexity paraphym bench_kernels"
+    record build "$(grep -ciE 'warning' "$out/build.log") warning lines"
 fi
-run_step build 240 bash -c "cmake -S '$root' -B '$build' -DCMAKE_BUILD_TYPE=Release -DPP_CUDA=ON \
-    -DPP_CUDA_ARCHITECTURES=90a && cmake --build '$build' -j$jobs --target test_gpu_device test_ops \
-    test_fixtures test_nano"
-record build "$(grep -ciE 'warning' "$out/build.log") warning lines"
 built=$step_rc
 
 # ---- device -------------------------------------------------------------------------------------
@@ -104,6 +120,9 @@ else
 
     run_step gpu_nano 90 bash -c "cd '$build' && ctest -L gpu -R '^gpu_nano_' -j2 --output-on-failure"
     record gpu_nano "$(ctest_key "$out/gpu_nano.log")"
+
+    run_step bench 150 "$build/bench/bench_kernels" --budget 120
+    record bench "$(grep -c '^{' "$out/bench.log") measurements"
 
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer \
         /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -n 1)

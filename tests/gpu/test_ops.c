@@ -137,7 +137,7 @@ static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 typedef struct wfmt_case {
     const char *name;
     eng_wfmt fmt;
-    eng_dtype scale_dtype; /* FP8 / INT4 */
+    eng_dtype scale_dtype; /* FP8 / INT4 / INT8 */
     int group;             /* INT4 */
 } wfmt_case;
 
@@ -152,6 +152,8 @@ static const wfmt_case FORMATS[] = {
     {"int4g128/f16", ENG_WFMT_INT4_GROUP, ENG_DTYPE_F16, 128},
     {"int4g32/f32", ENG_WFMT_INT4_GROUP, ENG_DTYPE_F32, 32},
     {"int8/f32", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_F32, 0},
+    {"int8/bf16", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_BF16, 0},
+    {"int8/f16", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_F16, 0},
 };
 #define N_FORMATS ((int)(sizeof FORMATS / sizeof FORMATS[0]))
 
@@ -159,7 +161,8 @@ static const wfmt_case FORMATS[] = {
 typedef struct test_weight {
     eng_weight w;
     void *data;  /* [n_out][n_in] stored dtype, or [n_out][packed_cols] uint32 */
-    void *scale; /* FP8: [ceil(n_out/128)][ceil(n_in/128)], INT4: [n_out][ceil(n_in/group)] */
+    void *scale; /* FP8: [ceil(n_out/128)][ceil(n_in/128)], INT4: [n_out][ceil(n_in/group)],
+                    INT8: [n_out] */
 } test_weight;
 
 /* Random weights of moderate size (dequantized values mostly within +-4):
@@ -167,7 +170,7 @@ typedef struct test_weight {
  *   fp8: any e4m3 byte but the NaN codes 0x7f / 0xff (subnormals and 448 included), 128x128
  *        blocks (ragged at the edges when n_out, n_in are not multiples), scales in [2^-9, 2^-7];
  *   int4: random words (the nibbles past n_in too), scales in [2^-5, 2^-3];
- *   int8: random bytes, one scale per row in [2^-8, 2^-6]. */
+ *   int8: random bytes (any of -128 .. 127), one scale per row in [2^-8, 2^-6]. */
 static void weight_make(test_weight *t, const wfmt_case *f, int64_t n_out, int64_t n_in, rng *r)
 {
     memset(t, 0, sizeof *t);
@@ -1363,6 +1366,10 @@ static void run_mla(harness *h)
         {16, 512, 128, 64, 128, 5, 300, 0, 0},
         {2, 32, 16, 64, 128, 64, 64, 0, 8},
         {2, 512, 128, 8, 16, 133, 7, 3, 5},
+        /* int8 kv_b with every scale dtype: decode, a short prefill, strided q */
+        {4, 32, 16, 8, 16, 1, 5, 0, 9},
+        {3, 512, 16, 8, 16, 17, 100, 0, 10},
+        {2, 512, 128, 64, 128, 7, 20, 5, 11},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const mla_case *c = &cases[i];
