@@ -86,6 +86,13 @@ if [ -f "$build/.prebuilt" ]; then
     if [ -n "$recorded" ] && [ "$recorded" != "$root" ] && [ ! -e "$recorded" ]; then
         mkdir -p "$(dirname "$recorded")" && ln -s "$root" "$recorded"
     fi
+    # tests name ../shared/fixtures/nano beside the recorded source path; '..' resolves physically,
+    # so the carried copy is linked beside this checkout too
+    for parent in "$(dirname "$root")" ${recorded:+"$(dirname "$recorded")"}; do
+        if [ -d "$build/shared_nano" ] && [ ! -e "$parent/shared/fixtures/nano" ]; then
+            mkdir -p "$parent/shared/fixtures" && ln -s "$build/shared_nano" "$parent/shared/fixtures/nano"
+        fi
+    done
     step_rc=0 step_s=0
     echo "prebuilt by scripts/gpu_build.sh for $recorded" >"$out/build.log"
     record build "prebuilt (source path $recorded)"
