@@ -46,6 +46,18 @@ extern "C" int kern_device_info_get(int device, kern_device_info *info, char *er
     return 0;
 }
 
+extern "C" int kern_device_total_mem(int device, size_t *bytes, char *err, size_t err_len)
+{
+    cudaDeviceProp p;
+    cudaError_t e = cudaGetDeviceProperties(&p, device);
+    if (e != cudaSuccess) {
+        set_err(err, err_len, "cudaGetDeviceProperties", e);
+        return -1;
+    }
+    *bytes = p.totalGlobalMem;
+    return 0;
+}
+
 // One thread per element.
 static __global__ void affine_kernel(float *out, int n, float a, float b)
 {

@@ -40,8 +40,13 @@ typedef struct kern_device_info {
  * fails (the error text goes to err when err_len > 0). Never aborts. */
 int kern_device_count(char *err, size_t err_len);
 
-/* Fills *info for device `device`; returns 0, or -1 with the CUDA error text in err. */
+/* Fills *info for device `device`; returns 0, or -1 with the CUDA error text in err. Makes the
+ * device current (creating its context) to read the free memory. */
 int kern_device_info_get(int device, kern_device_info *info, char *err, size_t err_len);
+
+/* The device's total memory in bytes from its properties alone (no context is created, so no
+ * VRAM is taken by asking); returns 0, or -1 with the CUDA error text in err. */
+int kern_device_total_mem(int device, size_t *bytes, char *err, size_t err_len);
 
 /* Runs a trivial kernel (out[i] = a * i + b over n elements) on device 0 and checks the result;
  * returns 0 when the device computes correctly, -1 with a message otherwise. */

@@ -178,12 +178,12 @@ pp_status pool_governor_create_system(pool_governor **out, char *msg, size_t msg
          * PARAPHYM_VRAM_MB set the devices are only counted, not queried. */
         n_devices = n < 0 ? 0 : n > POOL_MAX_DEVICES ? POOL_MAX_DEVICES : n;
         for (int d = 0; d < n_devices && !vram_set; d++) {
-            kern_device_info info;
-            if (kern_device_info_get(d, &info, err, sizeof err) != 0) {
+            size_t total = 0;
+            if (kern_device_total_mem(d, &total, err, sizeof err) != 0) {
                 set_msg(msg, msg_len, "cannot read the VRAM size of device %d: %s", d, err);
                 return PP_STATUS_DEVICE;
             }
-            vram_mb[d] = (uint64_t)info.total_mem_bytes >> 20;
+            vram_mb[d] = (uint64_t)total >> 20;
             if (vram_mb[d] == 0) {
                 set_msg(msg, msg_len, "device %d reports under 1 MB of VRAM", d);
                 return PP_STATUS_DEVICE;
