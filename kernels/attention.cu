@@ -13,6 +13,7 @@
 #include <math.h>
 
 #include "kernels.h"
+#include "reduce.cuh"
 
 #define ATTN_WARPS 4
 #define ATTN_THREADS (ATTN_WARPS * 32)
@@ -53,8 +54,6 @@ typedef struct attn_params {
     float *part;     // split partials [n_split][n_tokens * n_head][d_v] unnormalised acc
 } attn_params;
 
-static int ceil_div(int a, int b) { return (a + b - 1) / b; }
-static int imin(int a, int b) { return a < b ? a : b; }
 
 // Width of a query or key row in shared memory: d_qk rounded up to a float4, zero padded.
 static __host__ __device__ int attn_qk_cols(int d_qk) { return (d_qk + 3) & ~3; }
@@ -100,20 +99,6 @@ static attn_plan attn_plan_make(const kern_attn_args *a)
     p.chunk = ceil_div(ceil_div(n_keys, n_split), ATTN_KEYS) * ATTN_KEYS;
     p.n_split = ceil_div(n_keys, p.chunk);
     return p;
-}
-
-static __device__ float warp_max(float x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    return x;
-}
-
-static __device__ float warp_sum(float x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
 }
 
 // Grid (n_row_tiles, n_head_kv, n_split), block ATTN_THREADS. Warp w owns the CTA's rows

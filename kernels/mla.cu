@@ -14,6 +14,7 @@
 
 #include "dequant.cuh"
 #include "kernels.h"
+#include "reduce.cuh"
 
 #define MLA_MAX_RANK 1024
 #define MLA_MAX_ROPE 256
@@ -59,8 +60,6 @@ typedef struct mla_params {
     float *part;     // split partials [n_split][n_tokens * n_head][rank] unnormalised acc
 } mla_params;
 
-static int ceil_div(int a, int b) { return (a + b - 1) / b; }
-static int imin(int a, int b) { return a < b ? a : b; }
 
 // Width of a (q_lat | q_pe) or (ckv | kpe) row in shared memory, rounded up to a float4.
 static __host__ __device__ int mla_qk_cols(int rank, int d_rope) { return (rank + d_rope + 3) & ~3; }
@@ -108,20 +107,6 @@ static mla_plan mla_plan_make(const kern_mla_args *a)
     p.chunk = ceil_div(ceil_div(n_keys, n_split), MLA_KEYS) * MLA_KEYS;
     p.n_split = ceil_div(n_keys, p.chunk);
     return p;
-}
-
-static __device__ float warp_sum(float x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
-static __device__ float warp_max(float x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    return x;
 }
 
 // Reductions over the 16 lanes of a half warp (xor offsets below 16 stay inside the half).

@@ -15,6 +15,7 @@
 
 #include "dequant.cuh"
 #include "kernels.h"
+#include "reduce.cuh"
 
 #define ROUTE_MAX_EXPERT 1024
 #define ROUTE_MAX_GROUP 64
@@ -110,21 +111,7 @@ static __device__ int warp_pick(const float *v, const unsigned char *taken, int 
     return pick_result(s, v);
 }
 
-static __device__ float warp_max(float x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    return x;
-}
-
 static __device__ double warp_sum_f64(double x)
-{
-    for (int o = 16; o > 0; o >>= 1)
-        x += __shfl_xor_sync(0xffffffffu, x, o);
-    return x;
-}
-
-static __device__ float warp_sum(float x)
 {
     for (int o = 16; o > 0; o >>= 1)
         x += __shfl_xor_sync(0xffffffffu, x, o);
