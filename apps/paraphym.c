@@ -4,7 +4,8 @@
  *   paraphym logits     [--model DIR] --ids 3,17,42 [--prefill N] [--mla naive|absorbed]
  *   paraphym perplexity [--model DIR] --file F [--ctx 256] [--max-tokens 32768]
  *   (run, logits and perplexity take --backend cpu|cuda|auto, default auto: cuda when a CUDA
- *   device is present, else cpu, and --quant none|fp8|int8|int4: on-load quantization)
+ *   device is present, else cpu, --quant none|fp8|int8|int4: on-load quantization, and
+ *   --dtype f32|bf16: the compute mode, default f32)
  *   paraphym tokenize   [--model DIR]          (text on stdin -> JSON array of ids)
  *   paraphym detokenize [--model DIR]          (JSON array of ids on stdin -> text)
  *   paraphym info       [--model DIR]
@@ -43,15 +44,15 @@ static void usage(FILE *f)
             "  paraphym run [--model DIR] --prompt TEXT [--chat] [--system TEXT] [--max-tokens N]\n"
             "               [--temperature T] [--top-k K] [--top-p P] [--min-p P]\n"
             "               [--repetition-penalty R] [--stop S]... [--seed S] [--ctx N]\n"
-            "               [--backend cpu|cuda|auto]\n"
+            "               [--backend cpu|cuda|auto] [--dtype f32|bf16]\n"
             "      stream a completion of TEXT (with --chat: of a one-turn chat in the model's\n"
             "      template) to stdout. Sampling defaults come from generation_config.json;\n"
             "      --temperature 0 is greedy.\n"
             "  paraphym logits [--model DIR] --ids ID,ID,... [--backend cpu|cuda|auto] [--prefill N]\n"
-            "                  [--mla naive|absorbed] [--threads N]\n"
+            "                  [--mla naive|absorbed] [--threads N] [--dtype f32|bf16]\n"
             "      print {\"logits\": [[...], ...]}, one row of n_vocab floats per input id.\n"
             "  paraphym perplexity [--model DIR] --file F [--ctx 256] [--max-tokens 32768]\n"
-            "                      [--backend cpu|cuda|auto]\n"
+            "                      [--backend cpu|cuda|auto] [--dtype f32|bf16]\n"
             "      print {\"perplexity\": x, \"tokens\": n} over the first max-tokens tokens of F in\n"
             "      windows of ctx tokens (n = predicted tokens).\n"
             "  paraphym tokenize [--model DIR]     read text on stdin, print its ids as JSON\n"
@@ -59,7 +60,9 @@ static void usage(FILE *f)
             "  paraphym info [--model DIR]         print the model's configuration as JSON\n"
             "\n"
             "--backend picks where the forward pass runs: cpu, cuda (CUDA device 0) or auto (the\n"
-            "default: cuda when a CUDA device is present, else cpu); compute is f32 on both.\n"
+            "default: cuda when a CUDA device is present, else cpu). --dtype picks the compute mode on\n"
+            "either: f32 (the default: f32 activations, the reference) or bf16 (Hugging Face's bf16\n"
+            "path emulated: every op's output rounded to bf16, accumulation in f32).\n"
             "--quant none|fp8|int8|int4 (run, logits, perplexity) converts the decoder layers' bf16/f16/f32\n"
             "linear weights at load: fp8 e4m3 with 128x128 block scales, int8 with a scale per row, int4\n"
             "with a scale per 128 columns.\n"
@@ -75,6 +78,7 @@ typedef struct cli_opts {
     const char *backend;
     const char *mla;
     const char *quant;
+    const char *dtype;
     const char *prompt;
     const char *system;
     const char *file;
@@ -147,6 +151,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
             o->mla = v;
         else if (strcmp(a, "--quant") == 0)
             o->quant = v;
+        else if (strcmp(a, "--dtype") == 0)
+            o->dtype = v;
         else if (strcmp(a, "--prompt") == 0)
             o->prompt = v;
         else if (strcmp(a, "--system") == 0)
@@ -259,6 +265,10 @@ static int load_model(const cli_opts *o, eng_model **model)
         fprintf(stderr, "paraphym: --quant: %s\n", err.msg);
         return -1;
     }
+    if (o->dtype && (st = eng_dtype_mode_parse(o->dtype, &mo.dtype, &err)) != PP_STATUS_OK) {
+        fprintf(stderr, "paraphym: --dtype: %s\n", err.msg);
+        return -1;
+    }
     st = eng_model_load(o->model, &mo, model, &err);
     if (st != PP_STATUS_OK) {
         fprintf(stderr, "paraphym: %s (%s)\n", err.msg, pp_status_str(st));
@@ -271,9 +281,10 @@ static int load_model(const cli_opts *o, eng_model **model)
     if (mo.quant != ENG_LOADQ_NONE)
         snprintf(quant, sizeof quant, "%zu decoder weights quantized to %s at load (%.1f MiB)", n_quant,
                  eng_load_quant_name(mo.quant), (double)quant_bytes / (1 << 20));
-    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s, f32 compute, %s\n",
+    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s, %s compute, %s\n",
             o->model, c->model_type, c->n_layer, c->d_model, c->n_vocab, eng_model_backend_name(*model),
-            strcmp(mo.backend, "auto") == 0 ? " (picked by --backend auto)" : "", quant);
+            strcmp(mo.backend, "auto") == 0 ? " (picked by --backend auto)" : "", eng_model_dtype_name(*model),
+            quant);
     return 0;
 }
 

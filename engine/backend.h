@@ -7,9 +7,11 @@
  * eng_vec made resident by weight_prepare / vec_prepare.
  *
  * Numeric contract of the CPU reference: f32 activations and accumulation, weights dequantized
- * exactly, no intermediate bf16 rounding. Every op returns PP_STATUS_OK or the backend's error
- * (a device fault), never aborts. Dimension names follow STYLE.md: n_tokens, n_head, n_head_kv,
- * d_head, d_rope, d_ff, n_expert, n_expert_used, n_vocab.
+ * exactly, no intermediate bf16 rounding (round_bf16 rounds only when called). The bf16 compute
+ * mode is a decorator over any backend (eng_backend_bf16_wrap) that rounds each op's output to
+ * bf16. Every op returns PP_STATUS_OK or the backend's error (a device fault), never aborts.
+ * Dimension names follow STYLE.md: n_tokens, n_head, n_head_kv, d_head, d_rope, d_ff, n_expert,
+ * n_expert_used, n_vocab.
  */
 #ifndef ENG_BACKEND_H
 #define ENG_BACKEND_H
@@ -135,6 +137,10 @@ typedef struct eng_backend_ops {
     pp_status (*mla_absorbed)(eng_backend *be, const eng_mla_args *args);
     pp_status (*moe_route)(eng_backend *be, const eng_route_args *args);
     pp_status (*moe_experts)(eng_backend *be, const eng_moe_args *args);
+    /* Rounds x[r][c] in place to the nearest bf16 (ties to even, NaN stays NaN: eng_round_bf16,
+     * bit for bit on every backend) for r < n_rows, c < n_cols, rows stride floats apart
+     * (stride >= 0). The values stay f32. */
+    pp_status (*round_bf16)(eng_backend *be, float *x, int64_t stride, int n_rows, int64_t n_cols);
 
     /* Optional (may be NULL): the backend's message for its last failed op, "" when the last op
      * succeeded (for CUDA: the call, the CUDA error's name and text, and whether the device is
@@ -170,6 +176,18 @@ pp_status eng_backend_cuda_create(int device, eng_backend *share_with, eng_backe
  * 0 for a backend that is not CUDA. Thread-safe. */
 size_t eng_backend_cuda_weight_bytes(const eng_backend *be);
 #endif
+
+/* Wraps inner in the bf16 compute mode: a backend whose ops run inner's op and then round, with
+ * inner's round_bf16, exactly the elements the op wrote to bf16 (engine/backend_bf16.c says
+ * which, and what is not rounded). On success *out owns inner: destroying *out destroys both, and
+ * last_error is inner's. On failure (OUT_OF_MEMORY, or INVALID_ARG for a NULL inner) *out is NULL
+ * and the caller still owns inner. */
+pp_status eng_backend_bf16_wrap(eng_backend *inner, eng_backend **out, eng_err *err);
+
+/* The backend a bf16 decorator wraps, or be itself when be is not one (also for NULL): where an
+ * op that must stay f32 in the bf16 mode runs (DeepSeek-V3's router), and what a CUDA fork
+ * shares its weight cache with. */
+eng_backend *eng_backend_bf16_inner(eng_backend *be);
 
 static inline void eng_backend_destroy(eng_backend *be)
 {

@@ -464,6 +464,19 @@ done:
     return st;
 }
 
+/* ---- bf16 rounding (the bf16 compute mode, engine/backend_bf16.c) ---------------------------- */
+
+static pp_status cpu_round_bf16(eng_backend *be, float *x, int64_t stride, int n_rows, int64_t n_cols)
+{
+    (void)be;
+    for (int r = 0; r < n_rows; r++) {
+        float *row = x + (int64_t)r * stride;
+        for (int64_t i = 0; i < n_cols; i++)
+            row[i] = eng_round_bf16(row[i]);
+    }
+    return PP_STATUS_OK;
+}
+
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
 /* The CPU backend fails only for host memory, which its ops' statuses already say. */
@@ -504,6 +517,7 @@ static const eng_backend_ops cpu_ops = {
     .mla_absorbed = cpu_mla_absorbed,
     .moe_route = cpu_moe_route,
     .moe_experts = cpu_moe_experts,
+    .round_bf16 = cpu_round_bf16,
     .last_error = cpu_last_error,
 };
 

@@ -760,6 +760,16 @@ static pp_status cuda_moe_experts(eng_backend *be, const eng_moe_args *a)
     return PP_STATUS_OK;
 }
 
+static pp_status cuda_round_bf16(eng_backend *be, float *x, int64_t stride, int n_rows, int64_t n_cols)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || n_rows <= 0 || n_cols <= 0)
+        return st;
+    CUDA_TRY(cb, kern_round_bf16(x, stride, n_rows, n_cols, cb->stream));
+    return PP_STATUS_OK;
+}
+
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
 static const char *cuda_last_error(eng_backend *be) { return as_cuda(be)->msg; }
@@ -805,6 +815,7 @@ static const eng_backend_ops cuda_ops = {
     .mla_absorbed = cuda_mla_absorbed,
     .moe_route = cuda_moe_route,
     .moe_experts = cuda_moe_experts,
+    .round_bf16 = cuda_round_bf16,
     .last_error = cuda_last_error,
 };
 

@@ -1,8 +1,9 @@
 /* common.h: the engine's shared vocabulary: error slot, stored dtypes and their exact
- * conversions to f32.
+ * conversions to f32, and the f32 -> bf16 rounding of the bf16 compute mode.
  *
- * Invariant: every conversion here is exact (bf16, f16 and fp8 e4m3 values are all representable
- * in f32), so the CPU reference dequantizes stored weights without rounding.
+ * Invariant: every conversion to f32 here is exact (bf16, f16 and fp8 e4m3 values are all
+ * representable in f32), so the CPU reference dequantizes stored weights without rounding;
+ * eng_round_bf16 is the one rounding, used only when a bf16 compute mode asks for it.
  */
 #ifndef ENG_COMMON_H
 #define ENG_COMMON_H
@@ -116,6 +117,24 @@ static inline float eng_fp8_e4m3_to_f32(uint8_t v)
         u = sign | ((exp + 127 - 7) << 23) | (man << 20);
     }
     float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* f rounded to the nearest bf16 value, ties to even, returned as the f32 holding it (its low 16
+ * bits zero): what torch's float -> bfloat16 cast gives. Works on the bit pattern, so subnormals
+ * are rounded, not flushed; values past the largest bf16 (3.3895e38) by half an ulp or more
+ * become +-inf; every NaN becomes the quiet NaN 0x7fc00000 (torch's 0x7fc0). Not an exact
+ * conversion: the one rounding the engine has (the bf16 compute mode, engine/backend_bf16.c).
+ * kernels/elementwise.cu's kern_round_bf16 uses the same integer formula. */
+static inline float eng_round_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        u = 0x7fc00000u;
+    else
+        u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
     memcpy(&f, &u, sizeof f);
     return f;
 }

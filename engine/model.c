@@ -11,6 +11,30 @@ void eng_model_opts_default(eng_model_opts *opts)
     opts->backend = "cpu";
     opts->n_threads = 0;
     opts->mla = ENG_MLA_ABSORBED;
+    opts->dtype = ENG_DTYPE_MODE_F32;
+}
+
+pp_status eng_dtype_mode_parse(const char *name, eng_dtype_mode *out, eng_err *err)
+{
+    if (name && strcmp(name, "f32") == 0) {
+        *out = ENG_DTYPE_MODE_F32;
+        return PP_STATUS_OK;
+    }
+    if (name && strcmp(name, "bf16") == 0) {
+        *out = ENG_DTYPE_MODE_BF16;
+        return PP_STATUS_OK;
+    }
+    return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown compute dtype '%s' (expected f32 or bf16)",
+                    name ? name : "(null)");
+}
+
+const char *eng_dtype_mode_name(eng_dtype_mode mode)
+{
+    switch (mode) {
+    case ENG_DTYPE_MODE_F32: return "f32";
+    case ENG_DTYPE_MODE_BF16: return "bf16";
+    }
+    return "?";
 }
 
 /* True for the linear weights on-load quantization converts: a decoder layer's projections and
@@ -100,8 +124,8 @@ static pp_status backend_pick(const char *name, backend_kind *kind, eng_err *err
 
 /* Creates a backend of `kind`; a CUDA one shares the weight cache of `share` (a fork's source)
  * when given, and runs on device 0 otherwise. */
-static pp_status backend_create(backend_kind kind, int n_threads, eng_backend *share, eng_backend **out,
-                                eng_err *err)
+static pp_status backend_create_f32(backend_kind kind, int n_threads, eng_backend *share, eng_backend **out,
+                                    eng_err *err)
 {
 #ifdef PP_HAVE_CUDA
     if (kind == BACKEND_CUDA)
@@ -110,6 +134,22 @@ static pp_status backend_create(backend_kind kind, int n_threads, eng_backend *s
     (void)kind;
     (void)share;
     return eng_backend_cpu_create(n_threads, out, err);
+}
+
+/* backend_create_f32 in the compute mode `dtype`: for bf16, wrapped in the bf16 decorator. share
+ * may be a decorated backend (a bf16 model's); its inner backend is what is shared. */
+static pp_status backend_create(backend_kind kind, int n_threads, eng_backend *share, eng_dtype_mode dtype,
+                                eng_backend **out, eng_err *err)
+{
+    eng_backend *be = NULL;
+    pp_status st = backend_create_f32(kind, n_threads, eng_backend_bf16_inner(share), &be, err);
+    if (st != PP_STATUS_OK || dtype == ENG_DTYPE_MODE_F32) {
+        *out = be;
+        return st;
+    }
+    if ((st = eng_backend_bf16_wrap(be, out, err)) != PP_STATUS_OK)
+        eng_backend_destroy(be);
+    return st;
 }
 
 static const eng_family *family_for(eng_arch arch)
@@ -132,6 +172,9 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
     }
     if (!dir)
         return eng_fail(err, PP_STATUS_INVALID_ARG, "no model directory given");
+    if (opts->dtype != ENG_DTYPE_MODE_F32 && opts->dtype != ENG_DTYPE_MODE_BF16)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown compute dtype mode %d (f32 or bf16)",
+                        (int)opts->dtype);
     backend_kind kind;
     pp_status st = backend_pick(opts->backend, &kind, err);
     if (st != PP_STATUS_OK)
@@ -173,7 +216,7 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
     }
     if ((st = eng_bind_vec(m, "model.norm.weight", c->d_model, &m->final_norm, err)) != PP_STATUS_OK)
         goto fail;
-    if ((st = backend_create(kind, opts->n_threads, NULL, &m->be, err)) != PP_STATUS_OK)
+    if ((st = backend_create(kind, opts->n_threads, NULL, opts->dtype, &m->be, err)) != PP_STATUS_OK)
         goto fail;
     if ((st = m->family->bind(m, err)) != PP_STATUS_OK)
         goto fail;
@@ -197,7 +240,7 @@ pp_status eng_model_fork(const eng_model *src, int n_threads, eng_model **out, e
     m->weights_owner = src->weights_owner ? src->weights_owner : src;
     m->be = NULL;
     backend_kind kind = strcmp(src->opts.backend, "cuda") == 0 ? BACKEND_CUDA : BACKEND_CPU;
-    pp_status st = backend_create(kind, n_threads, src->be, &m->be, err);
+    pp_status st = backend_create(kind, n_threads, src->be, src->opts.dtype, &m->be, err);
     if (st != PP_STATUS_OK) {
         free(m);
         return st;
@@ -230,7 +273,8 @@ void eng_model_quant_stats(const eng_model *m, size_t *n_tensors, size_t *bytes)
     *n_tensors = owner->n_quant;
     *bytes = owner->quant_bytes;
 }
-const char *eng_model_backend_name(const eng_model *m) { return m->be->ops->name; }
+const char *eng_model_backend_name(const eng_model *m) { return eng_backend_bf16_inner(m->be)->ops->name; }
+const char *eng_model_dtype_name(const eng_model *m) { return eng_dtype_mode_name(m->opts.dtype); }
 size_t eng_model_weight_bytes(const eng_model *m) { return eng_st_total_bytes(m->st); }
 
 /* ---- shared blocks: SwiGLU MLP and routed experts ------------------------------------------- */
@@ -333,7 +377,11 @@ pp_status eng_moe_forward(eng_model *m, const eng_moe *moe, const float *x, int 
     size_t f_shared = (size_t)c->d_ff_expert * (size_t)(c->n_shared_experts > 0 ? c->n_shared_experts : 1);
     float *u = g + T * f_shared;
 
-    ENG_TRY(be->ops->matmul(be, x, c->d_model, &moe->router, logits, c->n_expert, n_tokens));
+    /* the router's logits: a bf16 Linear in HF's Qwen3-MoE (rounded in the bf16 mode), but fp32 in
+     * DeepSeek-V3 (x.float() @ gate.weight.float()), so the sigmoid router's matmul runs on the
+     * backend under any bf16 decorator */
+    eng_backend *rbe = moe->kind == ENG_ROUTER_SIGMOID ? eng_backend_bf16_inner(be) : be;
+    ENG_TRY(rbe->ops->matmul(rbe, x, c->d_model, &moe->router, logits, c->n_expert, n_tokens));
     eng_route_args ra = {
         .kind = moe->kind,
         .n_tokens = n_tokens,

@@ -23,6 +23,18 @@ typedef enum eng_mla_mode {
     ENG_MLA_ABSORBED,  /* latent cache: c_kv (kv_lora_rank) + k_pe (d_rope) per token */
 } eng_mla_mode;
 
+/* What the forward pass computes in (the stored weights are not changed by either). */
+typedef enum eng_dtype_mode {
+    ENG_DTYPE_MODE_F32 = 0, /* f32 activations, the reference (engine/backend.h) */
+    ENG_DTYPE_MODE_BF16,    /* HF's bf16 path emulated: every op's output rounded to bf16
+                               (engine/backend_bf16.c); accumulation stays f32 */
+} eng_dtype_mode;
+
+/* "f32" or "bf16" -> *out; INVALID_ARG with a message naming the choices otherwise. */
+pp_status eng_dtype_mode_parse(const char *name, eng_dtype_mode *out, eng_err *err);
+/* "f32" or "bf16" ("?" for a value outside the enum). */
+const char *eng_dtype_mode_name(eng_dtype_mode mode);
+
 typedef struct eng_model_opts {
     const char *backend; /* "cpu" (default), "cuda" (device 0; UNSUPPORTED in a build without
                             CUDA or when there is no device) or "auto" (cuda when a device is
@@ -32,6 +44,8 @@ typedef struct eng_model_opts {
     eng_load_quant quant; /* on-load quantization of the decoder layers' F32/BF16/F16 linear
                              weights (not the embedding, lm_head, norms or MoE routers); default
                              ENG_LOADQ_NONE. Stored-quantized weights stay as they are. */
+    eng_dtype_mode dtype; /* compute mode; default ENG_DTYPE_MODE_F32. BF16 wraps the backend
+                             (and every fork's) in eng_backend_bf16_wrap */
 } eng_model_opts;
 
 void eng_model_opts_default(eng_model_opts *opts);
@@ -39,21 +53,24 @@ void eng_model_opts_default(eng_model_opts *opts);
 /* Loads DIR (config.json + safetensors). Returns PP_STATUS_OK and *out, or an error with
  * *out = NULL and a message in err: NOT_FOUND (no config.json, missing tensor or shard),
  * BAD_FORMAT, UNSUPPORTED (also: backend "cuda" without CUDA or a device), INVALID_ARG (bad
- * option, unknown backend name), OUT_OF_MEMORY, DEVICE. With the cuda backend, weights are
- * uploaded to the device on first use, not at load. */
+ * option, unknown backend name or dtype mode), OUT_OF_MEMORY, DEVICE. With the cuda backend,
+ * weights are uploaded to the device on first use, not at load. */
 pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model **out, eng_err *err);
 void eng_model_free(eng_model *model); /* NULL-safe; sessions and forks must be freed first */
 
 /* A second runtime over the same weights: the fork borrows src's mapped tensors and bound layers
  * (no copy) and owns a backend of its own (n_threads CPU threads; for a cuda model, a cuda
- * backend with its own stream that shares src's device weight cache), so src and the fork can
- * run on two threads at once. src must outlive the fork. */
+ * backend with its own stream that shares src's device weight cache; in src's dtype mode), so
+ * src and the fork can run on two threads at once. src must outlive the fork. */
 pp_status eng_model_fork(const eng_model *src, int n_threads, eng_model **out, eng_err *err);
 
 const eng_config *eng_model_config(const eng_model *model);
 /* Weights quantized at load (opts.quant): how many tensors, and the bytes they now occupy. */
 void eng_model_quant_stats(const eng_model *model, size_t *n_tensors, size_t *bytes);
+/* "cpu" or "cuda": the backend that runs the ops (under the bf16 decorator in bf16 mode). */
 const char *eng_model_backend_name(const eng_model *model);
+/* The compute mode: "f32" or "bf16" (eng_dtype_mode_name of opts.dtype). */
+const char *eng_model_dtype_name(const eng_model *model);
 /* Bytes of weights as stored (what the model maps). */
 size_t eng_model_weight_bytes(const eng_model *model);
 

@@ -1,5 +1,5 @@
 // elementwise.cu: embedding lookup, RMSNorm, residual add, RoPE and SwiGLU, the memory-bound ops
-// of a transformer layer.
+// of a transformer layer, and the bf16 rounding of the bf16 compute mode.
 //
 // Invariant: every kernel computes engine/backend_cpu.c's formula in the same f32 operation
 // order (RMSNorm's sum of squares in double, RoPE's cos/sin in double rounded to f32, as the
@@ -218,5 +218,47 @@ extern "C" int kern_swiglu(const float *gate, int64_t gate_stride, const float *
     dim3 grid((unsigned)((d_ff + EW_THREADS - 1) / EW_THREADS), grid_y(n_tokens));
     swiglu_kernel<<<grid, EW_THREADS, 0, stream>>>(gate, gate_stride, up, up_stride, out,
                                                    out_stride, n_tokens, d_ff);
+    return (int)cudaGetLastError();
+}
+
+// ---- bf16 rounding ----------------------------------------------------------------------------
+
+// f32 bits rounded to the nearest bf16, ties to even, kept as f32 bits (low half zero); every
+// NaN becomes 0x7fc00000. engine/common.h's eng_round_bf16, formula for formula: integer
+// arithmetic on the bit pattern, so subnormals are rounded (never flushed) and the result does
+// not depend on how cvt.rn.bf16.f32 encodes a NaN.
+static __host__ __device__ __forceinline__ uint32_t round_bf16_bits(uint32_t u)
+{
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return 0x7fc00000u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+
+// Grid (min(ceil(n_cols / 256), 2^20), min(n_rows, 65535)): one thread per element, columns
+// strided by gridDim.x * 256 and rows by gridDim.y; in place (each element read, then written,
+// by one thread).
+static __global__ void round_bf16_kernel(float *x, int64_t stride, int n_rows, int64_t n_cols)
+{
+    int64_t step = (int64_t)gridDim.x * blockDim.x;
+    for (int r = blockIdx.y; r < n_rows; r += gridDim.y) {
+        float *row = x + (int64_t)r * stride;
+        for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n_cols; i += step)
+            row[i] = __uint_as_float(round_bf16_bits(__float_as_uint(row[i])));
+    }
+}
+
+extern "C" int kern_round_bf16(float *x, int64_t stride, int n_rows, int64_t n_cols,
+                               kern_stream stream)
+{
+    if (!x || stride < 0 || n_rows < 0 || n_cols < 0)
+        return (int)cudaErrorInvalidValue;
+    if (n_rows == 0 || n_cols == 0)
+        return 0;
+    int64_t blocks = (n_cols + EW_THREADS - 1) / EW_THREADS;
+    // 2^20 blocks of 256 cover 256M elements of a row per step; longer rows loop in the kernel
+    if (blocks > ((int64_t)1 << 20))
+        blocks = (int64_t)1 << 20;
+    dim3 grid((unsigned)blocks, grid_y(n_rows));
+    round_bf16_kernel<<<grid, EW_THREADS, 0, stream>>>(x, stride, n_rows, n_cols);
     return (int)cudaGetLastError();
 }

@@ -125,6 +125,14 @@ int kern_rope(float *x, int n_tokens, int n_head, int64_t token_stride, int64_t 
 int kern_swiglu(const float *gate, int64_t gate_stride, const float *up, int64_t up_stride,
                 float *out, int64_t out_stride, int n_tokens, int d_ff, kern_stream stream);
 
+/* Rounds x in place to bf16 (nearest, ties to even; NaN -> 0x7fc00000), the values staying f32
+ * with their low 16 bits zero: rows [n_rows][n_cols], row r at x + r * stride (stride >= 0;
+ * rows may overlap: the rounding is idempotent). Bit-exact with engine/common.h's
+ * eng_round_bf16. One thread per element, grid (ceil(n_cols / 256) capped at 2^20,
+ * min(n_rows, 65535)), loops beyond. This is the bf16 compute mode's only kernel; no f32 op
+ * rounds. */
+int kern_round_bf16(float *x, int64_t stride, int n_rows, int64_t n_cols, kern_stream stream);
+
 /* ---- matmul (kernels/matmul.cu) -------------------------------------------------------------- */
 
 /* y[t][n] = sum_k x[t][k] * W[n][k] for t < n_tokens, n < w->n_out; x rows x_stride floats

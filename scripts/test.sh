@@ -2,8 +2,8 @@
 # test.sh: the whole test suite, as CI runs it:
 #   1. release build with warnings as errors (CUDA targets too when nvcc is present) and ctest
 #   2. the CPU suite again under AddressSanitizer + UndefinedBehaviorSanitizer (without the
-#      tests labelled slow: three full-protocol perplexity runs, minutes each under ASan; and the
-#      pool's load phase at 8 x 5 prompts instead of 8 x 25)
+#      tests labelled slow: the perplexity runs (f32, bf16, quantized), minutes each under
+#      ASan; and the pool's load phase at 16 x 5 prompts instead of 16 x 13)
 #   3. the safetensors and config.json fuzzers, 60 s each
 # GPU tests report "skipped" (exit 77) on machines without a CUDA device.
 set -euo pipefail

@@ -54,6 +54,31 @@ else
     echo "FAIL --quant fp8: $(head -c 400 "$tmp/err")"
     fails=$((fails + 1))
 fi
+expect_fail "unknown compute dtype" "--dtype.*fp16.*f32 or bf16" logits --model "$tiny" --ids 1 --dtype fp16
+
+# --dtype bf16: the load line says so, and every logit is a bf16 value (low 16 bits of the f32
+# zero: lm_head's output is rounded like every op's) close to the f32 run's (the bounds against
+# Hugging Face are in fixture_bf16_* and perplexity_bf16_*)
+if "$bin" logits --model "$tiny" --ids 1,2,3 --backend cpu >"$tmp/f32.json" 2>"$tmp/err" &&
+    "$bin" logits --model "$tiny" --ids 1,2,3 --backend cpu --dtype bf16 >"$tmp/bf16.json" 2>"$tmp/err" &&
+    grep -q "on backend cpu, bf16 compute, weights as stored" "$tmp/err" &&
+    python3 - "$tmp/f32.json" "$tmp/bf16.json" <<'PY'
+import json, math, struct, sys
+f32, bf16 = (json.load(open(p))["logits"] for p in sys.argv[1:])
+assert len(bf16) == 3 and all(len(r) == 512 for r in bf16), "shape"
+for a, b in zip(f32, bf16):
+    assert all(struct.unpack("<I", struct.pack("<f", x))[0] & 0xffff == 0 for x in b), "not bf16 values"
+    num = sum((x - y) ** 2 for x, y in zip(a, b))
+    den = sum(x * x for x in a)
+    assert math.sqrt(num / den) < 0.05, math.sqrt(num / den)
+    assert a != b, "bf16 run identical to f32"
+PY
+then
+    echo "ok   --dtype bf16: $(grep -o 'on backend.*' "$tmp/err"); logits are bf16 values near the f32 ones"
+else
+    echo "FAIL --dtype bf16: $(head -c 400 "$tmp/err")"
+    fails=$((fails + 1))
+fi
 expect_fail "not a model dir" "config.json" logits --model "$tmp" --ids 1
 expect_fail "nonexistent dir" "config.json|not found|no such" logits --model "$tmp/nope" --ids 1
 

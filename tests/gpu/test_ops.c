@@ -12,7 +12,8 @@
  *      expf / cosf / sinf):
  *        BOUND_ELEMENTWISE 1e-5  embedding, rmsnorm, add, rope, swiglu, moe_route's weights
  *        BOUND_REDUCTION   1e-4  matmul, attention, MLA, MoE experts
- *      (the issue's bounds: they are not to be widened to make a case pass);
+ *      (the issue's bounds: they are not to be widened to make a case pass); round_bf16 must
+ *      match bit for bit (bound 0, reported as the fraction of differing elements);
  *   3. guard bands: every output buffer has GUARD extra elements on both sides (and, for strided
  *      rows, gaps between rows) filled with SENTINEL, which must come back bit for bit. Inputs
  *      hold NaN there instead, so a kernel reading outside its inputs shows up in check 1.
@@ -1268,6 +1269,57 @@ static void run_matmul(harness *h)
     }
 }
 
+/* round_bf16 in place over [n_rows][n_cols] rows `stride` apart (stride 0: one row rounded
+ * n_rows times). Bit-exact: every element must come back with the CPU's bits. The values are
+ * random bit patterns (NaNs of every payload, infinities, subnormals included) with a special
+ * value every 7th element: ties to even both ways, the overflow tie, FLT_MAX, the largest
+ * subnormal, a signalling NaN that would round to inf, -0. */
+static void case_round_bf16(harness *h, int n_rows, int64_t n_cols, int64_t stride)
+{
+    static const uint32_t specials[] = {0x3f808000u, 0x3f818000u, 0x7f7f8000u, 0x7f7f7fffu, 0x7f7fffffu,
+                                        0xff7fffffu, 0x007fffffu, 0x00008000u, 0x00018000u, 0x7f800001u,
+                                        0xffffffffu, 0x7f800000u, 0xff800000u, 0x80000000u, 0x00000001u};
+    tcase tc;
+    if (!case_begin(h, &tc, "round_bf16", 0.0, "n_rows=%d n_cols=%lld stride=%lld", n_rows, (long long)n_cols,
+                    (long long)stride))
+        return;
+    layout l = rows(n_rows, n_cols, stride);
+    size_t n = layout_extent(&l);
+    uint32_t *bits = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++)
+        bits[i] = NAN_BITS;
+    size_t k = 0;
+    for (int64_t r = 0; r < n_rows; r++)
+        for (int64_t c = 0; c < n_cols; c++, k++)
+            bits[layout_at(&l, r, 0, c)] = k % 7 == 0 ? specials[(k / 7) % (sizeof specials / sizeof specials[0])]
+                                                      : (uint32_t)rng_u64(&tc.r);
+    gbuf x = {0};
+    if (gbuf_make(&tc, &x, n, bits, NAN_BITS) &&
+        op_ok(&tc, h->cpu->ops->round_bf16(h->cpu, x.cpu, stride, n_rows, n_cols), true, "round_bf16") &&
+        op_ok(&tc, tc.dut->ops->round_bf16(tc.dut, x.dut, stride, n_rows, n_cols), false, "round_bf16")) {
+        uint32_t *got = gbuf_fetch(&tc, &x);
+        if (got) {
+            const uint32_t *want = x.cpu;
+            size_t n_diff = 0;
+            for (int64_t r = 0; r < n_rows; r++)
+                for (int64_t c = 0; c < n_cols; c++) {
+                    size_t i = layout_at(&l, r, 0, c);
+                    if (got[GUARD + i] != want[i] && n_diff++ < MAX_FAIL_LINES)
+                        fail(&tc, "element [%lld][%lld] (index %zu): 0x%08x, cpu 0x%08x", (long long)r,
+                             (long long)c, i, got[GUARD + i], want[i]);
+                }
+            tc.max_rel = (double)n_diff / (double)(n_rows * n_cols); /* the fraction of differing bits */
+            uint8_t *mask = layout_mask(&l, n);
+            check_guards(&tc, &x, got, mask, "x");
+            free(mask);
+            free(got);
+        }
+    }
+    gbuf_free(&tc, &x);
+    free(bits);
+    case_end(&tc);
+}
+
 static void run_elementwise(harness *h)
 {
     static const int rms_d[] = {1, 7, 64, 128, 1000, 2051, 7168};
@@ -1316,6 +1368,17 @@ static void run_elementwise(harness *h)
         case_swiglu(h, sw[i][0], sw[i][1], true, false, 3);
         case_swiglu(h, sw[i][0], sw[i][1], i % 2 == 0, true, 0);
     }
+
+    /* round_bf16 (the bf16 mode): one element, contiguous, strided with gaps (matmul y rows, RoPE
+     * slices of heads), stride 0, more rows than gridDim.y (65535), a row of 2M elements */
+    static const struct { int n_rows; int64_t n_cols, stride; bool big; } rb[] = {
+        {1, 1, 1, false}, {1, 1000, 1000, false}, {5, 64, 64, false}, {7, 100, 133, false},
+        {32, 64, 128, false}, {3, 64, 0, false}, {133, 2051, 2056, true}, {70000, 3, 4, true},
+        {1, (1 << 20) * 2 + 3, (1 << 20) * 2 + 3, true},
+    };
+    for (size_t i = 0; i < sizeof rb / sizeof rb[0]; i++)
+        if (!h->small || !rb[i].big)
+            case_round_bf16(h, rb[i].n_rows, rb[i].n_cols, rb[i].stride);
 }
 
 static void run_attention(harness *h)

@@ -1,0 +1,246 @@
+/* backend_bf16.c: the bf16 compute mode, a decorator over any backend (CPU or CUDA) that emulates
+ * Hugging Face's bf16 production path (docs/MODELS.md section 0): every activation tensor is bf16
+ * between ops. Each op runs the inner backend's f32 op (f32 accumulation inside matmuls,
+ * attention, MLA and experts; f32 softmax) and then rounds, with the inner backend's round_bf16,
+ * exactly the elements the op wrote, to the nearest bf16 (ties to even, as torch's cast). Values
+ * stay stored as f32 floats that are bf16-representable, so the KV cache (filled by copy from
+ * rounded matmul / RoPE outputs) holds bf16 values too.
+ *
+ * Rounded: embedding rows, matmul outputs (logits included: HF's lm_head runs in bf16), RMSNorm
+ * outputs, residual / shared-expert adds, the rotated RoPE slices, SwiGLU outputs, attention and
+ * MLA outputs, routed-expert outputs, and Qwen3-MoE's combine weights (softmax router: HF casts
+ * them to bf16, `routing_weights.to(hidden_states.dtype)`).
+ * Not rounded: DeepSeek-V3's combine weights (sigmoid router: fp32 in HF, and its router logits
+ * are computed in fp32, which model.c does on eng_backend_bf16_inner), and memory ops.
+ *
+ * Where HF rounds inside what is one op here, this mode rounds only the op's output:
+ *   - RMSNorm: HF rounds x * rsqrt(var + eps) to bf16 before multiplying by the weight (two
+ *     roundings); here x * inv * w is rounded once. Emulating the inner rounding needs an
+ *     elementwise multiply the op table does not have (a second rmsnorm or a diagonal matmul
+ *     cannot reproduce it exactly), so it is left out: one bf16 ulp at most per element.
+ *   - RoPE: HF casts cos/sin to bf16 and rounds x*cos, rotate(x)*sin and their sum; here f32
+ *     cos/sin and one rounding of the result. (q and k enter RoPE already bf16.)
+ *   - SwiGLU: HF rounds silu(gate) before the product; attention in eager mode rounds scores and
+ *     probabilities (SDPA, HF's default, does not); routed experts' gate/up/down outputs and
+ *     Qwen3-MoE's bf16 index_add accumulation happen inside the experts op.
+ * Thread safety and lifetime are the inner backend's; the decorator owns it.
+ */
+#include <limits.h>
+#include <stdlib.h>
+
+#include "backend.h"
+
+typedef struct bf16_backend {
+    eng_backend base;
+    eng_backend *inner; /* owned */
+} bf16_backend;
+
+static const eng_backend_ops bf16_ops;
+
+static eng_backend *inner_of(eng_backend *be) { return ((bf16_backend *)be)->inner; }
+
+/* Rounds rows [n_rows][n_cols] (stride apart) with the inner backend. */
+static pp_status round_rows(eng_backend *in, float *x, int64_t stride, int n_rows, int64_t n_cols)
+{
+    if (n_rows <= 0 || n_cols <= 0)
+        return PP_STATUS_OK;
+    return in->ops->round_bf16(in, x, stride, n_rows, n_cols);
+}
+
+/* ---- memory: passed through ------------------------------------------------------------------ */
+
+static pp_status bf16_alloc(eng_backend *be, size_t bytes, void **out)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->alloc(in, bytes, out);
+}
+
+static void bf16_free(eng_backend *be, void *ptr)
+{
+    eng_backend *in = inner_of(be);
+    in->ops->free(in, ptr);
+}
+
+static pp_status bf16_upload(eng_backend *be, void *dst, const void *src, size_t bytes)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->upload(in, dst, src, bytes);
+}
+
+static pp_status bf16_download(eng_backend *be, void *dst, const void *src, size_t bytes)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->download(in, dst, src, bytes);
+}
+
+static pp_status bf16_copy(eng_backend *be, float *dst, const float *src, size_t n)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->copy(in, dst, src, n);
+}
+
+/* ---- ops: the inner op, then its output rounded ---------------------------------------------- */
+
+/* out [n_tokens][table->n_in] contiguous (a bf16 table is exact already; tiny fixtures store f32) */
+static pp_status bf16_embedding(eng_backend *be, const eng_weight *table, const int32_t *ids, int n_tokens,
+                                float *out)
+{
+    eng_backend *in = inner_of(be);
+    pp_status st = in->ops->embedding(in, table, ids, n_tokens, out);
+    return st != PP_STATUS_OK ? st : round_rows(in, out, table->n_in, n_tokens, table->n_in);
+}
+
+/* y [n_tokens][w->n_out], rows y_stride apart */
+static pp_status bf16_matmul(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w, float *y,
+                             int64_t y_stride, int n_tokens)
+{
+    eng_backend *in = inner_of(be);
+    pp_status st = in->ops->matmul(in, x, x_stride, w, y, y_stride, n_tokens);
+    return st != PP_STATUS_OK ? st : round_rows(in, y, y_stride, n_tokens, w->n_out);
+}
+
+/* out [n_rows][w->n], rows out_stride apart */
+static pp_status bf16_rmsnorm(eng_backend *be, const float *x, int64_t x_stride, const eng_vec *w, float eps,
+                              float *out, int64_t out_stride, int n_rows)
+{
+    eng_backend *in = inner_of(be);
+    pp_status st = in->ops->rmsnorm(in, x, x_stride, w, eps, out, out_stride, n_rows);
+    return st != PP_STATUS_OK ? st : round_rows(in, out, out_stride, n_rows, w->n);
+}
+
+/* out [n] contiguous */
+static pp_status bf16_add(eng_backend *be, const float *a, const float *b, float *out, size_t n)
+{
+    eng_backend *in = inner_of(be);
+    pp_status st = in->ops->add(in, a, b, out, n);
+    return st != PP_STATUS_OK ? st : round_rows(in, out, (int64_t)n, 1, (int64_t)n);
+}
+
+/* The rotated slices: x + t * token_stride + h * head_stride + [rope_offset, + d_rope). One
+ * rounding call when the slices form evenly spaced rows (one head, or heads filling the token
+ * row), else one per token with the heads as rows. */
+static pp_status bf16_rope(eng_backend *be, float *x, int n_tokens, int n_head, int64_t token_stride,
+                           int64_t head_stride, int rope_offset, int pos0, const eng_rope *rope)
+{
+    eng_backend *in = inner_of(be);
+    pp_status st = in->ops->rope(in, x, n_tokens, n_head, token_stride, head_stride, rope_offset, pos0, rope);
+    if (st != PP_STATUS_OK || n_tokens <= 0 || n_head <= 0)
+        return st;
+    float *x0 = x + rope_offset;
+    if (n_head == 1)
+        return round_rows(in, x0, token_stride, n_tokens, rope->d_rope);
+    if (token_stride == (int64_t)n_head * head_stride && (int64_t)n_tokens * n_head <= INT_MAX)
+        return round_rows(in, x0, head_stride, n_tokens * n_head, rope->d_rope);
+    for (int t = 0; t < n_tokens && st == PP_STATUS_OK; t++)
+        st = round_rows(in, x0 + (int64_t)t * token_stride, head_stride, n_head, rope->d_rope);
+    return st;
+}
+
+/* out [n_tokens][d_ff], rows out_stride apart */
+static pp_status bf16_swiglu(eng_backend *be, const float *gate, int64_t gate_stride, const float *up,
+                             int64_t up_stride, float *out, int64_t out_stride, int n_tokens, int d_ff)
+{
+    eng_backend *in = inner_of(be);
+    pp_status st = in->ops->swiglu(in, gate, gate_stride, up, up_stride, out, out_stride, n_tokens, d_ff);
+    return st != PP_STATUS_OK ? st : round_rows(in, out, out_stride, n_tokens, d_ff);
+}
+
+/* out [n_tokens][n_head * d_v], rows out_stride apart */
+static pp_status bf16_attention(eng_backend *be, const eng_attn_args *a)
+{
+    eng_backend *in = inner_of(be);
+    pp_status st = in->ops->attention(in, a);
+    return st != PP_STATUS_OK ? st
+                              : round_rows(in, a->out, a->out_stride, a->n_tokens, (int64_t)a->n_head * a->d_v);
+}
+
+/* out [n_tokens][n_head][d_v] contiguous */
+static pp_status bf16_mla_absorbed(eng_backend *be, const eng_mla_args *a)
+{
+    eng_backend *in = inner_of(be);
+    pp_status st = in->ops->mla_absorbed(in, a);
+    int64_t width = (int64_t)a->n_head * a->d_v;
+    return st != PP_STATUS_OK ? st : round_rows(in, a->out, width, a->n_tokens, width);
+}
+
+/* weight [n_tokens][n_expert_used]: rounded for the softmax router only (Qwen3-MoE casts its
+ * combine weights to bf16; DeepSeek-V3 keeps them fp32). Expert ids are never touched. */
+static pp_status bf16_moe_route(eng_backend *be, const eng_route_args *a)
+{
+    eng_backend *in = inner_of(be);
+    pp_status st = in->ops->moe_route(in, a);
+    if (st != PP_STATUS_OK || a->kind != ENG_ROUTER_SOFTMAX)
+        return st;
+    return round_rows(in, a->weight, a->n_expert_used, a->n_tokens, a->n_expert_used);
+}
+
+/* out [n_tokens][d_model] contiguous */
+static pp_status bf16_moe_experts(eng_backend *be, const eng_moe_args *a)
+{
+    eng_backend *in = inner_of(be);
+    pp_status st = in->ops->moe_experts(in, a);
+    return st != PP_STATUS_OK ? st : round_rows(in, a->out, a->d_model, a->n_tokens, a->d_model);
+}
+
+static pp_status bf16_round_bf16(eng_backend *be, float *x, int64_t stride, int n_rows, int64_t n_cols)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->round_bf16(in, x, stride, n_rows, n_cols);
+}
+
+/* ---- lifetime -------------------------------------------------------------------------------- */
+
+static const char *bf16_last_error(eng_backend *be)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->last_error ? in->ops->last_error(in) : "";
+}
+
+static void bf16_destroy(eng_backend *be)
+{
+    if (!be)
+        return;
+    eng_backend_destroy(inner_of(be));
+    free(be);
+}
+
+static const eng_backend_ops bf16_ops = {
+    .name = "bf16",
+    .destroy = bf16_destroy,
+    .alloc = bf16_alloc,
+    .free = bf16_free,
+    .upload = bf16_upload,
+    .download = bf16_download,
+    .copy = bf16_copy,
+    .embedding = bf16_embedding,
+    .matmul = bf16_matmul,
+    .rmsnorm = bf16_rmsnorm,
+    .add = bf16_add,
+    .rope = bf16_rope,
+    .swiglu = bf16_swiglu,
+    .attention = bf16_attention,
+    .mla_absorbed = bf16_mla_absorbed,
+    .moe_route = bf16_moe_route,
+    .moe_experts = bf16_moe_experts,
+    .round_bf16 = bf16_round_bf16,
+    .last_error = bf16_last_error,
+};
+
+pp_status eng_backend_bf16_wrap(eng_backend *inner, eng_backend **out, eng_err *err)
+{
+    *out = NULL;
+    if (!inner)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "bf16 backend: no backend to wrap");
+    bf16_backend *b = calloc(1, sizeof *b);
+    if (!b)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "bf16 backend: out of memory");
+    b->base.ops = &bf16_ops;
+    b->inner = inner;
+    *out = &b->base;
+    return PP_STATUS_OK;
+}
+
+eng_backend *eng_backend_bf16_inner(eng_backend *be)
+{
+    return be && be->ops == &bf16_ops ? inner_of(be) : be;
+}
