@@ -744,6 +744,13 @@ static void replace_worker(pp_pool *pool, model_slot *slot, worker *w)
     w->dead = true;
     pool_log("cannot replace worker %d of %s: %s", w->index, slot->key, msg);
     fail_queue(w, PP_STATUS_SPAWN_FAILED, msg);
+    if (slot->n_workers == 1) {
+        /* the last worker: new prompts wait for the slot to empty (then cold-start); prompts
+         * being prepared use the slot's tokenizer until they see it is no longer READY */
+        slot->state = SLOT_EVICTING;
+        while (slot->preparing > 0)
+            pthread_cond_wait(&slot->state_cv, &pool->mu);
+    }
     int i = 0;
     while (slot->workers[i] != w)
         i++;
@@ -759,8 +766,7 @@ static void replace_worker(pp_pool *pool, model_slot *slot, worker *w)
         slot->grant.vram_mb -= slot->grant.device >= 0 ? slot->desc.second.vram_mb : 0;
         return;
     }
-    slot->state = SLOT_EVICTING; /* no worker left: release everything; the next prompt cold-starts */
-    pthread_mutex_unlock(&pool->mu);
+    pthread_mutex_unlock(&pool->mu); /* no worker left: release everything */
     slot_teardown(pool, slot);
     pthread_mutex_lock(&pool->mu);
     slot->state = SLOT_EMPTY;
@@ -1197,10 +1203,11 @@ pp_stream *pool_prompt(pp_pool *pool, const pool_model_desc *model, const pp_pro
     pthread_mutex_lock(&pool->mu);
     slot->preparing--;
     pthread_cond_broadcast(&slot->state_cv);
-    if (st != PP_STATUS_OK || !stream || pool->shutting_down) {
-        if (st == PP_STATUS_OK && stream) { /* shut down meanwhile */
-            st = PP_STATUS_CANCELLED;
-            msgf(msg, sizeof msg, "the pool is shutting down");
+    if (st != PP_STATUS_OK || !stream || pool->shutting_down || slot->state != SLOT_READY) {
+        if (st == PP_STATUS_OK && stream) { /* shut down, or the last worker lost, meanwhile */
+            st = pool->shutting_down ? PP_STATUS_CANCELLED : PP_STATUS_WORKER_DIED;
+            msgf(msg, sizeof msg, "%s", pool->shutting_down ? "the pool is shutting down"
+                                       : "the model's last worker died and could not be replaced; retry");
             stream_destroy(stream); /* not handed out yet: nobody else holds it */
             stream = NULL;
         }
