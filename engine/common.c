@@ -81,6 +81,16 @@ eng_dtype eng_dtype_parse(const char *name)
     return ENG_DTYPE_UNKNOWN;
 }
 
+void eng_msgf(char *msg, size_t msg_len, const char *fmt, ...)
+{
+    if (!msg || msg_len == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, msg_len, fmt, ap);
+    va_end(ap);
+}
+
 const char *pp_status_str(pp_status status)
 {
     switch (status) {

@@ -20,6 +20,10 @@ typedef struct eng_err {
     char msg[1024];
 } eng_err;
 
+/* snprintf into a caller's message buffer (msg_len bytes; nothing when msg is NULL or msg_len
+ * is 0); a message longer than the buffer is truncated. */
+void eng_msgf(char *msg, size_t msg_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 /* Sets err->msg (printf format) when err is non-NULL and returns status, so a failure path
  * reads `return eng_fail(err, PP_STATUS_BAD_FORMAT, "...", ...);`. */
 pp_status eng_fail(eng_err *err, pp_status status, const char *fmt, ...)

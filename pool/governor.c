@@ -10,12 +10,12 @@
 
 #include <errno.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "common.h"
 #ifdef PP_HAVE_CUDA
 #include "kernels.h"
 #endif
@@ -54,19 +54,6 @@ static bool fits(uint64_t reserved, uint64_t need, uint64_t limit)
 static uint64_t free_of(uint64_t reserved, uint64_t limit)
 {
     return reserved < limit ? limit - reserved : 0;
-}
-
-static void set_msg(char *msg, size_t msg_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_msg(char *msg, size_t msg_len, const char *fmt, ...)
-{
-    if (!msg || msg_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, msg_len, fmt, ap);
-    va_end(ap);
 }
 
 static unsigned long long ull(uint64_t v)
@@ -126,7 +113,7 @@ static int env_mb(const char *name, bool *found, uint64_t *value, char *msg, siz
             digits = false;
     }
     if (!digits || v == 0) {
-        set_msg(msg, msg_len, "%s=\"%s\" is not a positive whole number of MB", name, s);
+        eng_msgf(msg, msg_len, "%s=\"%s\" is not a positive whole number of MB", name, s);
         return -1;
     }
     *found = true;
@@ -142,7 +129,7 @@ pp_status pool_governor_create_system(pool_governor **out, char *msg, size_t msg
     int n_devices = 0;
 
     if (!out) {
-        set_msg(msg, msg_len, "pool_governor_create_system: out is NULL");
+        eng_msgf(msg, msg_len, "pool_governor_create_system: out is NULL");
         return PP_STATUS_INVALID_ARG;
     }
     *out = NULL;
@@ -155,7 +142,7 @@ pp_status pool_governor_create_system(pool_governor **out, char *msg, size_t msg
         long pages = sysconf(_SC_PHYS_PAGES);
         long page_size = sysconf(_SC_PAGESIZE);
         if (pages <= 0 || page_size <= 0) {
-            set_msg(msg, msg_len, "cannot read the host RAM size from the OS (sysconf); "
+            eng_msgf(msg, msg_len, "cannot read the host RAM size from the OS (sysconf); "
                                   "set PARAPHYM_HOST_MEM_MB");
             return PP_STATUS_UNSUPPORTED;
         }
@@ -164,7 +151,7 @@ pp_status pool_governor_create_system(pool_governor **out, char *msg, size_t msg
         host_mb = (uint64_t)pages / (1u << 20) * (uint64_t)page_size +
                   (uint64_t)pages % (1u << 20) * (uint64_t)page_size / (1u << 20);
         if (host_mb == 0) {
-            set_msg(msg, msg_len,
+            eng_msgf(msg, msg_len,
                     "the OS reports under 1 MB of host RAM; set PARAPHYM_HOST_MEM_MB");
             return PP_STATUS_UNSUPPORTED;
         }
@@ -180,12 +167,12 @@ pp_status pool_governor_create_system(pool_governor **out, char *msg, size_t msg
         for (int d = 0; d < n_devices && !vram_set; d++) {
             size_t total = 0;
             if (kern_device_total_mem(d, &total, err, sizeof err) != 0) {
-                set_msg(msg, msg_len, "cannot read the VRAM size of device %d: %s", d, err);
+                eng_msgf(msg, msg_len, "cannot read the VRAM size of device %d: %s", d, err);
                 return PP_STATUS_DEVICE;
             }
             vram_mb[d] = (uint64_t)total >> 20;
             if (vram_mb[d] == 0) {
-                set_msg(msg, msg_len, "device %d reports under 1 MB of VRAM", d);
+                eng_msgf(msg, msg_len, "device %d reports under 1 MB of VRAM", d);
                 return PP_STATUS_DEVICE;
             }
         }
@@ -197,7 +184,7 @@ pp_status pool_governor_create_system(pool_governor **out, char *msg, size_t msg
 
     pp_status st = pool_governor_create(host_mb, vram_mb, n_devices, out);
     if (st != PP_STATUS_OK)
-        set_msg(msg, msg_len, "cannot create the memory governor (%llu MB host RAM, %d devices)",
+        eng_msgf(msg, msg_len, "cannot create the memory governor (%llu MB host RAM, %d devices)",
                 ull(host_mb), n_devices);
     return st;
 }
@@ -219,12 +206,12 @@ static void exhausted_msg(const pool_governor *g, const char *what, const char *
 {
     uint64_t host_free = free_of(g->host_reserved_mb, g->host_limit_mb);
     if (device < 0) {
-        set_msg(msg, msg_len,
+        eng_msgf(msg, msg_len,
                 "%s%s: needs %llu MB of host RAM (%llu MB available of a %llu MB limit)", what,
                 model, ull(host_need), ull(host_free), ull(g->host_limit_mb));
         return;
     }
-    set_msg(msg, msg_len,
+    eng_msgf(msg, msg_len,
             "%s%s: needs %llu MB of host RAM (%llu MB available of a %llu MB limit) and %llu MB "
             "of VRAM (%llu MB available of a %llu MB limit on device %d%s)",
             what, model, ull(host_need), ull(host_free), ull(g->host_limit_mb), ull(vram_need),
@@ -240,7 +227,7 @@ pp_status pool_governor_cold_start(pool_governor *g, const char *model, const po
     if (out)
         memset(out, 0, sizeof *out);
     if (!g || !model || !first || !second || !out) {
-        set_msg(msg, msg_len, "pool_governor_cold_start: NULL argument");
+        eng_msgf(msg, msg_len, "pool_governor_cold_start: NULL argument");
         return PP_STATUS_INVALID_ARG;
     }
     uint64_t host1 = first->host_mb, host2 = add_sat(first->host_mb, second->host_mb);
@@ -299,11 +286,11 @@ pp_status pool_governor_reserve(pool_governor *g, int device, const pool_cost *c
                                 size_t msg_len)
 {
     if (!g || !cost) {
-        set_msg(msg, msg_len, "pool_governor_reserve: NULL argument");
+        eng_msgf(msg, msg_len, "pool_governor_reserve: NULL argument");
         return PP_STATUS_INVALID_ARG;
     }
     if (device < -1 || device >= g->n_devices) {
-        set_msg(msg, msg_len, "pool_governor_reserve: device %d is not one of the %d devices",
+        eng_msgf(msg, msg_len, "pool_governor_reserve: device %d is not one of the %d devices",
                 device, g->n_devices);
         return PP_STATUS_INVALID_ARG;
     }

@@ -81,16 +81,6 @@ void pool_set_last_error(const char *fmt, ...)
 
 const char *pp_last_error(void) { return last_error; }
 
-/* snprintf into an error buffer; truncation of a long message is intended. */
-static void msgf(char *msg, size_t msg_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void msgf(char *msg, size_t msg_len, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, msg_len, fmt, ap);
-    va_end(ap);
-}
-
 static double now_s(void)
 {
     struct timespec ts;
@@ -487,10 +477,10 @@ static bool run_request(worker *w, request *r, char *why, size_t why_len)
     pp_status st = eng_generate(w->model, w->slot->tok, r->ids, r->n_ids, &r->gp, on_chunk, &g, &err);
     bool alive = !g.killed && st != PP_STATUS_DEVICE;
     if (g.killed)
-        msgf(why, why_len, "killed by fault injection after %ld tokens (PARAPHYM_FAULT_KILL_AFTER_TOKENS)",
+        eng_msgf(why, why_len, "killed by fault injection after %ld tokens (PARAPHYM_FAULT_KILL_AFTER_TOKENS)",
              w->pool->fault_kill_after);
     else if (!alive)
-        msgf(why, why_len, "%s", err.msg);
+        eng_msgf(why, why_len, "%s", err.msg);
     if (!alive)
         return false;
     if (g.push_failed)
@@ -561,7 +551,7 @@ static void *worker_main(void *arg)
         if (!alive) {
             /* the stream learns of the death only once the pool counts w as dead */
             char msg[1024];
-            msgf(msg, sizeof msg, "worker %d of %s died while generating: %s", w->index, w->slot->key, why);
+            eng_msgf(msg, sizeof msg, "worker %d of %s died while generating: %s", w->index, w->slot->key, why);
             pthread_mutex_lock(&pool->mu);
             w->dead = true;
             stream_fail(r->stream, PP_STATUS_WORKER_DIED, msg);
@@ -628,7 +618,7 @@ static pp_status fault_spawn(pp_pool *pool, const model_slot *slot, int index, c
     long n = atomic_fetch_add(&pool->spawn_count, 1) + 1;
     if (n != pool->fault_spawn_fail)
         return PP_STATUS_OK;
-    msgf(msg, msg_len, "cannot start worker %d of %s: fault injection failed worker start %ld (PARAPHYM_FAULT_SPAWN_FAIL)",
+    eng_msgf(msg, msg_len, "cannot start worker %d of %s: fault injection failed worker start %ld (PARAPHYM_FAULT_SPAWN_FAIL)",
          index, slot->key, n);
     return PP_STATUS_SPAWN_FAILED;
 }
@@ -649,12 +639,12 @@ static pp_status worker_start(model_slot *slot, worker *w, bool use_base, char *
     if (use_base) {
         w->model = slot->base;
     } else if (eng_model_fork(slot->base, worker_threads(slot), &w->model, &err) != PP_STATUS_OK) {
-        msgf(msg, msg_len, "cannot start worker %d of %s: %s", w->index, slot->key, err.msg);
+        eng_msgf(msg, msg_len, "cannot start worker %d of %s: %s", w->index, slot->key, err.msg);
         w->model = NULL;
         return PP_STATUS_SPAWN_FAILED;
     }
     if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
-        msgf(msg, msg_len, "cannot start a thread for worker %d of %s", w->index, slot->key);
+        eng_msgf(msg, msg_len, "cannot start a thread for worker %d of %s", w->index, slot->key);
         if (w->model != slot->base)
             eng_model_free(w->model);
         w->model = NULL;
@@ -676,7 +666,7 @@ static pp_status slot_spawn(pp_pool *pool, model_slot *slot, char *msg, size_t m
     if (st == PP_STATUS_OK)
         st = eng_tokenizer_load(slot->dir, &slot->tok, &err);
     if (st != PP_STATUS_OK) {
-        msgf(msg, msg_len, "cannot load %s: %s", slot->key, err.msg);
+        eng_msgf(msg, msg_len, "cannot load %s: %s", slot->key, err.msg);
         eng_model_free(slot->base);
         slot->base = NULL;
         return PP_STATUS_SPAWN_FAILED;
@@ -685,7 +675,7 @@ static pp_status slot_spawn(pp_pool *pool, model_slot *slot, char *msg, size_t m
         worker *w = calloc(1, sizeof *w);
         if (!w) {
             st = PP_STATUS_SPAWN_FAILED;
-            msgf(msg, msg_len, "cannot start worker %d of %s: out of memory", i + 1, slot->key);
+            eng_msgf(msg, msg_len, "cannot start worker %d of %s: out of memory", i + 1, slot->key);
             break;
         }
         w->slot = slot;
@@ -991,12 +981,12 @@ static pp_status prompt_ids(const model_slot *slot, const pp_prompt *prompt, int
     *is_chat = prompt->messages != NULL;
     if (!prompt->messages) {
         if (!prompt->text) {
-            msgf(msg, msg_len, "the prompt has neither text nor messages");
+            eng_msgf(msg, msg_len, "the prompt has neither text nor messages");
             return PP_STATUS_INVALID_ARG;
         }
         pp_status st = eng_tokenizer_encode(slot->tok, prompt->text, strlen(prompt->text), true, ids, n_ids, &err);
         if (st != PP_STATUS_OK)
-            msgf(msg, msg_len, "%s", err.msg);
+            eng_msgf(msg, msg_len, "%s", err.msg);
         return st;
     }
     json_object *arr = json_object_new_array();
@@ -1004,7 +994,7 @@ static pp_status prompt_ids(const model_slot *slot, const pp_prompt *prompt, int
         const pp_message *m = &prompt->messages[i];
         if (!m->role || !m->content) {
             json_object_put(arr);
-            msgf(msg, msg_len, "message %zu has no %s", i, m->role ? "content" : "role");
+            eng_msgf(msg, msg_len, "message %zu has no %s", i, m->role ? "content" : "role");
             return PP_STATUS_INVALID_ARG;
         }
         json_object *o = json_object_new_object();
@@ -1013,7 +1003,7 @@ static pp_status prompt_ids(const model_slot *slot, const pp_prompt *prompt, int
         json_object_array_add(arr, o);
     }
     if (!arr) {
-        msgf(msg, msg_len, "out of memory");
+        eng_msgf(msg, msg_len, "out of memory");
         return PP_STATUS_OUT_OF_MEMORY;
     }
     char *text = NULL;
@@ -1025,7 +1015,7 @@ static pp_status prompt_ids(const model_slot *slot, const pp_prompt *prompt, int
     if (st == PP_STATUS_OK)
         st = eng_tokenizer_encode(slot->tok, text, len, true, ids, n_ids, &err);
     if (st != PP_STATUS_OK)
-        msgf(msg, msg_len, "%s", err.msg);
+        eng_msgf(msg, msg_len, "%s", err.msg);
     free(text);
     return st;
 }
@@ -1037,7 +1027,7 @@ static pp_status build_request(const model_slot *slot, const pp_prompt *prompt, 
     *out = NULL;
     request *r = calloc(1, sizeof *r);
     if (!r) {
-        msgf(msg, msg_len, "out of memory");
+        eng_msgf(msg, msg_len, "out of memory");
         return PP_STATUS_OUT_OF_MEMORY;
     }
     bool is_chat;
@@ -1065,21 +1055,21 @@ static pp_status build_request(const model_slot *slot, const pp_prompt *prompt, 
         r->stop = calloc(p->n_stop, sizeof *r->stop);
         if (!r->stop) {
             request_free(r);
-            msgf(msg, msg_len, "out of memory");
+            eng_msgf(msg, msg_len, "out of memory");
             return PP_STATUS_OUT_OF_MEMORY;
         }
         for (size_t i = 0; i < p->n_stop; i++) {
             if (!p->stop || !p->stop[i] || !p->stop[i][0]) {
                 r->gp.n_stop = i;
                 request_free(r);
-                msgf(msg, msg_len, "stop string %zu is NULL or empty", i);
+                eng_msgf(msg, msg_len, "stop string %zu is NULL or empty", i);
                 return PP_STATUS_INVALID_ARG;
             }
             r->stop[i] = strdup(p->stop[i]);
             r->gp.n_stop = i + 1;
             if (!r->stop[i]) {
                 request_free(r);
-                msgf(msg, msg_len, "out of memory");
+                eng_msgf(msg, msg_len, "out of memory");
                 return PP_STATUS_OUT_OF_MEMORY;
             }
         }
@@ -1088,15 +1078,15 @@ static pp_status build_request(const model_slot *slot, const pp_prompt *prompt, 
     /* everything eng_generate would reject, rejected here so the error comes before any chunk */
     eng_err err = {{0}};
     if ((st = eng_sampling_validate(&r->gp.sampling, &err)) != PP_STATUS_OK) {
-        msgf(msg, msg_len, "%s", err.msg);
+        eng_msgf(msg, msg_len, "%s", err.msg);
     } else if (r->gp.max_tokens <= 0) {
-        msgf(msg, msg_len, "max_tokens must be positive (got %d)", r->gp.max_tokens);
+        eng_msgf(msg, msg_len, "max_tokens must be positive (got %d)", r->gp.max_tokens);
         st = PP_STATUS_INVALID_ARG;
     } else if (r->n_ids == 0) {
-        msgf(msg, msg_len, "the prompt is empty (0 tokens)");
+        eng_msgf(msg, msg_len, "the prompt is empty (0 tokens)");
         st = PP_STATUS_INVALID_ARG;
     } else if (r->n_ids >= (size_t)slot->desc.n_ctx) {
-        msgf(msg, msg_len, "the prompt has %zu tokens, which leaves no room in the context of %d (prompts are not truncated)",
+        eng_msgf(msg, msg_len, "the prompt has %zu tokens, which leaves no room in the context of %d (prompts are not truncated)",
                  r->n_ids, slot->desc.n_ctx);
         st = PP_STATUS_INVALID_ARG;
     }
@@ -1114,7 +1104,7 @@ static pp_status ensure_workers(pp_pool *pool, model_slot *slot, char *msg, size
     struct timespec dl = deadline_in(SPAWN_WAIT_S);
     for (;;) {
         if (pool->shutting_down) {
-            msgf(msg, msg_len, "the pool is shutting down");
+            eng_msgf(msg, msg_len, "the pool is shutting down");
             return PP_STATUS_CANCELLED;
         }
         if (slot->state == SLOT_READY)
@@ -1123,7 +1113,7 @@ static pp_status ensure_workers(pp_pool *pool, model_slot *slot, char *msg, size
             break;
         if (pthread_cond_timedwait(&slot->state_cv, &pool->mu, &dl) == ETIMEDOUT && slot->state != SLOT_READY &&
             slot->state != SLOT_EMPTY) {
-            msgf(msg, msg_len, "timed out after %d s waiting for another thread's cold start of %s", SPAWN_WAIT_S,
+            eng_msgf(msg, msg_len, "timed out after %d s waiting for another thread's cold start of %s", SPAWN_WAIT_S,
                      slot->key);
             return PP_STATUS_TIMEOUT;
         }
@@ -1206,7 +1196,7 @@ pp_stream *pool_prompt(pp_pool *pool, const pool_model_desc *model, const pp_pro
     if (st != PP_STATUS_OK || !stream || pool->shutting_down || slot->state != SLOT_READY) {
         if (st == PP_STATUS_OK && stream) { /* shut down, or the last worker lost, meanwhile */
             st = pool->shutting_down ? PP_STATUS_CANCELLED : PP_STATUS_WORKER_DIED;
-            msgf(msg, sizeof msg, "%s", pool->shutting_down ? "the pool is shutting down"
+            eng_msgf(msg, sizeof msg, "%s", pool->shutting_down ? "the pool is shutting down"
                                        : "the model's last worker died and could not be replaced; retry");
             stream_destroy(stream); /* not handed out yet: nobody else holds it */
             stream = NULL;

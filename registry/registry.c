@@ -92,19 +92,6 @@ static void msg_add(msgbuf *m, const char *fmt, ...)
         m->len = m->len + (size_t)n < m->cap ? m->len + (size_t)n : m->cap - 1;
 }
 
-static void set_msg(char *msg, size_t msg_len, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void set_msg(char *msg, size_t msg_len, const char *fmt, ...)
-{
-    if (!msg || msg_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, msg_len, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- paths ----------------------------------------------------------------------------------- */
 
 /* Large enough for any path this module builds; longer ones are reported, never truncated. */
@@ -244,7 +231,7 @@ static bool read_ref_main(const char *repo_dir, char *rev, size_t rev_len, const
 static pp_status found(const char *path, char *dir, size_t dir_len, char *msg, size_t msg_len)
 {
     if (path_fmt(dir, dir_len, "%s", path) != PP_STATUS_OK) {
-        set_msg(msg, msg_len, "model directory %s does not fit in a buffer of %zu bytes", path,
+        eng_msgf(msg, msg_len, "model directory %s does not fit in a buffer of %zu bytes", path,
                 dir_len);
         return PP_STATUS_INVALID_ARG;
     }
@@ -257,7 +244,7 @@ pp_status reg_resolve_dir(const char *key, const char *embedded_dir, char *dir, 
     if (dir && dir_len > 0)
         dir[0] = '\0';
     if (!key || !dir || dir_len == 0) {
-        set_msg(msg, msg_len, "reg_resolve_dir: %s is NULL or empty",
+        eng_msgf(msg, msg_len, "reg_resolve_dir: %s is NULL or empty",
                 !key ? "the key" : "the output buffer");
         return PP_STATUS_INVALID_ARG;
     }
@@ -272,7 +259,7 @@ pp_status reg_resolve_dir(const char *key, const char *embedded_dir, char *dir, 
     }
     char folder[256];
     if (reg_key_folder(key, folder, sizeof folder) != PP_STATUS_OK) {
-        set_msg(msg, msg_len, "model key '%s' is too long", key);
+        eng_msgf(msg, msg_len, "model key '%s' is too long", key);
         return PP_STATUS_INVALID_ARG;
     }
     /* Everything searched, for the NOT_FOUND message. */
@@ -521,11 +508,11 @@ pp_status reg_estimate(const char *model_dir, int n_ctx, int n_batch, int n_thre
 {
     memset(out, 0, sizeof *out);
     if (!model_dir) {
-        set_msg(msg, msg_len, "reg_estimate: no model directory given");
+        eng_msgf(msg, msg_len, "reg_estimate: no model directory given");
         return PP_STATUS_INVALID_ARG;
     }
     if (n_ctx <= 0 || n_batch <= 0) {
-        set_msg(msg, msg_len, "estimate for %s: n_ctx (%d) and n_batch (%d) must be positive",
+        eng_msgf(msg, msg_len, "estimate for %s: n_ctx (%d) and n_batch (%d) must be positive",
                 model_dir, n_ctx, n_batch);
         return PP_STATUS_INVALID_ARG;
     }
@@ -533,12 +520,12 @@ pp_status reg_estimate(const char *model_dir, int n_ctx, int n_batch, int n_thre
     eng_config cfg;
     pp_status st = eng_config_load(model_dir, &cfg, &err);
     if (st != PP_STATUS_OK) {
-        set_msg(msg, msg_len, "%s", err.msg);
+        eng_msgf(msg, msg_len, "%s", err.msg);
         return st;
     }
     eng_st_set *set = NULL;
     if ((st = eng_st_open_dir(model_dir, &set, &err)) != PP_STATUS_OK) {
-        set_msg(msg, msg_len, "%s", err.msg);
+        eng_msgf(msg, msg_len, "%s", err.msg);
         return st;
     }
     uint64_t weight_bytes = eng_st_total_bytes(set);
@@ -547,7 +534,7 @@ pp_status reg_estimate(const char *model_dir, int n_ctx, int n_batch, int n_thre
     eng_st_set_close(set);
     st = reg_estimate_config(&cfg, weight_bytes, n_ctx, n_batch, n_threads, out);
     if (st != PP_STATUS_OK) {
-        set_msg(msg, msg_len, "estimate for %s failed (%s)", model_dir, pp_status_str(st));
+        eng_msgf(msg, msg_len, "estimate for %s failed (%s)", model_dir, pp_status_str(st));
         return st;
     }
     memcpy(out->weight_dtypes, dtypes, sizeof dtypes);
