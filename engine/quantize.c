@@ -140,8 +140,8 @@ static float int4_scale(const float *v, int64_t n)
     if (m == 0.0f)
         return 1.0f;
     float best = m / 7.0f;
-    double best_e = int4_sse(v, n, best);
-    for (int k = 0; k <= 10; k++) {
+    double best_e = INFINITY;
+    for (int k = 0; k <= 10; k++) { /* c = 7 (amax / 7, the plain symmetric scale) is k = 4 */
         float s = m / (6.0f + 0.25f * (float)k);
         double e = int4_sse(v, n, s);
         if (e < best_e) {

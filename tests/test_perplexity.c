@@ -27,24 +27,6 @@
 
 #define REL_MAX 1e-3
 
-static char *read_text(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long size = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *text = size >= 0 ? malloc((size_t)size + 1) : NULL;
-    if (text && fread(text, 1, (size_t)size, f) != (size_t)size) {
-        free(text);
-        text = NULL;
-    }
-    fclose(f);
-    *len = text ? (size_t)size : 0;
-    return text;
-}
-
 /* Perplexity of dir over ids with on-load quantization q in compute mode dtype; *n_quant:
  * weights quantized. */
 static int perplexity(const char *dir, eng_load_quant q, eng_dtype_mode dtype, const int32_t *ids, size_t n,
@@ -110,11 +92,12 @@ int main(int argc, char **argv)
     char path[4096];
     snprintf(path, sizeof path, "%s/heldout.txt", dir);
     size_t size;
-    char *text = read_text(path, &size);
+    char *text = NULL;
     eng_tokenizer *tok = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
-    if (!text || eng_tokenizer_load(dir, &tok, &err) != PP_STATUS_OK ||
+    if (eng_read_file(path, (size_t)1 << 30, &text, &size, &err) != PP_STATUS_OK ||
+        eng_tokenizer_load(dir, &tok, &err) != PP_STATUS_OK ||
         eng_tokenizer_encode(tok, text, size, false, &ids, &n, &err) != PP_STATUS_OK) {
         fprintf(stderr, "FAIL: cannot read %s or tokenize it: %s\n", path, err.msg);
         return 1;
