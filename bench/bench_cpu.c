@@ -1,10 +1,14 @@
 /* bench_cpu.c: CPU reference throughput: prefill and decode tokens/s of a model.
  *
  *   bench_cpu --model DIR [--threads N] [--prefill 32,128,256] [--decode 64] [--reps 3]
+ *             [--batch 1,4,16]
  *
  * Prefill: one forward of n tokens from position 0 (logits of the last token only), best of reps.
  * Decode: after a prefill of 128 tokens (or the largest prefill below), `decode` single-token steps,
- * reporting tokens/s and p50 / p99 step latency. Token ids are a fixed pseudo-random sequence.
+ * reporting tokens/s and p50 / p99 step latency. Batched decode: B sequences in one paged KV
+ * cache, each prefilled with 128 tokens, then `decode` steps of eng_forward_batch (one token per
+ * sequence per step): tokens/s over all sequences and the step latency. Token ids are a fixed
+ * pseudo-random sequence.
  * Prints one JSON object on stdout and a markdown table on stderr.
  */
 #include <stdio.h>
@@ -27,9 +31,76 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* "a,b,c" -> out (at most 16 values); returns the count. */
+static int parse_list(const char *p, int *out)
+{
+    int n = 0;
+    while (*p && n < 16) {
+        out[n++] = atoi(p);
+        p = strchr(p, ',');
+        if (!p)
+            break;
+        p++;
+    }
+    return n;
+}
+
+/* B sequences prefilled with ctx tokens each, then n_decode batched steps. Returns 0, or -1 after
+ * printing the error. */
+static int bench_batch(eng_model *m, const int32_t *ids, int n_ids, int B, int ctx, int n_decode, double *lat,
+                       double *tokens_per_s, double *p50, double *p99)
+{
+    const eng_config *c = eng_model_config(m);
+    eng_err err = {{0}};
+    int n_ctx = ctx + n_decode;
+    eng_kv_cache *kv = NULL;
+    eng_session **ss = calloc((size_t)B, sizeof *ss);
+    eng_batch_seq *bs = calloc((size_t)B, sizeof *bs);
+    float *logits = malloc((size_t)B * (size_t)c->n_vocab * sizeof(float));
+    int rc = -1;
+    if (eng_kv_cache_create(m, B * ((n_ctx + ENG_KV_BLOCK_SIZE - 1) / ENG_KV_BLOCK_SIZE), 0, &kv, &err) != PP_STATUS_OK)
+        goto out;
+    for (int b = 0; b < B; b++) {
+        /* each sequence its own ids: a rotation of the fixed sequence */
+        if (eng_session_create_in(kv, n_ctx, &ss[b], &err) != PP_STATUS_OK)
+            goto out;
+        bs[b].session = ss[b];
+        bs[b].logits = logits + (size_t)b * (size_t)c->n_vocab;
+        eng_batch_seq one = {ss[b], ids + (b * 7) % (n_ids - n_ctx + 1), ctx, NULL};
+        if (eng_forward_batch(&one, 1, &err) != PP_STATUS_OK)
+            goto out;
+    }
+    double t0 = now_s();
+    for (int i = 0; i < n_decode; i++) {
+        for (int b = 0; b < B; b++) {
+            bs[b].ids = ids + (b * 7) % (n_ids - n_ctx + 1) + ctx + i;
+            bs[b].n_tokens = 1;
+        }
+        double t1 = now_s();
+        if (eng_forward_batch(bs, B, &err) != PP_STATUS_OK)
+            goto out;
+        lat[i] = now_s() - t1;
+    }
+    *tokens_per_s = (double)B * n_decode / (now_s() - t0);
+    qsort(lat, (size_t)n_decode, sizeof *lat, cmp_double);
+    *p50 = lat[n_decode / 2] * 1e3;
+    *p99 = lat[(n_decode * 99) / 100] * 1e3;
+    rc = 0;
+out:
+    if (rc != 0)
+        fprintf(stderr, "bench_cpu: batch %d: %s\n", B, err.msg);
+    for (int b = 0; b < B; b++)
+        eng_session_free(ss[b]);
+    eng_kv_cache_free(kv);
+    free(ss);
+    free(bs);
+    free(logits);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
-    const char *dir = NULL, *prefill_list = "32,128,256";
+    const char *dir = NULL, *prefill_list = "32,128,256", *batch_list = "1,4,16";
     int threads = 0, n_decode = 64, reps = 3;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--model"))
@@ -42,9 +113,12 @@ int main(int argc, char **argv)
             n_decode = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--reps"))
             reps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--batch"))
+            batch_list = argv[i + 1];
     }
     if (!dir || n_decode < 1 || reps < 1) {
-        fprintf(stderr, "usage: bench_cpu --model DIR [--threads N] [--prefill 32,128,256] [--decode 64] [--reps 3]\n");
+        fprintf(stderr, "usage: bench_cpu --model DIR [--threads N] [--prefill 32,128,256] [--decode 64] [--reps 3] "
+                        "[--batch 1,4,16]\n");
         return 2;
     }
     eng_model_opts mo;
@@ -57,21 +131,15 @@ int main(int argc, char **argv)
         return 1;
     }
     const eng_config *c = eng_model_config(m);
-    int prefills[16], n_prefill = 0;
-    for (const char *p = prefill_list; *p && n_prefill < 16;) {
-        prefills[n_prefill++] = atoi(p);
-        p = strchr(p, ',');
-        if (!p)
-            break;
-        p++;
-    }
+    int prefills[16], batches[16];
+    int n_prefill = parse_list(prefill_list, prefills), n_batch = parse_list(batch_list, batches);
     int max_ctx = 0;
     for (int i = 0; i < n_prefill; i++)
         max_ctx = prefills[i] > max_ctx ? prefills[i] : max_ctx;
     int ctx_decode = 128;
     if (max_ctx + n_decode < ctx_decode + n_decode)
         max_ctx = ctx_decode;
-    max_ctx += n_decode;
+    max_ctx += n_decode + 16 * 7; /* room for the batched sequences' rotations */
     int32_t *ids = malloc((size_t)max_ctx * sizeof *ids);
     float *logits = malloc((size_t)c->n_vocab * sizeof(float));
     double *lat = malloc((size_t)n_decode * sizeof(double));
@@ -121,11 +189,26 @@ int main(int argc, char **argv)
     double total = now_s() - t0;
     qsort(lat, (size_t)n_decode, sizeof *lat, cmp_double);
     double p50 = lat[n_decode / 2] * 1e3, p99 = lat[(n_decode * 99) / 100] * 1e3;
-    printf("], \"decode\": {\"context\": %d, \"steps\": %d, \"tokens_per_s\": %.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f}}\n",
+    printf("], \"decode\": {\"context\": %d, \"steps\": %d, \"tokens_per_s\": %.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f}",
            ctx_decode, n_decode, n_decode / total, p50, p99);
     fprintf(stderr, "| %s | decode @%d | %d | %.1f | %.3f | %.3f |\n", c->model_type, ctx_decode, n_decode,
             n_decode / total, p50, p99);
     eng_session_free(s);
+    printf(", \"batched_decode\": [");
+    for (int i = 0; i < n_batch; i++) {
+        double tps, bp50, bp99;
+        if (batches[i] < 1 || batches[i] > 16 ||
+            bench_batch(m, ids, max_ctx, batches[i], ctx_decode, n_decode, lat, &tps, &bp50, &bp99) != 0) {
+            fprintf(stderr, "bench_cpu: batch sizes are 1..16\n");
+            return 1;
+        }
+        printf("%s{\"batch\": %d, \"context\": %d, \"steps\": %d, \"tokens_per_s\": %.1f, \"p50_ms\": %.3f, "
+               "\"p99_ms\": %.3f}",
+               i ? ", " : "", batches[i], ctx_decode, n_decode, tps, bp50, bp99);
+        fprintf(stderr, "| %s | batched decode x%d @%d | %d | %.1f | %.3f | %.3f |\n", c->model_type, batches[i],
+                ctx_decode, batches[i] * n_decode, tps, bp50, bp99);
+    }
+    printf("]}\n");
     eng_model_free(m);
     free(ids);
     free(logits);

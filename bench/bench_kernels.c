@@ -6,14 +6,17 @@
  * (cudaMemcpyAsync and cublasScopy; the faster is the bandwidth ceiling) and cuBLAS bf16 GEMM
  * 8192^3 with f32 accumulation (the FLOP ceiling). Then, filtered by --only: cuBLAS bf16
  * decode-shaped products, kern_matmul at decode and prefill shapes, a whole Phi-4 layer at M = 1,
- * kern_moe_experts, kern_attention (decode and prefill) and kern_mla_absorbed, at the shapes of
- * Phi-4, Qwen3-Coder-30B-A3B and Kimi K2 (shared/docs/PERFORMANCE.md, KERNELS.md).
+ * kern_moe_experts, kern_attention (decode at batch 1 and 16, and prefill) and kern_mla_absorbed
+ * (decode at batch 1 and 16), at the shapes of Phi-4, Qwen3-Coder-30B-A3B and Kimi K2
+ * (shared/docs/PERFORMANCE.md, KERNELS.md). Attention reads paged KV caches: decode through a
+ * shuffled block table, so a sequence's keys are scattered blocks, never one stream.
  *
  * Invariant of every figure: the median over replays of one CUDA graph, timed with a pair of
  * events around each cudaGraphLaunch after warm-up replays; decode graphs cycle over distinct
- * copies of the weights (or KV caches) that together exceed 4x the L2, so the L2 cannot serve
- * them, and rates count the bytes each call must read from memory. Data is random and valid
- * (finite bf16, e4m3 without the NaN codes 0x7f/0xff, positive scales), never zeros.
+ * copies of the weights (or distinct sequences of a KV cache) that together exceed 4x the L2, so
+ * the L2 cannot serve them, and rates count the bytes each call must read from memory. Data is
+ * random and valid (finite bf16, e4m3 without the NaN codes 0x7f/0xff, positive scales), never
+ * zeros.
  *
  * Output: one JSON object per measurement on stdout (flushed as it goes), then a markdown table
  * on stdout; progress and errors on stderr. Exit status: 0 all measured, 1 a measurement failed
@@ -137,7 +140,9 @@ typedef struct attn_cfg {
 
 static const attn_cfg ATTN_CFGS[2] = {{"phi4", 40, 10, 128}, {"qwen3_coder", 32, 4, 128}};
 static const int DECODE_CTX[4] = {4096, 8192, 16384, 32768};
-static const int DECODE_BATCH[2] = {1, 16};
+#define DECODE_MAX_BATCH 16
+static const int DECODE_BATCH[2] = {1, DECODE_MAX_BATCH};
+#define ATTN_BLOCK 16 /* positions per block of the paged GQA caches (vLLM's default) */
 static const int PREFILL_TOKENS[2] = {2048, 4096};
 static const int PREFILL_M[2] = {512, 2048};
 
@@ -147,6 +152,7 @@ static const int PREFILL_M[2] = {512, 2048};
 #define MLA_ROPE 64
 #define MLA_NOPE 128
 #define MLA_DV 128
+#define MLA_BLOCK 64 /* positions per block of the paged latent cache (FlashMLA's) */
 static const int MLA_CTX[2] = {4096, 32768};
 
 /* ---- results ------------------------------------------------------------------------------ */
@@ -1140,82 +1146,160 @@ done:
     return rc;
 }
 
-/* Decode attention (n_tokens 1, f32 KV cache) at contexts 4k..32k, batch 1 and 16. Caches:
- * at least 16 (one per sequence of the batch) and enough to exceed 4x L2; batch 16 is 16
- * sequences' calls, each on its own cache, in one graph. Rate = KV bytes read / time. */
+/* ---- paged KV caches ----------------------------------------------------------------------- */
+
+/* Uploads a block table [n_seq][max_blocks] over a pool of n_seq * max_blocks blocks: block ids
+ * in a random order (shuffle, fixed seed: so a sequence's blocks are neither adjacent nor in
+ * order, and its reads are not one contiguous stream) or the identity. Returns the device table
+ * or NULL (reported). */
+static int32_t *block_table_make(devlist *dl, int n_seq, int max_blocks, bool shuffle,
+                                 uint64_t seed)
+{
+    const size_t n = (size_t)n_seq * (size_t)max_blocks;
+    int32_t *h = malloc(n * sizeof *h), *d = NULL;
+    cudaError_t e;
+    if (!h) {
+        fprintf(stderr, "bench_kernels: [%s] out of host memory\n", g_measure);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++)
+        h[i] = (int32_t)i;
+    for (size_t i = n; shuffle && i > 1; i--) { /* Fisher-Yates */
+        size_t j = (size_t)(rng_next(&seed) % i);
+        int32_t t = h[i - 1];
+        h[i - 1] = h[j];
+        h[j] = t;
+    }
+    if ((d = dev_alloc(dl, n * sizeof *d)) &&
+        (e = cudaMemcpy(d, h, n * sizeof *d, cudaMemcpyHostToDevice)) != cudaSuccess) {
+        report_cuda("cudaMemcpy(block table)", e, __LINE__);
+        d = NULL;
+    }
+    free(h);
+    return d;
+}
+
+/* Uploads the batch arrays of n_seq sequences of n_tok tokens each, all at position pos0:
+ * seq_start = {0, n_tok, 2 n_tok, ...} [n_seq + 1] and seq_pos0 [n_seq]. Their prefixes serve
+ * any smaller batch of the same sequences. Returns 0 or -1 (reported). */
+static int seqs_make(devlist *dl, int n_seq, int n_tok, int pos0, int32_t **seq_start,
+                     int32_t **seq_pos0)
+{
+    int rc = -1;
+    int32_t *h = malloc((size_t)(2 * n_seq + 1) * sizeof *h);
+    if (!h) {
+        fprintf(stderr, "bench_kernels: [%s] out of host memory\n", g_measure);
+        return -1;
+    }
+    for (int s = 0; s <= n_seq; s++)
+        h[s] = s * n_tok;
+    for (int s = 0; s < n_seq; s++)
+        h[n_seq + 1 + s] = pos0;
+    if (!(*seq_start = dev_alloc(dl, (size_t)(n_seq + 1) * sizeof *h)) ||
+        !(*seq_pos0 = dev_alloc(dl, (size_t)n_seq * sizeof *h)))
+        goto done;
+    CK(cudaMemcpy(*seq_start, h, (size_t)(n_seq + 1) * sizeof *h, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(*seq_pos0, h + n_seq + 1, (size_t)n_seq * sizeof *h, cudaMemcpyHostToDevice));
+    rc = 0;
+done:
+    free(h);
+    return rc;
+}
+
+/* Sequences of a decode cache pool: enough that their KV (kv_bytes each) exceeds 4x L2 and at
+ * least DECODE_MAX_BATCH, in whole batches; MAX_COPIES is a multiple of DECODE_MAX_BATCH. */
+static int decode_n_seqs(const bench *b, double kv_bytes)
+{
+    int n = copies_for(b, kv_bytes, DECODE_MAX_BATCH);
+    n = (n + DECODE_MAX_BATCH - 1) / DECODE_MAX_BATCH * DECODE_MAX_BATCH;
+    return n > MAX_COPIES ? MAX_COPIES : n;
+}
+
+/* Decode attention (one new token per sequence, f32 paged KV cache) at contexts 4k..32k, batch
+ * 1 and 16 (16 sequences at the same context in one call). One pool holds n_seqs sequences'
+ * blocks (ATTN_BLOCK positions each, shuffled table); a batch-B call reads B of them, and the
+ * calls of a graph cycle over all n_seqs, which exceed 4x L2. Rate = KV bytes read (K and V of
+ * every sequence of the batch) / time. */
 static int run_attn_decode(bench *b, const attn_cfg *cfg, const char *name)
 {
     int rc = -1;
     devlist dl = {0};
     kern_attn_args *args = calloc(MAX_COPIES, sizeof *args);
     const int d = cfg->d_head;
+    const int64_t kv_w = (int64_t)cfg->n_head_kv * d; /* floats per cache row of K (and of V) */
+    const int64_t q_w = (int64_t)cfg->n_head * d;
     if (!args) {
         fprintf(stderr, "bench_kernels: [%s] out of host memory\n", g_measure);
         goto done;
     }
     for (int ci = 0; ci < 4; ci++) {
         const int ctx = DECODE_CTX[ci];
-        const size_t kv_side = (size_t)ctx * (size_t)cfg->n_head_kv * (size_t)d * sizeof(float);
-        const double kvb = 2.0 * (double)kv_side;
-        int n_caches = copies_for(b, kvb, 16);
-        float *q, *out;
-        void *ws = NULL;
-        size_t ws_bytes;
-        n_caches = (n_caches + 15) / 16 * 16; /* whole batches; MAX_COPIES is a multiple of 16 */
-        if (n_caches > MAX_COPIES)
-            n_caches = MAX_COPIES;
-        if (!(q = dev_alloc(&dl, (size_t)(cfg->n_head * d) * sizeof(float))) ||
-            !(out = dev_alloc(&dl, (size_t)(cfg->n_head * d) * sizeof(float))) ||
-            dev_fill(b, q, (size_t)(cfg->n_head * d) * sizeof(float), FILL_F32, 9))
-            goto done;
-        for (int i = 0; i < n_caches; i++) {
-            float *k, *v;
-            if (!(k = dev_alloc(&dl, kv_side)) || !(v = dev_alloc(&dl, kv_side)) ||
-                dev_fill(b, k, kv_side, FILL_F32, 500 + 2 * (uint64_t)i) ||
-                dev_fill(b, v, kv_side, FILL_F32, 501 + 2 * (uint64_t)i))
-                goto done;
-            kern_attn_args *a = &args[i];
-            memset(a, 0, sizeof *a);
-            a->n_tokens = 1;
-            a->n_head = cfg->n_head;
-            a->n_head_kv = cfg->n_head_kv;
-            a->d_qk = a->d_v = d;
-            a->pos0 = ctx - 1;
-            a->scale = 1.0f / sqrtf((float)d);
-            a->q = q;
-            a->q_stride = (int64_t)cfg->n_head * d;
-            a->k = k;
-            a->k_stride = (int64_t)cfg->n_head_kv * d;
-            a->v = v;
-            a->v_stride = (int64_t)cfg->n_head_kv * d;
-            a->out = out;
-            a->out_stride = (int64_t)cfg->n_head * d;
-        }
-        ws_bytes = kern_attention_workspace_bytes(&args[0]);
-        if (ws_bytes && !(ws = dev_alloc(&dl, ws_bytes)))
+        const int max_blocks = (ctx + ATTN_BLOCK - 1) / ATTN_BLOCK;
+        const double kvb = 2.0 * (double)ctx * (double)kv_w * sizeof(float); /* per sequence */
+        const int n_seqs = decode_n_seqs(b, kvb);
+        const size_t pool_b =
+            (size_t)n_seqs * (size_t)max_blocks * ATTN_BLOCK * (size_t)kv_w * sizeof(float);
+        const size_t qo_b = (size_t)DECODE_MAX_BATCH * (size_t)q_w * sizeof(float);
+        float *k, *v, *q, *out;
+        int32_t *table, *seq_start, *seq_pos0;
+        if (!(k = dev_alloc(&dl, pool_b)) || !(v = dev_alloc(&dl, pool_b)) ||
+            !(q = dev_alloc(&dl, qo_b)) || !(out = dev_alloc(&dl, qo_b)) ||
+            dev_fill(b, k, pool_b, FILL_F32, 500) || dev_fill(b, v, pool_b, FILL_F32, 501) ||
+            dev_fill(b, q, qo_b, FILL_F32, 9) ||
+            !(table = block_table_make(&dl, n_seqs, max_blocks, true, 502 + (uint64_t)ci)) ||
+            seqs_make(&dl, DECODE_MAX_BATCH, 1, ctx - 1, &seq_start, &seq_pos0))
             goto done;
         for (int bi = 0; bi < 2; bi++) {
-            const int batch = DECODE_BATCH[bi];
-            /* whole steps of `batch` calls, at least one pass over the caches */
-            const int steps = calls_for(n_caches / batch, batch * kvb);
-            attn_ctx c = {args, n_caches, steps * batch, ws};
+            const int batch = DECODE_BATCH[bi], n_copies = n_seqs / batch;
+            void *ws = NULL;
+            size_t ws_bytes;
             double us = 0.0, us_min = 0.0;
             int reps = 0;
             result r;
             char shape[64];
+            for (int i = 0; i < n_copies; i++) {
+                kern_attn_args *a = &args[i];
+                memset(a, 0, sizeof *a);
+                a->batch.n_seq = batch;
+                a->batch.n_tokens = batch;
+                a->batch.max_seq_tokens = 1;
+                a->batch.max_ctx = ctx;
+                a->batch.block_size = ATTN_BLOCK;
+                a->batch.max_blocks = max_blocks;
+                a->batch.seq_start = seq_start;
+                a->batch.seq_pos0 = seq_pos0;
+                a->batch.block_table = table + (size_t)i * batch * max_blocks;
+                a->n_head = cfg->n_head;
+                a->n_head_kv = cfg->n_head_kv;
+                a->d_qk = a->d_v = d;
+                a->scale = 1.0f / sqrtf((float)d);
+                a->q = q;
+                a->q_stride = q_w;
+                a->k = k;
+                a->k_stride = kv_w;
+                a->v = v;
+                a->v_stride = kv_w;
+                a->out = out;
+                a->out_stride = q_w;
+            }
+            ws_bytes = kern_attention_workspace_bytes(&args[0]);
+            if (ws_bytes && !(ws = dev_alloc(&dl, ws_bytes)))
+                goto done;
+            attn_ctx c = {args, n_copies, calls_for(n_copies, batch * kvb), ws};
             if (graph_time(b, attn_enqueue, &c, reps_default(b), &us, &us_min, &reps))
                 goto done;
             snprintf(shape, sizeof shape, "%d/%d heads x %d", cfg->n_head, cfg->n_head_kv, d);
             result_init(&r, name, shape, "f32_kv");
             r.batch = batch;
             r.context = ctx;
-            r.us = us / steps;
-            r.us_min = us_min / steps;
+            r.us = us / c.n_calls;
+            r.us_min = us_min / c.n_calls;
             r.gbs = batch * kvb / r.us / 1e3;
             r.reps = reps;
             r.calls = c.n_calls;
-            snprintf(r.note, sizeof r.note, "%.1f MB KV per sequence, %d caches, us per step",
-                     kvb / 1e6, n_caches);
+            snprintf(r.note, sizeof r.note,
+                     "%.1f MB KV per sequence, %d sequences, paged (block %d, shuffled)",
+                     kvb / 1e6, n_seqs, ATTN_BLOCK);
             result_pct(b, &r);
             result_emit(b, &r);
         }
@@ -1230,8 +1314,11 @@ done:
     return rc;
 }
 
-/* MLA decode (Kimi K2 absorbed form), kv_b in format f, contexts 4k and 32k. Each copy has its
- * own latent cache and kv_b; rate = latent-cache bytes / time (the note adds kv_b). */
+/* MLA decode (Kimi K2 absorbed form), kv_b in format f, contexts 4k and 32k, batch 1 and 16
+ * (one new token per sequence). One latent pool (ckv and kpe rows, MLA_BLOCK positions per
+ * block, shuffled table) holds n_seqs sequences, which exceed 4x L2; call i reads the latents
+ * of its batch of sequences and kv_b copy i (one per sequence of the pool). Rate = latent bytes
+ * of the batch / time (the note adds kv_b). */
 static int run_mla(bench *b, const fmt_spec *f, const char *name)
 {
     int rc = -1;
@@ -1240,69 +1327,86 @@ static int run_mla(bench *b, const fmt_spec *f, const char *name)
     kern_weight kvb[MAX_COPIES];
     const int64_t kvb_out = (int64_t)MLA_HEADS * (MLA_NOPE + MLA_DV);
     const double wb = (double)weight_bytes(f->fmt, kvb_out, MLA_RANK);
+    const int64_t q_w = (int64_t)MLA_HEADS * (MLA_NOPE + MLA_ROPE);
     for (int ci = 0; ci < 2; ci++) {
         const int ctx = MLA_CTX[ci];
-        const size_t ckv_b = (size_t)ctx * MLA_RANK * sizeof(float);
-        const size_t kpe_b = (size_t)ctx * MLA_ROPE * sizeof(float);
-        const double lat = (double)(ckv_b + kpe_b);
-        const int n_copies = copies_for(b, lat + wb, 2);
-        const size_t q_b = (size_t)MLA_HEADS * (MLA_NOPE + MLA_ROPE) * sizeof(float);
-        float *q, *out;
-        void *ws = NULL;
-        size_t ws_bytes;
-        double us = 0.0, us_min = 0.0;
-        int reps = 0;
-        result r;
-        char shape[64];
-        if (!(q = dev_alloc(&dl, q_b)) ||
-            !(out = dev_alloc(&dl, (size_t)MLA_HEADS * MLA_DV * sizeof(float))) ||
-            dev_fill(b, q, q_b, FILL_F32, 10))
+        const int max_blocks = (ctx + MLA_BLOCK - 1) / MLA_BLOCK;
+        const double lat = (double)ctx * (MLA_RANK + MLA_ROPE) * sizeof(float); /* per sequence */
+        const int n_seqs = decode_n_seqs(b, lat + wb);
+        const size_t rows = (size_t)n_seqs * (size_t)max_blocks * MLA_BLOCK;
+        const size_t ckv_b = rows * MLA_RANK * sizeof(float);
+        const size_t kpe_b = rows * MLA_ROPE * sizeof(float);
+        const size_t q_b = (size_t)DECODE_MAX_BATCH * (size_t)q_w * sizeof(float);
+        const size_t out_b = (size_t)DECODE_MAX_BATCH * MLA_HEADS * MLA_DV * sizeof(float);
+        float *ckv, *kpe, *q, *out;
+        int32_t *table, *seq_start, *seq_pos0;
+        if (!(ckv = dev_alloc(&dl, ckv_b)) || !(kpe = dev_alloc(&dl, kpe_b)) ||
+            !(q = dev_alloc(&dl, q_b)) || !(out = dev_alloc(&dl, out_b)) ||
+            dev_fill(b, ckv, ckv_b, FILL_F32, 600) || dev_fill(b, kpe, kpe_b, FILL_F32, 601) ||
+            dev_fill(b, q, q_b, FILL_F32, 10) ||
+            !(table = block_table_make(&dl, n_seqs, max_blocks, true, 603 + (uint64_t)ci)) ||
+            seqs_make(&dl, DECODE_MAX_BATCH, 1, ctx - 1, &seq_start, &seq_pos0))
             goto done;
-        for (int i = 0; i < n_copies; i++) {
-            float *ckv, *kpe;
-            if (!(ckv = dev_alloc(&dl, ckv_b)) || !(kpe = dev_alloc(&dl, kpe_b)) ||
-                dev_fill(b, ckv, ckv_b, FILL_F32, 600 + 3 * (uint64_t)i) ||
-                dev_fill(b, kpe, kpe_b, FILL_F32, 601 + 3 * (uint64_t)i) ||
-                weight_make(b, &dl, f->fmt, kvb_out, MLA_RANK, 602 + 3 * (uint64_t)i, &kvb[i]))
+        for (int i = 0; i < n_seqs; i++)
+            if (weight_make(b, &dl, f->fmt, kvb_out, MLA_RANK, 610 + (uint64_t)i, &kvb[i]))
                 goto done;
-            kern_mla_args *a = &args[i];
-            memset(a, 0, sizeof *a);
-            a->n_tokens = 1;
-            a->n_head = MLA_HEADS;
-            a->d_nope = MLA_NOPE;
-            a->d_rope = MLA_ROPE;
-            a->d_v = MLA_DV;
-            a->kv_lora_rank = MLA_RANK;
-            a->pos0 = ctx - 1;
-            a->scale = 1.0f / sqrtf((float)(MLA_NOPE + MLA_ROPE));
-            a->q = q;
-            a->q_stride = (int64_t)MLA_HEADS * (MLA_NOPE + MLA_ROPE);
-            a->ckv = ckv;
-            a->kpe = kpe;
-            a->kv_b = &kvb[i];
-            a->out = out;
+        for (int bi = 0; bi < 2; bi++) {
+            const int batch = DECODE_BATCH[bi], n_copies = n_seqs / batch;
+            void *ws = NULL;
+            size_t ws_bytes;
+            double us = 0.0, us_min = 0.0;
+            int reps = 0;
+            result r;
+            char shape[64];
+            for (int i = 0; i < n_copies; i++) {
+                kern_mla_args *a = &args[i];
+                memset(a, 0, sizeof *a);
+                a->batch.n_seq = batch;
+                a->batch.n_tokens = batch;
+                a->batch.max_seq_tokens = 1;
+                a->batch.max_ctx = ctx;
+                a->batch.block_size = MLA_BLOCK;
+                a->batch.max_blocks = max_blocks;
+                a->batch.seq_start = seq_start;
+                a->batch.seq_pos0 = seq_pos0;
+                a->batch.block_table = table + (size_t)i * batch * max_blocks;
+                a->n_head = MLA_HEADS;
+                a->d_nope = MLA_NOPE;
+                a->d_rope = MLA_ROPE;
+                a->d_v = MLA_DV;
+                a->kv_lora_rank = MLA_RANK;
+                a->scale = 1.0f / sqrtf((float)(MLA_NOPE + MLA_ROPE));
+                a->q = q;
+                a->q_stride = q_w;
+                a->ckv = ckv;
+                a->kpe = kpe;
+                a->kv_b = &kvb[i];
+                a->out = out;
+            }
+            ws_bytes = kern_mla_workspace_bytes(&args[0]);
+            if (ws_bytes && !(ws = dev_alloc(&dl, ws_bytes)))
+                goto done;
+            mla_ctx c = {args, n_copies, calls_for(n_copies, batch * lat + wb), ws};
+            if (graph_time(b, mla_enqueue, &c, reps_default(b), &us, &us_min, &reps))
+                goto done;
+            snprintf(shape, sizeof shape, "%d heads, rank %d + rope %d, nope %d, v %d",
+                     MLA_HEADS, MLA_RANK, MLA_ROPE, MLA_NOPE, MLA_DV);
+            result_init(&r, name, shape, f->name);
+            r.batch = batch;
+            r.context = ctx;
+            r.us = us / c.n_calls;
+            r.us_min = us_min / c.n_calls;
+            r.gbs = batch * lat / r.us / 1e3;
+            r.reps = reps;
+            r.calls = c.n_calls;
+            snprintf(r.note, sizeof r.note,
+                     "f32 latent %.1f MB x %d + kv_b %.1f MB: %.0f GB/s on both, %d sequences, "
+                     "paged (block %d, shuffled)",
+                     lat / 1e6, batch, wb / 1e6, (batch * lat + wb) / r.us / 1e3, n_seqs,
+                     MLA_BLOCK);
+            result_pct(b, &r);
+            result_emit(b, &r);
         }
-        ws_bytes = kern_mla_workspace_bytes(&args[0]);
-        if (ws_bytes && !(ws = dev_alloc(&dl, ws_bytes)))
-            goto done;
-        mla_ctx c = {args, n_copies, calls_for(n_copies, lat + wb), ws};
-        if (graph_time(b, mla_enqueue, &c, reps_default(b), &us, &us_min, &reps))
-            goto done;
-        snprintf(shape, sizeof shape, "%d heads, rank %d + rope %d, nope %d, v %d", MLA_HEADS,
-                 MLA_RANK, MLA_ROPE, MLA_NOPE, MLA_DV);
-        result_init(&r, name, shape, f->name);
-        r.batch = 1;
-        r.context = ctx;
-        r.us = us / c.n_calls;
-        r.us_min = us_min / c.n_calls;
-        r.gbs = lat / r.us / 1e3;
-        r.reps = reps;
-        r.calls = c.n_calls;
-        snprintf(r.note, sizeof r.note,
-                 "f32 latent %.1f MB + kv_b %.1f MB: %.0f GB/s on both, %d copies", lat / 1e6,
-                 wb / 1e6, (lat + wb) / r.us / 1e3, n_copies);
-        result_pct(b, &r);
-        result_emit(b, &r);
         if (devlist_free(&dl))
             goto done;
     }
@@ -1313,8 +1417,9 @@ done:
     return rc;
 }
 
-/* Prefill attention: causal, pos0 0, n_tokens 2048 and 4096, 32/4 heads, d 128 (Qwen3-Coder);
- * FLOPs = 4 * n_tokens^2 / 2 * d * n_head (QK^T and PV, half of them under the mask). */
+/* Prefill attention: one sequence, causal, pos0 0, n_tokens 2048 and 4096, 32/4 heads, d 128
+ * (Qwen3-Coder), its K/V already in a paged cache (ATTN_BLOCK positions per block, identity
+ * table); FLOPs = 4 * n_tokens^2 / 2 * d * n_head (QK^T and PV, half of them under the mask). */
 static int run_attn_prefill(bench *b, const char *name)
 {
     int rc = -1;
@@ -1323,9 +1428,12 @@ static int run_attn_prefill(bench *b, const char *name)
     const int d = cfg->d_head;
     for (int ni = 0; ni < 2; ni++) {
         const int n = PREFILL_TOKENS[ni];
+        const int max_blocks = (n + ATTN_BLOCK - 1) / ATTN_BLOCK;
         const size_t q_b = (size_t)n * (size_t)(cfg->n_head * d) * sizeof(float);
-        const size_t kv_b = (size_t)n * (size_t)(cfg->n_head_kv * d) * sizeof(float);
+        const size_t kv_b = (size_t)max_blocks * ATTN_BLOCK * (size_t)(cfg->n_head_kv * d) *
+                            sizeof(float);
         float *q, *k, *v, *out;
+        int32_t *table, *seq_start, *seq_pos0;
         void *ws = NULL;
         size_t ws_bytes;
         kern_attn_args a;
@@ -1336,14 +1444,23 @@ static int run_attn_prefill(bench *b, const char *name)
         if (!(q = dev_alloc(&dl, q_b)) || !(k = dev_alloc(&dl, kv_b)) ||
             !(v = dev_alloc(&dl, kv_b)) || !(out = dev_alloc(&dl, q_b)) ||
             dev_fill(b, q, q_b, FILL_F32, 11) || dev_fill(b, k, kv_b, FILL_F32, 12) ||
-            dev_fill(b, v, kv_b, FILL_F32, 13))
+            dev_fill(b, v, kv_b, FILL_F32, 13) ||
+            !(table = block_table_make(&dl, 1, max_blocks, false, 0)) ||
+            seqs_make(&dl, 1, n, 0, &seq_start, &seq_pos0))
             goto done;
         memset(&a, 0, sizeof a);
-        a.n_tokens = n;
+        a.batch.n_seq = 1;
+        a.batch.n_tokens = n;
+        a.batch.max_seq_tokens = n;
+        a.batch.max_ctx = n;
+        a.batch.block_size = ATTN_BLOCK;
+        a.batch.max_blocks = max_blocks;
+        a.batch.seq_start = seq_start;
+        a.batch.seq_pos0 = seq_pos0;
+        a.batch.block_table = table;
         a.n_head = cfg->n_head;
         a.n_head_kv = cfg->n_head_kv;
         a.d_qk = a.d_v = d;
-        a.pos0 = 0;
         a.scale = 1.0f / sqrtf((float)d);
         a.q = q;
         a.q_stride = (int64_t)cfg->n_head * d;
@@ -1363,13 +1480,15 @@ static int run_attn_prefill(bench *b, const char *name)
         snprintf(shape, sizeof shape, "%d/%d heads x %d, causal", cfg->n_head, cfg->n_head_kv, d);
         result_init(&r, name, shape, "f32");
         r.m = n;
+        r.batch = 1;
         r.context = n;
         r.us = us;
         r.us_min = us_min;
         r.tflops = flops / us / 1e6;
         r.reps = reps;
         r.calls = 1;
-        snprintf(r.note, sizeof r.note, "qwen3_coder shape, %.1f GFLOP", flops / 1e9);
+        snprintf(r.note, sizeof r.note, "qwen3_coder shape, %.1f GFLOP, paged (block %d)",
+                 flops / 1e9, ATTN_BLOCK);
         result_pct(b, &r);
         result_emit(b, &r);
         if (devlist_free(&dl))

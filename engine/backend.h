@@ -36,20 +36,38 @@ typedef struct eng_rope {
                               already folded in */
 } eng_rope;
 
-/* Causal attention over a KV cache for one sequence. Query token t sits at position pos0 + t and
- * sees keys 0 .. pos0 + t. Query head h reads KV head h / (n_head / n_head_kv). */
+/* The sequences of one forward pass and where their keys live: the KV cache is paged.
+ * The batch's query tokens are its sequences' tokens concatenated: sequence s owns batch rows
+ * seq_start[s] .. seq_start[s + 1] - 1; its i-th token sits at position seq_pos0[s] + i and sees
+ * its own keys at positions 0 .. seq_pos0[s] + i. Key position j of sequence s lives in cache row
+ *   block_table[s * max_blocks + j / block_size] * block_size + j % block_size
+ * of a layer's cache. The arrays are in backend memory; the counts are host values. */
+typedef struct eng_kv_batch {
+    int n_seq;                  /* >= 1 */
+    int n_tokens;               /* seq_start[n_seq] */
+    int max_seq_tokens;         /* max over s of seq_start[s + 1] - seq_start[s] */
+    int max_ctx;                /* max over s of seq_pos0[s] + its tokens */
+    int block_size;             /* positions per KV block */
+    int max_blocks;             /* row stride of block_table, >= ceil(max_ctx / block_size) */
+    const int32_t *seq_start;   /* [n_seq + 1] */
+    const int32_t *seq_pos0;    /* [n_seq] */
+    const int32_t *block_table; /* [n_seq][max_blocks] */
+} eng_kv_batch;
+
+/* Causal attention over a paged KV cache for a batch of sequences. Query head h reads KV head
+ * h / (n_head / n_head_kv). */
 typedef struct eng_attn_args {
-    int n_tokens, n_head, n_head_kv;
+    eng_kv_batch batch;
+    int n_head, n_head_kv;
     int d_qk, d_v;
-    int pos0;
     float scale;          /* softmax scale on q.k */
-    const float *q;       /* [n_tokens][n_head][d_qk] rows q_stride apart */
+    const float *q;       /* [batch.n_tokens][n_head][d_qk] rows q_stride apart */
     int64_t q_stride;
-    const float *k;       /* cache [pos0 + n_tokens][n_head_kv][d_qk], rows kv_k_stride apart */
+    const float *k;       /* cache rows [..][n_head_kv][d_qk], k_stride apart */
     int64_t k_stride;
-    const float *v;       /* cache [pos0 + n_tokens][n_head_kv][d_v], rows kv_v_stride apart */
+    const float *v;       /* cache rows [..][n_head_kv][d_v], v_stride apart */
     int64_t v_stride;
-    float *out;           /* [n_tokens][n_head][d_v], rows out_stride apart */
+    float *out;           /* [batch.n_tokens][n_head][d_v], rows out_stride apart */
     int64_t out_stride;
 } eng_attn_args;
 
@@ -59,16 +77,17 @@ typedef struct eng_attn_args {
  *   out_h = W_UV_h (sum_j softmax(score)_j c_kv[j])   (W_UV_h = the next d_v rows)
  */
 typedef struct eng_mla_args {
-    int n_tokens, n_head;
+    eng_kv_batch batch;      /* ckv and kpe rows are the same cache rows */
+    int n_head;
     int d_nope, d_rope, d_v, kv_lora_rank;
-    int pos0;
     float scale;
-    const float *q;          /* [n_tokens][n_head][d_nope + d_rope] (nope first), q_stride apart */
+    const float *q;          /* [batch.n_tokens][n_head][d_nope + d_rope] (nope first), q_stride
+                                apart */
     int64_t q_stride;
-    const float *ckv;        /* cache [pos0 + n_tokens][kv_lora_rank] (normalised c_kv) */
-    const float *kpe;        /* cache [pos0 + n_tokens][d_rope] (post-RoPE k_pe) */
+    const float *ckv;        /* cache rows [..][kv_lora_rank] (normalised c_kv) */
+    const float *kpe;        /* cache rows [..][d_rope] (post-RoPE k_pe) */
     const eng_weight *kv_b;  /* [n_head * (d_nope + d_v)][kv_lora_rank] */
-    float *out;              /* [n_tokens][n_head][d_v] contiguous */
+    float *out;              /* [batch.n_tokens][n_head][d_v] contiguous */
 } eng_mla_args;
 
 typedef enum eng_router_kind {
@@ -127,9 +146,16 @@ typedef struct eng_backend_ops {
     pp_status (*add)(eng_backend *be, const float *a, const float *b, float *out, size_t n);
     /* Rotates, in place, the slice [rope_offset, rope_offset + d_rope) of every head of x:
      * [n_tokens][n_head][...] with heads head_stride apart and tokens token_stride apart;
-     * token t is at position pos0 + t. */
+     * token t is at position pos[t] (backend memory). */
     pp_status (*rope)(eng_backend *be, float *x, int n_tokens, int n_head, int64_t token_stride,
-                      int64_t head_stride, int rope_offset, int pos0, const eng_rope *rope);
+                      int64_t head_stride, int rope_offset, const int32_t *pos, const eng_rope *rope);
+    /* KV-cache write, a copy: for t < n_tokens with slot[t] >= 0 (backend memory), h < n_head,
+     * i < width: cache[slot[t] * cache_row_stride + h * cache_head_stride + i] =
+     * src[t * src_row_stride + h * src_head_stride + i] (src_head_stride may be 0). */
+    pp_status (*kv_write)(eng_backend *be, float *cache, int64_t cache_row_stride,
+                          int64_t cache_head_stride, const float *src, int64_t src_row_stride,
+                          int64_t src_head_stride, int n_head, int64_t width, const int32_t *slot,
+                          int n_tokens);
     /* out[t][i] = silu(gate[t][i]) * up[t][i], rows of d_ff. */
     pp_status (*swiglu)(eng_backend *be, const float *gate, int64_t gate_stride, const float *up,
                         int64_t up_stride, float *out, int64_t out_stride, int n_tokens, int d_ff);

@@ -3,7 +3,7 @@
  * between ops. Each op runs the inner backend's f32 op (f32 accumulation inside matmuls,
  * attention, MLA and experts; f32 softmax) and then rounds, with the inner backend's round_bf16,
  * exactly the elements the op wrote, to the nearest bf16 (ties to even, as torch's cast). Values
- * stay stored as f32 floats that are bf16-representable, so the KV cache (filled by copy from
+ * stay stored as f32 floats that are bf16-representable, so the KV cache (filled by kv_write from
  * rounded matmul / RoPE outputs) holds bf16 values too.
  *
  * Rounded: embedding rows, matmul outputs (logits included: HF's lm_head runs in bf16), RMSNorm
@@ -11,7 +11,8 @@
  * MLA outputs, routed-expert outputs, and Qwen3-MoE's combine weights (softmax router: HF casts
  * them to bf16, `routing_weights.to(hidden_states.dtype)`).
  * Not rounded: DeepSeek-V3's combine weights (sigmoid router: fp32 in HF, and its router logits
- * are computed in fp32, which model.c does on eng_backend_bf16_inner), and memory ops.
+ * are computed in fp32, which model.c does on eng_backend_bf16_inner), and memory ops (copies
+ * and KV-cache writes).
  *
  * Where HF rounds inside what is one op here, this mode rounds only the op's output:
  *   - RMSNorm: HF rounds x * rsqrt(var + eps) to bf16 before multiplying by the weight (two
@@ -67,6 +68,17 @@ static pp_status bf16_upload(eng_backend *be, void *dst, const void *src, size_t
     return in->ops->upload(in, dst, src, bytes);
 }
 
+/* a KV-cache write copies values some op already rounded */
+static pp_status bf16_kv_write(eng_backend *be, float *cache, int64_t cache_row_stride,
+                               int64_t cache_head_stride, const float *src, int64_t src_row_stride,
+                               int64_t src_head_stride, int n_head, int64_t width, const int32_t *slot,
+                               int n_tokens)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->kv_write(in, cache, cache_row_stride, cache_head_stride, src, src_row_stride,
+                             src_head_stride, n_head, width, slot, n_tokens);
+}
+
 static pp_status bf16_download(eng_backend *be, void *dst, const void *src, size_t bytes)
 {
     eng_backend *in = inner_of(be);
@@ -120,10 +132,10 @@ static pp_status bf16_add(eng_backend *be, const float *a, const float *b, float
  * rounding call when the slices form evenly spaced rows (one head, or heads filling the token
  * row), else one per token with the heads as rows. */
 static pp_status bf16_rope(eng_backend *be, float *x, int n_tokens, int n_head, int64_t token_stride,
-                           int64_t head_stride, int rope_offset, int pos0, const eng_rope *rope)
+                           int64_t head_stride, int rope_offset, const int32_t *pos, const eng_rope *rope)
 {
     eng_backend *in = inner_of(be);
-    pp_status st = in->ops->rope(in, x, n_tokens, n_head, token_stride, head_stride, rope_offset, pos0, rope);
+    pp_status st = in->ops->rope(in, x, n_tokens, n_head, token_stride, head_stride, rope_offset, pos, rope);
     if (st != PP_STATUS_OK || n_tokens <= 0 || n_head <= 0)
         return st;
     float *x0 = x + rope_offset;
@@ -151,7 +163,8 @@ static pp_status bf16_attention(eng_backend *be, const eng_attn_args *a)
     eng_backend *in = inner_of(be);
     pp_status st = in->ops->attention(in, a);
     return st != PP_STATUS_OK ? st
-                              : round_rows(in, a->out, a->out_stride, a->n_tokens, (int64_t)a->n_head * a->d_v);
+                              : round_rows(in, a->out, a->out_stride, a->batch.n_tokens,
+                                           (int64_t)a->n_head * a->d_v);
 }
 
 /* out [n_tokens][n_head][d_v] contiguous */
@@ -160,7 +173,7 @@ static pp_status bf16_mla_absorbed(eng_backend *be, const eng_mla_args *a)
     eng_backend *in = inner_of(be);
     pp_status st = in->ops->mla_absorbed(in, a);
     int64_t width = (int64_t)a->n_head * a->d_v;
-    return st != PP_STATUS_OK ? st : round_rows(in, a->out, width, a->n_tokens, width);
+    return st != PP_STATUS_OK ? st : round_rows(in, a->out, width, a->batch.n_tokens, width);
 }
 
 /* weight [n_tokens][n_expert_used]: rounded for the softmax router only (Qwen3-MoE casts its
@@ -217,6 +230,7 @@ static const eng_backend_ops bf16_ops = {
     .rmsnorm = bf16_rmsnorm,
     .add = bf16_add,
     .rope = bf16_rope,
+    .kv_write = bf16_kv_write,
     .swiglu = bf16_swiglu,
     .attention = bf16_attention,
     .mla_absorbed = bf16_mla_absorbed,

@@ -170,13 +170,13 @@ static pp_status cpu_add(eng_backend *be, const float *a, const float *b, float 
 }
 
 static pp_status cpu_rope(eng_backend *be, float *x, int n_tokens, int n_head, int64_t token_stride,
-                          int64_t head_stride, int rope_offset, int pos0, const eng_rope *rope)
+                          int64_t head_stride, int rope_offset, const int32_t *pos_of, const eng_rope *rope)
 {
     (void)be;
     int half = rope->d_rope / 2;
     float tmp[1024]; /* d_rope <= 1024, checked at model load */
     for (int t = 0; t < n_tokens; t++) {
-        float pos = (float)(pos0 + t);
+        float pos = (float)pos_of[t];
         for (int h = 0; h < n_head; h++) {
             float *v = x + (int64_t)t * token_stride + (int64_t)h * head_stride + rope_offset;
             for (int j = 0; j < half; j++) {
@@ -233,6 +233,52 @@ static void softmax_inplace(float *s, int n)
         s[j] *= inv;
 }
 
+static pp_status cpu_kv_write(eng_backend *be, float *cache, int64_t cache_row_stride,
+                              int64_t cache_head_stride, const float *src, int64_t src_row_stride,
+                              int64_t src_head_stride, int n_head, int64_t width, const int32_t *slot,
+                              int n_tokens)
+{
+    (void)be;
+    for (int t = 0; t < n_tokens; t++) {
+        if (slot[t] < 0)
+            continue;
+        for (int h = 0; h < n_head; h++)
+            memcpy(cache + (int64_t)slot[t] * cache_row_stride + (int64_t)h * cache_head_stride,
+                   src + (int64_t)t * src_row_stride + (int64_t)h * src_head_stride,
+                   (size_t)width * sizeof(float));
+    }
+    return PP_STATUS_OK;
+}
+
+/* The sequence that batch row `row` belongs to (seq_start is nondecreasing; empty sequences own
+ * no row). */
+static int batch_seq_of(const eng_kv_batch *b, int row)
+{
+    int lo = 0, hi = b->n_seq - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (b->seq_start[mid] <= row)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+/* The cache row of sequence s's key position j. */
+static int64_t batch_key_row(const eng_kv_batch *b, int s, int j)
+{
+    return (int64_t)b->block_table[(int64_t)s * b->max_blocks + j / b->block_size] * b->block_size +
+           j % b->block_size;
+}
+
+/* Checks what every paged op relies on before it reads the tables. */
+static bool batch_ok(const eng_kv_batch *b)
+{
+    return b->n_seq >= 1 && b->block_size >= 1 && b->n_tokens >= 0 && b->max_ctx >= 0 &&
+           (int64_t)b->max_blocks * b->block_size >= b->max_ctx;
+}
+
 typedef struct attn_ctx {
     cpu_backend *cb;
     const eng_attn_args *a;
@@ -242,19 +288,22 @@ static void attention_task(void *p, int task, int thread)
 {
     attn_ctx *c = p;
     const eng_attn_args *a = c->a;
+    const eng_kv_batch *b = &a->batch;
     int t = task / a->n_head, h = task % a->n_head;
     int kvh = h / (a->n_head / a->n_head_kv);
-    int n_keys = a->pos0 + t + 1;
+    int sq = batch_seq_of(b, t);
+    int n_keys = b->seq_pos0[sq] + (t - b->seq_start[sq]) + 1;
     float *s = c->cb->scratch[thread].buf; /* [n_keys] */
     const float *q = a->q + (int64_t)t * a->q_stride + (int64_t)h * a->d_qk;
     for (int j = 0; j < n_keys; j++)
-        s[j] = dot_f32(q, a->k + (int64_t)j * a->k_stride + (int64_t)kvh * a->d_qk, a->d_qk) * a->scale;
+        s[j] = dot_f32(q, a->k + batch_key_row(b, sq, j) * a->k_stride + (int64_t)kvh * a->d_qk, a->d_qk) *
+               a->scale;
     softmax_inplace(s, n_keys);
     float *o = a->out + (int64_t)t * a->out_stride + (int64_t)h * a->d_v;
     for (int i = 0; i < a->d_v; i++)
         o[i] = 0.0f;
     for (int j = 0; j < n_keys; j++) {
-        const float *v = a->v + (int64_t)j * a->v_stride + (int64_t)kvh * a->d_v;
+        const float *v = a->v + batch_key_row(b, sq, j) * a->v_stride + (int64_t)kvh * a->d_v;
         for (int i = 0; i < a->d_v; i++)
             o[i] += s[j] * v[i];
     }
@@ -263,11 +312,13 @@ static void attention_task(void *p, int task, int thread)
 static pp_status cpu_attention(eng_backend *be, const eng_attn_args *a)
 {
     cpu_backend *cb = as_cpu(be);
-    pp_status st = scratch_reserve(cb, (size_t)(a->pos0 + a->n_tokens));
+    if (!batch_ok(&a->batch))
+        return PP_STATUS_INVALID_ARG;
+    pp_status st = scratch_reserve(cb, (size_t)a->batch.max_ctx + 1);
     if (st != PP_STATUS_OK)
         return st;
     attn_ctx c = {cb, a};
-    eng_threadpool_run(cb->pool, a->n_tokens * a->n_head, attention_task, &c);
+    eng_threadpool_run(cb->pool, a->batch.n_tokens * a->n_head, attention_task, &c);
     return PP_STATUS_OK;
 }
 
@@ -276,54 +327,62 @@ typedef struct mla_ctx {
     const eng_mla_args *a;
 } mla_ctx;
 
-/* One task per head: dequantize W_UK_h and W_UV_h once, then run every query token. */
+/* One task per head: dequantize W_UK_h and W_UV_h once, then run every query token of the
+ * batch. */
 static void mla_task(void *p, int h, int thread)
 {
     mla_ctx *c = p;
     const eng_mla_args *a = c->a;
+    const eng_kv_batch *b = &a->batch;
     int r = a->kv_lora_rank;
-    int n_ctx = a->pos0 + a->n_tokens;
     int d_qk = a->d_nope + a->d_rope;
     float *wuk = c->cb->scratch[thread].buf;      /* [d_nope][r] */
     float *wuv = wuk + (int64_t)a->d_nope * r;    /* [d_v][r] */
     float *qlat = wuv + (int64_t)a->d_v * r;      /* [r] */
     float *olat = qlat + r;                       /* [r] */
-    float *s = olat + r;                          /* [n_ctx] */
+    float *s = olat + r;                          /* [max_ctx] */
     int64_t row0 = (int64_t)h * (a->d_nope + a->d_v);
     for (int i = 0; i < a->d_nope; i++)
         eng_weight_row_f32(a->kv_b, row0 + i, 0, r, wuk + (int64_t)i * r);
     for (int i = 0; i < a->d_v; i++)
         eng_weight_row_f32(a->kv_b, row0 + a->d_nope + i, 0, r, wuv + (int64_t)i * r);
-    for (int t = 0; t < a->n_tokens; t++) {
-        const float *q = a->q + (int64_t)t * a->q_stride + (int64_t)h * d_qk;
-        for (int k = 0; k < r; k++)
-            qlat[k] = 0.0f;
-        for (int i = 0; i < a->d_nope; i++)
+    for (int sq = 0; sq < b->n_seq; sq++) {
+        for (int t = b->seq_start[sq]; t < b->seq_start[sq + 1]; t++) {
+            const float *q = a->q + (int64_t)t * a->q_stride + (int64_t)h * d_qk;
             for (int k = 0; k < r; k++)
-                qlat[k] += q[i] * wuk[(int64_t)i * r + k];
-        int n_keys = a->pos0 + t + 1;
-        for (int j = 0; j < n_keys; j++)
-            s[j] = (dot_f32(qlat, a->ckv + (int64_t)j * r, r) +
-                    dot_f32(q + a->d_nope, a->kpe + (int64_t)j * a->d_rope, a->d_rope)) *
-                   a->scale;
-        softmax_inplace(s, n_keys);
-        for (int k = 0; k < r; k++)
-            olat[k] = 0.0f;
-        for (int j = 0; j < n_keys; j++)
+                qlat[k] = 0.0f;
+            for (int i = 0; i < a->d_nope; i++)
+                for (int k = 0; k < r; k++)
+                    qlat[k] += q[i] * wuk[(int64_t)i * r + k];
+            int n_keys = b->seq_pos0[sq] + (t - b->seq_start[sq]) + 1;
+            for (int j = 0; j < n_keys; j++) {
+                int64_t kr = batch_key_row(b, sq, j);
+                s[j] = (dot_f32(qlat, a->ckv + kr * r, r) +
+                        dot_f32(q + a->d_nope, a->kpe + kr * a->d_rope, a->d_rope)) *
+                       a->scale;
+            }
+            softmax_inplace(s, n_keys);
             for (int k = 0; k < r; k++)
-                olat[k] += s[j] * a->ckv[(int64_t)j * r + k];
-        float *o = a->out + ((int64_t)t * a->n_head + h) * a->d_v;
-        for (int i = 0; i < a->d_v; i++)
-            o[i] = dot_f32(wuv + (int64_t)i * r, olat, r);
+                olat[k] = 0.0f;
+            for (int j = 0; j < n_keys; j++) {
+                const float *ck = a->ckv + batch_key_row(b, sq, j) * r;
+                for (int k = 0; k < r; k++)
+                    olat[k] += s[j] * ck[k];
+            }
+            float *o = a->out + ((int64_t)t * a->n_head + h) * a->d_v;
+            for (int i = 0; i < a->d_v; i++)
+                o[i] = dot_f32(wuv + (int64_t)i * r, olat, r);
+        }
     }
-    (void)n_ctx;
 }
 
 static pp_status cpu_mla_absorbed(eng_backend *be, const eng_mla_args *a)
 {
     cpu_backend *cb = as_cpu(be);
+    if (!batch_ok(&a->batch))
+        return PP_STATUS_INVALID_ARG;
     size_t r = (size_t)a->kv_lora_rank;
-    size_t need = (size_t)(a->d_nope + a->d_v) * r + 2 * r + (size_t)(a->pos0 + a->n_tokens);
+    size_t need = (size_t)(a->d_nope + a->d_v) * r + 2 * r + (size_t)a->batch.max_ctx + 1;
     pp_status st = scratch_reserve(cb, need);
     if (st != PP_STATUS_OK)
         return st;
@@ -512,6 +571,7 @@ static const eng_backend_ops cpu_ops = {
     .rmsnorm = cpu_rmsnorm,
     .add = cpu_add,
     .rope = cpu_rope,
+    .kv_write = cpu_kv_write,
     .swiglu = cpu_swiglu,
     .attention = cpu_attention,
     .mla_absorbed = cpu_mla_absorbed,

@@ -639,7 +639,7 @@ static pp_status cuda_add(eng_backend *be, const float *a, const float *b, float
 }
 
 static pp_status cuda_rope(eng_backend *be, float *x, int n_tokens, int n_head, int64_t token_stride,
-                           int64_t head_stride, int rope_offset, int pos0, const eng_rope *rope)
+                           int64_t head_stride, int rope_offset, const int32_t *pos, const eng_rope *rope)
 {
     cuda_backend *cb = as_cuda(be);
     pp_status st = op_begin(cb);
@@ -648,9 +648,34 @@ static pp_status cuda_rope(eng_backend *be, float *x, int n_tokens, int n_head, 
     const float *inv_freq = NULL;
     if ((st = rope_resolve(cb, rope, &inv_freq)) != PP_STATUS_OK)
         return st;
-    CUDA_TRY(cb, kern_rope(x, n_tokens, n_head, token_stride, head_stride, rope_offset, pos0,
+    CUDA_TRY(cb, kern_rope(x, n_tokens, n_head, token_stride, head_stride, rope_offset, pos,
                            rope->d_rope, rope->interleaved, rope->cos_sin_scale, inv_freq, cb->stream));
     return PP_STATUS_OK;
+}
+
+static pp_status cuda_kv_write(eng_backend *be, float *cache, int64_t cache_row_stride,
+                               int64_t cache_head_stride, const float *src, int64_t src_row_stride,
+                               int64_t src_head_stride, int n_head, int64_t width, const int32_t *slot,
+                               int n_tokens)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK || n_tokens <= 0 || n_head <= 0 || width <= 0)
+        return st;
+    CUDA_TRY(cb, kern_kv_write(cache, cache_row_stride, cache_head_stride, src, src_row_stride,
+                               src_head_stride, n_head, width, slot, n_tokens, cb->stream));
+    return PP_STATUS_OK;
+}
+
+/* The kernels' twin of a batch descriptor (same fields, arrays already in device memory). */
+static kern_kv_batch kv_batch_of(const eng_kv_batch *b)
+{
+    kern_kv_batch k = {
+        .n_seq = b->n_seq, .n_tokens = b->n_tokens, .max_seq_tokens = b->max_seq_tokens,
+        .max_ctx = b->max_ctx, .block_size = b->block_size, .max_blocks = b->max_blocks,
+        .seq_start = b->seq_start, .seq_pos0 = b->seq_pos0, .block_table = b->block_table,
+    };
+    return k;
 }
 
 static pp_status cuda_swiglu(eng_backend *be, const float *gate, int64_t gate_stride, const float *up,
@@ -668,11 +693,11 @@ static pp_status cuda_attention(eng_backend *be, const eng_attn_args *a)
 {
     cuda_backend *cb = as_cuda(be);
     pp_status st = op_begin(cb);
-    if (st != PP_STATUS_OK || a->n_tokens <= 0)
+    if (st != PP_STATUS_OK || a->batch.n_tokens <= 0)
         return st;
     kern_attn_args ka = {
-        .n_tokens = a->n_tokens, .n_head = a->n_head, .n_head_kv = a->n_head_kv,
-        .d_qk = a->d_qk, .d_v = a->d_v, .pos0 = a->pos0, .scale = a->scale,
+        .batch = kv_batch_of(&a->batch), .n_head = a->n_head, .n_head_kv = a->n_head_kv,
+        .d_qk = a->d_qk, .d_v = a->d_v, .scale = a->scale,
         .q = a->q, .q_stride = a->q_stride,
         .k = a->k, .k_stride = a->k_stride,
         .v = a->v, .v_stride = a->v_stride,
@@ -689,15 +714,15 @@ static pp_status cuda_mla_absorbed(eng_backend *be, const eng_mla_args *a)
 {
     cuda_backend *cb = as_cuda(be);
     pp_status st = op_begin(cb);
-    if (st != PP_STATUS_OK || a->n_tokens <= 0)
+    if (st != PP_STATUS_OK || a->batch.n_tokens <= 0)
         return st;
     kern_weight kv_b;
     if ((st = weight_resolve(cb, a->kv_b, &kv_b)) != PP_STATUS_OK)
         return st;
     kern_mla_args ka = {
-        .n_tokens = a->n_tokens, .n_head = a->n_head,
+        .batch = kv_batch_of(&a->batch), .n_head = a->n_head,
         .d_nope = a->d_nope, .d_rope = a->d_rope, .d_v = a->d_v, .kv_lora_rank = a->kv_lora_rank,
-        .pos0 = a->pos0, .scale = a->scale,
+        .scale = a->scale,
         .q = a->q, .q_stride = a->q_stride,
         .ckv = a->ckv, .kpe = a->kpe,
         .kv_b = &kv_b,
@@ -810,6 +835,7 @@ static const eng_backend_ops cuda_ops = {
     .rmsnorm = cuda_rmsnorm,
     .add = cuda_add,
     .rope = cuda_rope,
+    .kv_write = cuda_kv_write,
     .swiglu = cuda_swiglu,
     .attention = cuda_attention,
     .mla_absorbed = cuda_mla_absorbed,

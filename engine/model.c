@@ -2,6 +2,7 @@
  * forward pass every family shares: embedding, final norm, lm_head. */
 #include "model_internal.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -449,7 +450,9 @@ pp_status eng_ffn_forward(eng_model *m, const eng_ffn *ffn, const float *x, int 
     return eng_mlp_forward(m->be, &ffn->mlp, x, n_tokens, scratch, u, out, err);
 }
 
-/* ---- sessions -------------------------------------------------------------------------------- */
+/* ---- KV caches and sessions ----------------------------------------------------------------- */
+
+static int ceil_div_int(int a, int b) { return (a + b - 1) / b; }
 
 pp_status eng_session_bytes(const eng_config *c, eng_mla_mode mla, int n_ctx, int n_batch,
                             uint64_t *kv_bytes, uint64_t *scratch_bytes)
@@ -459,11 +462,113 @@ pp_status eng_session_bytes(const eng_config *c, eng_mla_mode mla, int n_ctx, in
         return PP_STATUS_INVALID_ARG;
     int64_t kw, vw;
     f->kv_widths(c, mla, &kw, &vw);
-    *kv_bytes = (uint64_t)n_ctx * (uint64_t)c->n_layer * (uint64_t)(kw + vw) * sizeof(float);
-    /* one forward of n_batch tokens: hidden state, logits of every row, the family's scratch */
-    size_t floats = (size_t)n_batch * (size_t)c->d_model + (size_t)n_batch * (size_t)c->n_vocab +
-                    f->scratch_floats(c, n_batch, n_ctx);
+    uint64_t rows = (uint64_t)ceil_div_int(n_ctx, ENG_KV_BLOCK_SIZE) * ENG_KV_BLOCK_SIZE;
+    *kv_bytes = rows * (uint64_t)c->n_layer * (uint64_t)(kw + vw) * sizeof(float);
+    /* one forward of n_batch tokens: its tables, hidden state, logits of every row, the
+     * family's scratch */
+    size_t floats = 4096 + (size_t)ceil_div_int(n_ctx, ENG_KV_BLOCK_SIZE) + 2 * (size_t)n_batch +
+                    (size_t)n_batch * (size_t)c->d_model + (size_t)n_batch * (size_t)c->n_vocab +
+                    f->scratch_floats(c, n_batch);
     *scratch_bytes = (uint64_t)floats * sizeof(float);
+    return PP_STATUS_OK;
+}
+
+static void kv_cache_release(eng_kv_cache *kv)
+{
+    eng_backend *be = kv->m->be;
+    for (int l = 0; l < kv->m->cfg.n_layer; l++) {
+        if (kv->k_cache && kv->k_cache[l])
+            be->ops->free(be, kv->k_cache[l]);
+        if (kv->v_cache && kv->v_cache[l])
+            be->ops->free(be, kv->v_cache[l]);
+    }
+    if (kv->scratch)
+        be->ops->free(be, kv->scratch);
+    free(kv->k_cache);
+    free(kv->v_cache);
+    free(kv->free_ids);
+    free(kv->meta);
+    free(kv);
+}
+
+pp_status eng_kv_cache_create(eng_model *m, int n_blocks, int block_size, eng_kv_cache **out,
+                              eng_err *err)
+{
+    *out = NULL;
+    if (block_size <= 0)
+        block_size = ENG_KV_BLOCK_SIZE;
+    if (!m || n_blocks < 1 || (int64_t)n_blocks * block_size > INT32_MAX)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "KV cache: %d blocks of %d positions is not a valid size",
+                        n_blocks, block_size);
+    eng_kv_cache *kv = calloc(1, sizeof *kv);
+    if (!kv)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "KV cache: out of memory");
+    kv->m = m;
+    kv->n_blocks = n_blocks;
+    kv->block_size = block_size;
+    m->family->kv_widths(&m->cfg, m->opts.mla, &kv->k_width, &kv->v_width);
+    int L = m->cfg.n_layer;
+    kv->k_cache = calloc((size_t)L, sizeof *kv->k_cache);
+    kv->v_cache = calloc((size_t)L, sizeof *kv->v_cache);
+    kv->free_ids = malloc((size_t)n_blocks * sizeof *kv->free_ids);
+    if (!kv->k_cache || !kv->v_cache || !kv->free_ids)
+        goto oom;
+    size_t rows = (size_t)n_blocks * (size_t)block_size;
+    for (int l = 0; l < L; l++)
+        if (m->be->ops->alloc(m->be, rows * (size_t)kv->k_width * sizeof(float), (void **)&kv->k_cache[l]) !=
+                PP_STATUS_OK ||
+            m->be->ops->alloc(m->be, rows * (size_t)kv->v_width * sizeof(float), (void **)&kv->v_cache[l]) !=
+                PP_STATUS_OK)
+            goto oom;
+    /* a stack popped from the top: block 0 is handed out first */
+    for (int b = 0; b < n_blocks; b++)
+        kv->free_ids[b] = n_blocks - 1 - b;
+    kv->n_free = n_blocks;
+    *out = kv;
+    return PP_STATUS_OK;
+oom:
+    kv_cache_release(kv);
+    return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "KV cache: cannot allocate %d blocks of %d positions (%zu MiB)",
+                    n_blocks, block_size,
+                    (size_t)(((uint64_t)n_blocks * (uint64_t)block_size * (uint64_t)L *
+                              (uint64_t)(kv->k_width + kv->v_width) * sizeof(float)) >> 20));
+}
+
+void eng_kv_cache_free(eng_kv_cache *kv)
+{
+    if (!kv)
+        return;
+    if (kv->n_sessions > 0) {
+        fprintf(stderr, "paraphym: eng_kv_cache_free: %d sessions still use the cache; not freed\n",
+                kv->n_sessions);
+        return;
+    }
+    kv_cache_release(kv);
+}
+
+int eng_kv_cache_free_blocks(const eng_kv_cache *kv) { return kv->n_free; }
+int eng_kv_cache_n_blocks(const eng_kv_cache *kv) { return kv->n_blocks; }
+int eng_kv_cache_block_size(const eng_kv_cache *kv) { return kv->block_size; }
+
+pp_status eng_session_create_in(eng_kv_cache *kv, int n_ctx, eng_session **out, eng_err *err)
+{
+    *out = NULL;
+    if (!kv || n_ctx <= 0)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "session: n_ctx must be positive (got %d)", n_ctx);
+    eng_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "session: out of memory");
+    s->m = kv->m;
+    s->kv = kv;
+    s->n_ctx = n_ctx;
+    s->max_blocks = ceil_div_int(n_ctx, kv->block_size);
+    s->blocks = malloc((size_t)s->max_blocks * sizeof *s->blocks);
+    if (!s->blocks) {
+        free(s);
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "session: out of memory");
+    }
+    kv->n_sessions++;
+    *out = s;
     return PP_STATUS_OK;
 }
 
@@ -472,68 +577,64 @@ pp_status eng_session_create(eng_model *m, int n_ctx, eng_session **out, eng_err
     *out = NULL;
     if (!m || n_ctx <= 0)
         return eng_fail(err, PP_STATUS_INVALID_ARG, "session: n_ctx must be positive (got %d)", n_ctx);
-    eng_session *s = calloc(1, sizeof *s);
-    if (!s)
-        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "session: out of memory");
-    s->m = m;
-    s->n_ctx = n_ctx;
-    m->family->kv_widths(&m->cfg, m->opts.mla, &s->k_width, &s->v_width);
-    int L = m->cfg.n_layer;
-    s->k_cache = calloc((size_t)L, sizeof *s->k_cache);
-    s->v_cache = calloc((size_t)L, sizeof *s->v_cache);
-    if (!s->k_cache || !s->v_cache)
-        goto oom;
-    for (int l = 0; l < L; l++) {
-        size_t kb = (size_t)n_ctx * (size_t)s->k_width * sizeof(float);
-        size_t vb = (size_t)n_ctx * (size_t)s->v_width * sizeof(float);
-        if (m->be->ops->alloc(m->be, kb, (void **)&s->k_cache[l]) != PP_STATUS_OK ||
-            m->be->ops->alloc(m->be, vb, (void **)&s->v_cache[l]) != PP_STATUS_OK)
-            goto oom;
+    eng_kv_cache *kv;
+    pp_status st = eng_kv_cache_create(m, ceil_div_int(n_ctx, ENG_KV_BLOCK_SIZE), ENG_KV_BLOCK_SIZE, &kv, err);
+    if (st != PP_STATUS_OK) {
+        eng_err_prefix(err, "session of %d positions", n_ctx);
+        return st;
     }
-    *out = s;
+    if ((st = eng_session_create_in(kv, n_ctx, out, err)) != PP_STATUS_OK) {
+        eng_kv_cache_free(kv);
+        return st;
+    }
+    (*out)->owns_kv = true;
     return PP_STATUS_OK;
-oom:
-    eng_session_free(s);
-    return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "session: cannot allocate the KV cache for %d positions",
-                    n_ctx);
+}
+
+/* Gives the session's blocks back to its cache. */
+static void session_release_blocks(eng_session *s)
+{
+    for (int b = s->n_blocks - 1; b >= 0; b--)
+        s->kv->free_ids[s->kv->n_free++] = s->blocks[b];
+    s->n_blocks = 0;
 }
 
 void eng_session_free(eng_session *s)
 {
     if (!s)
         return;
-    eng_backend *be = s->m->be;
-    for (int l = 0; l < s->m->cfg.n_layer; l++) {
-        if (s->k_cache && s->k_cache[l])
-            be->ops->free(be, s->k_cache[l]);
-        if (s->v_cache && s->v_cache[l])
-            be->ops->free(be, s->v_cache[l]);
-    }
-    free(s->k_cache);
-    free(s->v_cache);
-    if (s->scratch)
-        be->ops->free(be, s->scratch);
+    session_release_blocks(s);
+    s->kv->n_sessions--;
+    if (s->owns_kv)
+        eng_kv_cache_free(s->kv);
+    free(s->blocks);
     free(s);
 }
 
-void eng_session_reset(eng_session *s) { s->pos = 0; }
+void eng_session_reset(eng_session *s)
+{
+    s->pos = 0;
+    session_release_blocks(s);
+}
+
 int eng_session_pos(const eng_session *s) { return s->pos; }
 int eng_session_n_ctx(const eng_session *s) { return s->n_ctx; }
 
-pp_status eng_session_scratch(eng_session *s, size_t n, float **out, eng_err *err)
+/* Grows the cache's scratch to at least n floats (backend memory). */
+static pp_status kv_scratch(eng_kv_cache *kv, size_t n, float **out, eng_err *err)
 {
-    eng_backend *be = s->m->be;
-    if (s->scratch_floats < n) {
-        if (s->scratch)
-            be->ops->free(be, s->scratch);
-        s->scratch = NULL;
-        s->scratch_floats = 0;
-        if (be->ops->alloc(be, n * sizeof(float), (void **)&s->scratch) != PP_STATUS_OK)
+    eng_backend *be = kv->m->be;
+    if (kv->scratch_floats < n) {
+        if (kv->scratch)
+            be->ops->free(be, kv->scratch);
+        kv->scratch = NULL;
+        kv->scratch_floats = 0;
+        if (be->ops->alloc(be, n * sizeof(float), (void **)&kv->scratch) != PP_STATUS_OK)
             return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "cannot allocate %zu bytes of scratch",
                             n * sizeof(float));
-        s->scratch_floats = n;
+        kv->scratch_floats = n;
     }
-    *out = s->scratch;
+    *out = kv->scratch;
     return PP_STATUS_OK;
 }
 
@@ -548,52 +649,180 @@ static pp_status backend_fail(eng_backend *be, pp_status st, eng_err *err)
     return st;
 }
 
-/* The forward pass proper (eng_session_forward without the backend's message). */
-static pp_status session_forward(eng_session *s, const int32_t *ids, int n_tokens, float *logits,
-                                 bool all_logits, eng_err *err)
+/* Checks a batch before anything changes: distinct sessions of one cache, ids in range, room in
+ * each context and enough free blocks. *blocks_needed: blocks the batch must take. */
+static pp_status batch_check(const eng_batch_seq *seqs, int n_seq, int *blocks_needed, eng_err *err)
 {
-    eng_model *m = s->m;
-    const eng_config *c = &m->cfg;
-    eng_backend *be = m->be;
-    if (n_tokens <= 0 || !ids)
-        return eng_fail(err, PP_STATUS_INVALID_ARG, "forward: no tokens given");
-    if (n_tokens > s->n_ctx - s->pos)
+    if (!seqs || n_seq < 1 || !seqs[0].session)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "forward: no sequences given");
+    eng_kv_cache *kv = seqs[0].session->kv;
+    const eng_config *c = &kv->m->cfg;
+    if (n_seq > 1 && seqs[0].session->owns_kv)
         return eng_fail(err, PP_STATUS_INVALID_ARG,
-                        "forward: %d tokens at position %d overflow the context of %d", n_tokens,
-                        s->pos, s->n_ctx);
-    for (int t = 0; t < n_tokens; t++)
-        if (ids[t] < 0 || ids[t] >= c->n_vocab)
-            return eng_fail(err, PP_STATUS_INVALID_ARG, "token id %d at index %d is outside [0, %d)",
-                            ids[t], t, c->n_vocab);
+                        "forward: a session with a private KV cache cannot share a batch "
+                        "(create the sessions with eng_session_create_in)");
+    int need = 0;
+    for (int i = 0; i < n_seq; i++) {
+        const eng_session *s = seqs[i].session;
+        if (!s || s->kv != kv)
+            return eng_fail(err, PP_STATUS_INVALID_ARG, "forward: sequence %d is not in the batch's KV cache", i);
+        for (int j = 0; j < i; j++)
+            if (seqs[j].session == s)
+                return eng_fail(err, PP_STATUS_INVALID_ARG, "forward: session appears twice in the batch (%d, %d)",
+                                j, i);
+        int n = seqs[i].n_tokens;
+        if (n <= 0 || !seqs[i].ids)
+            return eng_fail(err, PP_STATUS_INVALID_ARG, "forward: no tokens given%s",
+                            n_seq > 1 ? " for a sequence of the batch" : "");
+        if (n > s->n_ctx - s->pos)
+            return eng_fail(err, PP_STATUS_INVALID_ARG,
+                            "forward: %d tokens at position %d overflow the context of %d", n, s->pos,
+                            s->n_ctx);
+        for (int t = 0; t < n; t++)
+            if (seqs[i].ids[t] < 0 || seqs[i].ids[t] >= c->n_vocab)
+                return eng_fail(err, PP_STATUS_INVALID_ARG, "token id %d at index %d is outside [0, %d)",
+                                seqs[i].ids[t], t, c->n_vocab);
+        int want = ceil_div_int(s->pos + n, kv->block_size);
+        need += want > s->n_blocks ? want - s->n_blocks : 0;
+    }
+    if (need > kv->n_free)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY,
+                        "forward: the KV cache has %d free blocks of %d positions, the batch needs %d",
+                        kv->n_free, kv->block_size, need);
+    *blocks_needed = need;
+    return PP_STATUS_OK;
+}
 
-    int n_out = all_logits ? n_tokens : 1;
-    size_t n_h = (size_t)n_tokens * (size_t)c->d_model;
-    size_t n_logits = (size_t)n_out * (size_t)c->n_vocab;
-    size_t n_fam = m->family->scratch_floats(c, n_tokens, s->pos + n_tokens);
-    float *base = NULL;
-    pp_status st = eng_session_scratch(s, n_h + n_logits + n_fam, &base, err);
+/* The forward pass proper. With all_logits (one sequence only) every row's logits go to
+ * seqs[0].logits, else each sequence's last row to its own logits. */
+static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_logits, eng_err *err)
+{
+    int need = 0;
+    pp_status st = batch_check(seqs, n_seq, &need, err);
     if (st != PP_STATUS_OK)
         return st;
-    float *h = base;           /* [n_tokens][d_model] */
-    float *lg = h + n_h;       /* [n_out][n_vocab] */
+    eng_kv_cache *kv = seqs[0].session->kv;
+    eng_model *m = kv->m;
+    const eng_config *c = &m->cfg;
+    eng_backend *be = m->be;
+    int bs = kv->block_size;
+
+    /* blocks first (they stay with their session even if the pass fails) */
+    int n_tokens = 0, max_seq_tokens = 0, max_ctx = 0, max_blocks = 1;
+    for (int i = 0; i < n_seq; i++) {
+        eng_session *s = seqs[i].session;
+        int ctx = s->pos + seqs[i].n_tokens;
+        while (s->n_blocks < ceil_div_int(ctx, bs))
+            s->blocks[s->n_blocks++] = kv->free_ids[--kv->n_free];
+        n_tokens += seqs[i].n_tokens;
+        max_seq_tokens = seqs[i].n_tokens > max_seq_tokens ? seqs[i].n_tokens : max_seq_tokens;
+        max_ctx = ctx > max_ctx ? ctx : max_ctx;
+        max_blocks = s->n_blocks > max_blocks ? s->n_blocks : max_blocks;
+    }
+    (void)need;
+
+    /* the int32 tables, staged on the host and uploaded at the start of the scratch:
+     * seq_start [n_seq + 1], seq_pos0 [n_seq], pos [T], slot [T], ids [T], block_table
+     * [n_seq][max_blocks] */
+    size_t n_meta = (size_t)(2 * n_seq + 1) + 3 * (size_t)n_tokens + (size_t)n_seq * (size_t)max_blocks;
+    if (kv->meta_cap < n_meta) {
+        int32_t *p = realloc(kv->meta, n_meta * sizeof *p);
+        if (!p)
+            return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "forward: out of memory");
+        kv->meta = p;
+        kv->meta_cap = n_meta;
+    }
+    int32_t *seq_start = kv->meta, *seq_pos0 = seq_start + n_seq + 1, *pos = seq_pos0 + n_seq;
+    int32_t *slot = pos + n_tokens, *ids = slot + n_tokens, *table = ids + n_tokens;
+    seq_start[0] = 0;
+    for (int i = 0; i < n_seq; i++) {
+        const eng_session *s = seqs[i].session;
+        seq_start[i + 1] = seq_start[i] + seqs[i].n_tokens;
+        seq_pos0[i] = s->pos;
+        for (int t = 0; t < seqs[i].n_tokens; t++) {
+            int row = seq_start[i] + t, p = s->pos + t;
+            pos[row] = p;
+            slot[row] = s->blocks[p / bs] * bs + p % bs;
+            ids[row] = seqs[i].ids[t];
+        }
+        for (int b = 0; b < max_blocks; b++)
+            table[(size_t)i * (size_t)max_blocks + (size_t)b] = b < s->n_blocks ? s->blocks[b] : 0;
+    }
+
+    int n_out = all_logits ? n_tokens : n_seq;
+    size_t meta_floats = (n_meta + 63) & ~(size_t)63; /* keeps the float arrays 256-byte aligned */
+    size_t n_h = (size_t)n_tokens * (size_t)c->d_model;
+    size_t n_g = all_logits || n_seq == 1 ? 0 : (size_t)n_seq * (size_t)c->d_model;
+    size_t n_logits = (size_t)n_out * (size_t)c->n_vocab;
+    size_t n_fam = m->family->scratch_floats(c, n_tokens);
+    float *base = NULL;
+    if ((st = kv_scratch(kv, meta_floats + n_h + n_g + n_logits + n_fam, &base, err)) != PP_STATUS_OK)
+        return st;
+    int32_t *dmeta = (int32_t *)base;
+    float *h = base + meta_floats; /* [n_tokens][d_model] */
+    float *g = h + n_h;            /* [n_seq][d_model] last rows gathered (batches) */
+    float *lg = g + n_g;           /* [n_out][n_vocab] */
+    ENG_TRY(be->ops->upload(be, dmeta, kv->meta, n_meta * sizeof(int32_t)));
+    eng_fwd f = {
+        .batch = {
+            .n_seq = n_seq, .n_tokens = n_tokens, .max_seq_tokens = max_seq_tokens, .max_ctx = max_ctx,
+            .block_size = bs, .max_blocks = max_blocks,
+            .seq_start = dmeta, .seq_pos0 = dmeta + (seq_pos0 - seq_start),
+            .block_table = dmeta + (table - seq_start),
+        },
+        .pos = dmeta + (pos - seq_start),
+        .slot = dmeta + (slot - seq_start),
+        .k_cache = kv->k_cache,
+        .v_cache = kv->v_cache,
+    };
 
     ENG_TRY(be->ops->embedding(be, &m->embed, ids, n_tokens, h));
-    if ((st = m->family->forward(s, h, n_tokens, lg + n_logits, err)) != PP_STATUS_OK)
+    if ((st = m->family->forward(m, &f, h, n_tokens, lg + n_logits, err)) != PP_STATUS_OK)
         return st;
-    float *hf = h + (size_t)(n_tokens - n_out) * (size_t)c->d_model; /* rows that get logits */
+    /* the rows that get logits: all, the last one, or each sequence's last gathered */
+    float *hf = h;
+    if (!all_logits && n_seq == 1) {
+        hf = h + (size_t)(n_tokens - 1) * (size_t)c->d_model;
+    } else if (!all_logits) {
+        for (int i = 0; i < n_seq; i++)
+            ENG_TRY(be->ops->copy(be, g + (size_t)i * (size_t)c->d_model,
+                                  h + (size_t)(seq_start[i + 1] - 1) * (size_t)c->d_model, (size_t)c->d_model));
+        hf = g;
+    }
     ENG_TRY(be->ops->rmsnorm(be, hf, c->d_model, &m->final_norm, c->norm_eps, hf, c->d_model, n_out));
     ENG_TRY(be->ops->matmul(be, hf, c->d_model, &m->lm_head, lg, c->n_vocab, n_out));
-    if (logits)
-        ENG_TRY(be->ops->download(be, logits, lg, n_logits * sizeof(float)));
-    s->pos += n_tokens;
+    if (all_logits) {
+        if (seqs[0].logits)
+            ENG_TRY(be->ops->download(be, seqs[0].logits, lg, n_logits * sizeof(float)));
+    } else {
+        for (int i = 0; i < n_seq; i++)
+            if (seqs[i].logits)
+                ENG_TRY(be->ops->download(be, seqs[i].logits, lg + (size_t)i * (size_t)c->n_vocab,
+                                          (size_t)c->n_vocab * sizeof(float)));
+    }
+    for (int i = 0; i < n_seq; i++)
+        seqs[i].session->pos += seqs[i].n_tokens;
     return PP_STATUS_OK;
+}
+
+static pp_status forward_with_detail(const eng_batch_seq *seqs, int n_seq, bool all_logits, eng_err *err)
+{
+    pp_status st = batch_forward(seqs, n_seq, all_logits, err);
+    if (st != PP_STATUS_OK && st != PP_STATUS_INVALID_ARG && st != PP_STATUS_OUT_OF_MEMORY)
+        return backend_fail(seqs[0].session->m->be, st, err);
+    return st;
 }
 
 pp_status eng_session_forward(eng_session *s, const int32_t *ids, int n_tokens, float *logits,
                               bool all_logits, eng_err *err)
 {
-    pp_status st = session_forward(s, ids, n_tokens, logits, all_logits, err);
-    if (st != PP_STATUS_OK && st != PP_STATUS_INVALID_ARG)
-        return backend_fail(s->m->be, st, err);
-    return st;
+    if (!s)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "forward: no session given");
+    eng_batch_seq one = {.session = s, .ids = ids, .n_tokens = n_tokens, .logits = logits};
+    return forward_with_detail(&one, 1, all_logits, err);
+}
+
+pp_status eng_forward_batch(const eng_batch_seq *seqs, int n_seq, eng_err *err)
+{
+    return forward_with_detail(seqs, n_seq, false, err);
 }

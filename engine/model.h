@@ -3,7 +3,9 @@
  * An eng_model holds the config, the memory-mapped weights and the backend; it is read-only
  * after load and may be shared by sessions on one thread at a time (the backend's scratch is not
  * shared-safe); eng_model_fork gives another thread its own backend over the same weights.
- * An eng_session holds one sequence's KV cache and position.
+ * An eng_session is one sequence: its position and the blocks of a paged KV cache
+ * (eng_kv_cache) that hold its keys and values. Sessions that share a cache can run in one
+ * batched forward pass (eng_forward_batch).
  */
 #ifndef ENG_MODEL_H
 #define ENG_MODEL_H
@@ -17,6 +19,10 @@
 
 typedef struct eng_model eng_model;
 typedef struct eng_session eng_session;
+typedef struct eng_kv_cache eng_kv_cache;
+
+/* Positions per KV-cache block unless the caller picks another size. */
+#define ENG_KV_BLOCK_SIZE 16
 
 typedef enum eng_mla_mode {
     ENG_MLA_NAIVE = 0, /* HF's form: per-head K (d_nope + d_rope) and V (d_v) cached */
@@ -75,25 +81,59 @@ const char *eng_model_dtype_name(const eng_model *model);
 size_t eng_model_weight_bytes(const eng_model *model);
 
 /* Memory a session of this config needs on the CPU backend (f32): its KV cache for n_ctx
- * positions, and the scratch of one forward of n_batch tokens with every row's logits (the
- * largest scratch eng_session_forward allocates for that many tokens). No model needs to be
- * loaded; INVALID_ARG for non-positive sizes. */
+ * positions (whole blocks of ENG_KV_BLOCK_SIZE), and the scratch of one forward of n_batch
+ * tokens with every row's logits (the largest scratch eng_session_forward allocates for that
+ * many tokens). No model needs to be loaded; INVALID_ARG for non-positive sizes. */
 pp_status eng_session_bytes(const eng_config *c, eng_mla_mode mla, int n_ctx, int n_batch,
                             uint64_t *kv_bytes, uint64_t *scratch_bytes);
 
-/* A sequence with room for n_ctx positions. */
+/* A KV cache of n_blocks blocks of block_size positions (<= 0: ENG_KV_BLOCK_SIZE) for sessions
+ * of model; memory for all of it is allocated now, in the model's backend. The cache, and the
+ * sessions in it, are used by one thread at a time. OUT_OF_MEMORY when it does not fit,
+ * INVALID_ARG for n_blocks < 1. */
+pp_status eng_kv_cache_create(eng_model *model, int n_blocks, int block_size, eng_kv_cache **out,
+                              eng_err *err);
+/* NULL-safe. Every session in the cache must be freed first (the call does nothing, and says so
+ * on stderr, otherwise). */
+void eng_kv_cache_free(eng_kv_cache *kv);
+int eng_kv_cache_free_blocks(const eng_kv_cache *kv);
+int eng_kv_cache_n_blocks(const eng_kv_cache *kv);
+int eng_kv_cache_block_size(const eng_kv_cache *kv);
+
+/* A sequence with room for n_ctx positions in a private KV cache of its own (ceil(n_ctx /
+ * ENG_KV_BLOCK_SIZE) blocks, allocated now). */
 pp_status eng_session_create(eng_model *model, int n_ctx, eng_session **out, eng_err *err);
-void eng_session_free(eng_session *session); /* NULL-safe */
-void eng_session_reset(eng_session *session);  /* back to position 0 */
+/* A sequence of at most n_ctx positions in the shared cache kv: it takes blocks as it grows
+ * (a forward that needs more blocks than are free fails with OUT_OF_MEMORY and changes
+ * nothing) and gives them back on reset and free. */
+pp_status eng_session_create_in(eng_kv_cache *kv, int n_ctx, eng_session **out, eng_err *err);
+void eng_session_free(eng_session *session); /* NULL-safe; returns its blocks */
+void eng_session_reset(eng_session *session);  /* back to position 0, blocks returned */
 int eng_session_pos(const eng_session *session);
 int eng_session_n_ctx(const eng_session *session);
 
 /* Runs ids[0 .. n_tokens) at positions pos .. pos + n_tokens - 1, appending to the KV cache.
  * logits (host, may be NULL): [n_tokens][n_vocab] when all_logits, else [n_vocab] for the last
  * token. INVALID_ARG (and nothing changes) when an id is outside [0, n_vocab) or the context
- * would overflow n_ctx. A backend failure returns its status (DEVICE for a CUDA error, with the
- * backend's own message appended to err) and leaves the position unchanged. */
+ * would overflow n_ctx; OUT_OF_MEMORY (nothing changes) when a shared cache has too few free
+ * blocks. A backend failure returns its status (DEVICE for a CUDA error, with the backend's own
+ * message appended to err) and leaves the position unchanged. */
 pp_status eng_session_forward(eng_session *session, const int32_t *ids, int n_tokens, float *logits,
                               bool all_logits, eng_err *err);
+
+/* One sequence's part of a batched forward. */
+typedef struct eng_batch_seq {
+    eng_session *session;
+    const int32_t *ids;  /* [n_tokens], n_tokens >= 1 */
+    int n_tokens;
+    float *logits;       /* host [n_vocab]: the last token's logits, or NULL */
+} eng_batch_seq;
+
+/* One forward pass over several sequences at once (continuous batching): every sequence's
+ * tokens go through each matmul together, attention reads each sequence's own keys. The
+ * sessions must be distinct and share one KV cache (so one model); a session with a private
+ * cache can only run alone. Each sequence's result is the one eng_session_forward gives it.
+ * Errors as eng_session_forward; on any error no session's position changes. */
+pp_status eng_forward_batch(const eng_batch_seq *seqs, int n_seq, eng_err *err);
 
 #endif /* ENG_MODEL_H */

@@ -85,9 +85,8 @@ static void ds_kv_widths(const eng_config *c, eng_mla_mode mla, int64_t *k_width
     }
 }
 
-static size_t ds_scratch(const eng_config *c, int n_tokens, int n_ctx)
+static size_t ds_scratch(const eng_config *c, int n_tokens)
 {
-    (void)n_ctx;
     size_t T = (size_t)n_tokens, H = (size_t)c->n_head;
     size_t d_qk = (size_t)(c->d_nope + c->d_rope);
     return T * (size_t)c->d_model * 3                    /* x, o, ffn out */
@@ -99,9 +98,9 @@ static size_t ds_scratch(const eng_config *c, int n_tokens, int n_ctx)
            + eng_ffn_scratch_floats(c, n_tokens);
 }
 
-static pp_status ds_forward(eng_session *s, float *h, int n_tokens, float *scratch, eng_err *err)
+static pp_status ds_forward(eng_model *m, const eng_fwd *f, float *h, int n_tokens, float *scratch,
+                            eng_err *err)
 {
-    eng_model *m = s->m;
     const eng_config *c = &m->cfg;
     eng_backend *be = m->be;
     size_t T = (size_t)n_tokens;
@@ -117,7 +116,6 @@ static pp_status ds_forward(eng_session *s, float *h, int n_tokens, float *scrat
     float *att = kv + T * (size_t)kvb_w;           /* [T][H][d_v] */
     float *ffn = att + T * (size_t)(H * d_v);      /* MoE / MLP scratch */
     const ds_layer *layers = m->layers;
-    int pos0 = s->pos;
     bool absorbed = m->opts.mla == ENG_MLA_ABSORBED;
 
     for (int l = 0; l < c->n_layer; l++) {
@@ -133,46 +131,39 @@ static pp_status ds_forward(eng_session *s, float *h, int n_tokens, float *scrat
         }
         ENG_TRY(be->ops->matmul(be, x, D, &L->kv_a_proj, ckv, kva_w, n_tokens));
         ENG_TRY(be->ops->rmsnorm(be, ckv, kva_w, &L->kv_a_norm, LORA_NORM_EPS, ckv, kva_w, n_tokens));
-        ENG_TRY(be->ops->rope(be, q, n_tokens, (int)H, H * d_qk, d_qk, (int)d_nope, pos0, &m->rope));
-        ENG_TRY(be->ops->rope(be, ckv + r, n_tokens, 1, kva_w, 0, 0, pos0, &m->rope));
+        ENG_TRY(be->ops->rope(be, q, n_tokens, (int)H, H * d_qk, d_qk, (int)d_nope, f->pos, &m->rope));
+        ENG_TRY(be->ops->rope(be, ckv + r, n_tokens, 1, kva_w, 0, 0, f->pos, &m->rope));
 
         if (absorbed) {
-            for (int t = 0; t < n_tokens; t++) {
-                const float *row = ckv + (size_t)t * (size_t)kva_w;
-                ENG_TRY(be->ops->copy(be, s->k_cache[l] + (size_t)(pos0 + t) * (size_t)r, row, (size_t)r));
-                ENG_TRY(be->ops->copy(be, s->v_cache[l] + (size_t)(pos0 + t) * (size_t)d_rope, row + r,
-                                      (size_t)d_rope));
-            }
+            /* the latent cache: c_kv rows in k_cache, k_pe rows in v_cache */
+            ENG_TRY(be->ops->kv_write(be, f->k_cache[l], r, 0, ckv, kva_w, 0, 1, r, f->slot, n_tokens));
+            ENG_TRY(be->ops->kv_write(be, f->v_cache[l], d_rope, 0, ckv + r, kva_w, 0, 1, d_rope, f->slot,
+                                      n_tokens));
             eng_mla_args ma = {
-                .n_tokens = n_tokens, .n_head = (int)H,
+                .batch = f->batch, .n_head = (int)H,
                 .d_nope = (int)d_nope, .d_rope = (int)d_rope, .d_v = (int)d_v, .kv_lora_rank = (int)r,
-                .pos0 = pos0, .scale = m->attn_scale,
+                .scale = m->attn_scale,
                 .q = q, .q_stride = H * d_qk,
-                .ckv = s->k_cache[l], .kpe = s->v_cache[l],
+                .ckv = f->k_cache[l], .kpe = f->v_cache[l],
                 .kv_b = &L->kv_b_proj,
                 .out = att,
             };
             ENG_TRY(be->ops->mla_absorbed(be, &ma));
         } else {
+            /* HF's cache: per head K = k_nope_h | k_pe (k_pe shared by the heads), V = v_h */
             ENG_TRY(be->ops->matmul(be, ckv, kva_w, &L->kv_b_proj, kv, kvb_w, n_tokens));
-            for (int t = 0; t < n_tokens; t++) {
-                float *krow = s->k_cache[l] + (size_t)(pos0 + t) * (size_t)(H * d_qk);
-                float *vrow = s->v_cache[l] + (size_t)(pos0 + t) * (size_t)(H * d_v);
-                const float *kvt = kv + (size_t)t * (size_t)kvb_w;
-                const float *kpe = ckv + (size_t)t * (size_t)kva_w + r;
-                for (int64_t hh = 0; hh < H; hh++) {
-                    const float *src = kvt + hh * (d_nope + d_v);
-                    ENG_TRY(be->ops->copy(be, krow + hh * d_qk, src, (size_t)d_nope));
-                    ENG_TRY(be->ops->copy(be, krow + hh * d_qk + d_nope, kpe, (size_t)d_rope));
-                    ENG_TRY(be->ops->copy(be, vrow + hh * d_v, src + d_nope, (size_t)d_v));
-                }
-            }
+            ENG_TRY(be->ops->kv_write(be, f->k_cache[l], H * d_qk, d_qk, kv, kvb_w, d_nope + d_v, (int)H,
+                                      d_nope, f->slot, n_tokens));
+            ENG_TRY(be->ops->kv_write(be, f->k_cache[l] + d_nope, H * d_qk, d_qk, ckv + r, kva_w, 0, (int)H,
+                                      d_rope, f->slot, n_tokens));
+            ENG_TRY(be->ops->kv_write(be, f->v_cache[l], H * d_v, d_v, kv + d_nope, kvb_w, d_nope + d_v,
+                                      (int)H, d_v, f->slot, n_tokens));
             eng_attn_args aa = {
-                .n_tokens = n_tokens, .n_head = (int)H, .n_head_kv = (int)H,
-                .d_qk = (int)d_qk, .d_v = (int)d_v, .pos0 = pos0, .scale = m->attn_scale,
+                .batch = f->batch, .n_head = (int)H, .n_head_kv = (int)H,
+                .d_qk = (int)d_qk, .d_v = (int)d_v, .scale = m->attn_scale,
                 .q = q, .q_stride = H * d_qk,
-                .k = s->k_cache[l], .k_stride = H * d_qk,
-                .v = s->v_cache[l], .v_stride = H * d_v,
+                .k = f->k_cache[l], .k_stride = H * d_qk,
+                .v = f->v_cache[l], .v_stride = H * d_v,
                 .out = att, .out_stride = H * d_v,
             };
             ENG_TRY(be->ops->attention(be, &aa));

@@ -13,6 +13,16 @@
 #include "safetensors.h"
 #include "weights.h"
 
+/* What the families get for one forward pass over a batch of sequences: where each token sits
+ * and where its keys and values go. Arrays in backend memory. */
+typedef struct eng_fwd {
+    eng_kv_batch batch;    /* the sequences and their block tables (attention, MLA) */
+    const int32_t *pos;    /* [n_tokens] each token's position (RoPE) */
+    const int32_t *slot;   /* [n_tokens] each token's cache row (kv_write) */
+    float *const *k_cache; /* [n_layer] -> rows of k_width floats */
+    float *const *v_cache; /* [n_layer] -> rows of v_width floats */
+} eng_fwd;
+
 typedef struct eng_family {
     const char *name;
     /* Binds layer weights into model->layers (allocated by the family). */
@@ -21,11 +31,12 @@ typedef struct eng_family {
     /* Floats per token per layer in the K and V caches. */
     void (*kv_widths)(const eng_config *c, eng_mla_mode mla, int64_t *k_width, int64_t *v_width);
     /* Scratch floats one forward of n_tokens needs (beyond the hidden state and logits). */
-    size_t (*scratch_floats)(const eng_config *c, int n_tokens, int n_ctx);
-    /* h: [n_tokens][d_model] residual stream, updated in place through every layer; scratch:
-     * scratch_floats(m, n_tokens, pos + n_tokens) floats of backend memory. Writes the KV cache
-     * at positions s->pos .. s->pos + n_tokens - 1; model.c advances s->pos afterwards. */
-    pp_status (*forward)(eng_session *s, float *h, int n_tokens, float *scratch, eng_err *err);
+    size_t (*scratch_floats)(const eng_config *c, int n_tokens);
+    /* h: [n_tokens][d_model] residual stream (the batch's tokens), updated in place through every
+     * layer; scratch: scratch_floats(c, n_tokens) floats of backend memory. Writes every token's
+     * keys and values to its cache slot. */
+    pp_status (*forward)(eng_model *m, const eng_fwd *f, float *h, int n_tokens, float *scratch,
+                         eng_err *err);
 } eng_family;
 
 extern const eng_family eng_family_deepseek;
@@ -55,19 +66,32 @@ struct eng_model {
     size_t n_quant, cap_quant, quant_bytes;
 };
 
-struct eng_session {
+/* A paged KV cache: per layer, K and V rows for n_blocks * block_size positions in backend
+ * memory, handed to sessions a block at a time. Used by one thread at a time. */
+struct eng_kv_cache {
     eng_model *m;
-    int n_ctx;
-    int pos;
+    int n_blocks, block_size;
     int64_t k_width, v_width;
-    float **k_cache;  /* [n_layer] -> [n_ctx][k_width] f32, backend memory */
-    float **v_cache;  /* [n_layer] -> [n_ctx][v_width] f32, backend memory */
-    float *scratch;   /* backend memory, scratch_floats */
+    float **k_cache;  /* [n_layer] -> [n_blocks * block_size][k_width] f32, backend memory */
+    float **v_cache;  /* [n_layer] -> [n_blocks * block_size][v_width] f32, backend memory */
+    int32_t *free_ids; /* stack of free block ids: [n_free] */
+    int n_free;
+    int n_sessions;   /* sessions created in it and not yet freed */
+    float *scratch;   /* backend memory, one forward's tables and activations */
     size_t scratch_floats;
+    int32_t *meta;    /* host staging of a forward's int32 tables */
+    size_t meta_cap;
 };
 
-/* Grows the session scratch to at least n floats (backend memory). */
-pp_status eng_session_scratch(eng_session *s, size_t n, float **out, eng_err *err);
+struct eng_session {
+    eng_model *m;
+    eng_kv_cache *kv;
+    bool owns_kv;     /* a private cache made by eng_session_create */
+    int n_ctx;
+    int pos;
+    int32_t *blocks;  /* [max_blocks] the blocks holding positions 0 .. n_blocks * block_size */
+    int n_blocks, max_blocks;
+};
 
 /* A SwiGLU MLP: out = down(silu(gate(x)) * up(x)). g, u: [n_tokens][gate->n_out] scratch. */
 typedef struct eng_mlp {

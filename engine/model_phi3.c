@@ -54,17 +54,16 @@ static void phi3_kv_widths(const eng_config *c, eng_mla_mode mla, int64_t *k_wid
     *v_width = *k_width;
 }
 
-static size_t phi3_scratch(const eng_config *c, int n_tokens, int n_ctx)
+static size_t phi3_scratch(const eng_config *c, int n_tokens)
 {
-    (void)n_ctx;
     size_t T = (size_t)n_tokens;
     size_t q_w = (size_t)c->n_head * (size_t)c->d_head, kv_w = (size_t)c->n_head_kv * (size_t)c->d_head;
     return T * (size_t)c->d_model * 2 + T * (q_w + 2 * kv_w) + T * q_w + T * (size_t)c->d_ff * 3;
 }
 
-static pp_status phi3_forward(eng_session *s, float *h, int n_tokens, float *scratch, eng_err *err)
+static pp_status phi3_forward(eng_model *m, const eng_fwd *f, float *h, int n_tokens, float *scratch,
+                              eng_err *err)
 {
-    eng_model *m = s->m;
     const eng_config *c = &m->cfg;
     eng_backend *be = m->be;
     size_t T = (size_t)n_tokens;
@@ -78,26 +77,22 @@ static pp_status phi3_forward(eng_session *s, float *h, int n_tokens, float *scr
     float *gu = att + T * (size_t)q_w;    /* [T][gate | up] */
     float *act = gu + T * 2 * (size_t)F;  /* [T][d_ff] */
     const phi3_layer *layers = m->layers;
-    int pos0 = s->pos;
 
     for (int l = 0; l < c->n_layer; l++) {
         const phi3_layer *L = &layers[l];
         ENG_TRY(be->ops->rmsnorm(be, h, D, &L->input_norm, c->norm_eps, x, D, n_tokens));
         ENG_TRY(be->ops->matmul(be, x, D, &L->qkv_proj, qkv, qkv_w, n_tokens));
         float *q = qkv, *k = qkv + q_w, *v = qkv + q_w + kv_w;
-        ENG_TRY(be->ops->rope(be, q, n_tokens, c->n_head, qkv_w, dh, 0, pos0, &m->rope));
-        ENG_TRY(be->ops->rope(be, k, n_tokens, c->n_head_kv, qkv_w, dh, 0, pos0, &m->rope));
-        for (int t = 0; t < n_tokens; t++) {
-            size_t row = (size_t)(pos0 + t) * (size_t)kv_w;
-            ENG_TRY(be->ops->copy(be, s->k_cache[l] + row, k + (size_t)t * (size_t)qkv_w, (size_t)kv_w));
-            ENG_TRY(be->ops->copy(be, s->v_cache[l] + row, v + (size_t)t * (size_t)qkv_w, (size_t)kv_w));
-        }
+        ENG_TRY(be->ops->rope(be, q, n_tokens, c->n_head, qkv_w, dh, 0, f->pos, &m->rope));
+        ENG_TRY(be->ops->rope(be, k, n_tokens, c->n_head_kv, qkv_w, dh, 0, f->pos, &m->rope));
+        ENG_TRY(be->ops->kv_write(be, f->k_cache[l], kv_w, 0, k, qkv_w, 0, 1, kv_w, f->slot, n_tokens));
+        ENG_TRY(be->ops->kv_write(be, f->v_cache[l], kv_w, 0, v, qkv_w, 0, 1, kv_w, f->slot, n_tokens));
         eng_attn_args aa = {
-            .n_tokens = n_tokens, .n_head = c->n_head, .n_head_kv = c->n_head_kv,
-            .d_qk = (int)dh, .d_v = (int)dh, .pos0 = pos0, .scale = m->attn_scale,
+            .batch = f->batch, .n_head = c->n_head, .n_head_kv = c->n_head_kv,
+            .d_qk = (int)dh, .d_v = (int)dh, .scale = m->attn_scale,
             .q = q, .q_stride = qkv_w,
-            .k = s->k_cache[l], .k_stride = kv_w,
-            .v = s->v_cache[l], .v_stride = kv_w,
+            .k = f->k_cache[l], .k_stride = kv_w,
+            .v = f->v_cache[l], .v_stride = kv_w,
             .out = att, .out_stride = q_w,
         };
         ENG_TRY(be->ops->attention(be, &aa));

@@ -66,17 +66,16 @@ static void qwen_kv_widths(const eng_config *c, eng_mla_mode mla, int64_t *k_wid
     *v_width = *k_width;
 }
 
-static size_t qwen_scratch(const eng_config *c, int n_tokens, int n_ctx)
+static size_t qwen_scratch(const eng_config *c, int n_tokens)
 {
-    (void)n_ctx;
     size_t T = (size_t)n_tokens;
     size_t q_w = (size_t)c->n_head * (size_t)c->d_head, kv_w = (size_t)c->n_head_kv * (size_t)c->d_head;
     return T * (size_t)c->d_model * 2 + T * q_w * 2 + T * kv_w * 2 + eng_ffn_scratch_floats(c, n_tokens);
 }
 
-static pp_status qwen_forward(eng_session *s, float *h, int n_tokens, float *scratch, eng_err *err)
+static pp_status qwen_forward(eng_model *m, const eng_fwd *f, float *h, int n_tokens, float *scratch,
+                              eng_err *err)
 {
-    eng_model *m = s->m;
     const eng_config *c = &m->cfg;
     eng_backend *be = m->be;
     size_t T = (size_t)n_tokens;
@@ -90,7 +89,6 @@ static pp_status qwen_forward(eng_session *s, float *h, int n_tokens, float *scr
     float *v = k + T * (size_t)kv_w;       /* [T][n_head_kv][d_head] */
     float *ffn = v + T * (size_t)kv_w;     /* MoE or dense MLP scratch */
     const qwen_layer *layers = m->layers;
-    int pos0 = s->pos;
 
     for (int l = 0; l < c->n_layer; l++) {
         const qwen_layer *L = &layers[l];
@@ -100,16 +98,16 @@ static pp_status qwen_forward(eng_session *s, float *h, int n_tokens, float *scr
         ENG_TRY(be->ops->matmul(be, x, D, &L->v_proj, v, kv_w, n_tokens));
         ENG_TRY(be->ops->rmsnorm(be, q, dh, &L->q_norm, c->norm_eps, q, dh, n_tokens * c->n_head));
         ENG_TRY(be->ops->rmsnorm(be, k, dh, &L->k_norm, c->norm_eps, k, dh, n_tokens * c->n_head_kv));
-        ENG_TRY(be->ops->rope(be, q, n_tokens, c->n_head, q_w, dh, 0, pos0, &m->rope));
-        ENG_TRY(be->ops->rope(be, k, n_tokens, c->n_head_kv, kv_w, dh, 0, pos0, &m->rope));
-        ENG_TRY(be->ops->copy(be, s->k_cache[l] + (size_t)pos0 * (size_t)kv_w, k, T * (size_t)kv_w));
-        ENG_TRY(be->ops->copy(be, s->v_cache[l] + (size_t)pos0 * (size_t)kv_w, v, T * (size_t)kv_w));
+        ENG_TRY(be->ops->rope(be, q, n_tokens, c->n_head, q_w, dh, 0, f->pos, &m->rope));
+        ENG_TRY(be->ops->rope(be, k, n_tokens, c->n_head_kv, kv_w, dh, 0, f->pos, &m->rope));
+        ENG_TRY(be->ops->kv_write(be, f->k_cache[l], kv_w, 0, k, kv_w, 0, 1, kv_w, f->slot, n_tokens));
+        ENG_TRY(be->ops->kv_write(be, f->v_cache[l], kv_w, 0, v, kv_w, 0, 1, kv_w, f->slot, n_tokens));
         eng_attn_args aa = {
-            .n_tokens = n_tokens, .n_head = c->n_head, .n_head_kv = c->n_head_kv,
-            .d_qk = (int)dh, .d_v = (int)dh, .pos0 = pos0, .scale = m->attn_scale,
+            .batch = f->batch, .n_head = c->n_head, .n_head_kv = c->n_head_kv,
+            .d_qk = (int)dh, .d_v = (int)dh, .scale = m->attn_scale,
             .q = q, .q_stride = q_w,
-            .k = s->k_cache[l], .k_stride = kv_w,
-            .v = s->v_cache[l], .v_stride = kv_w,
+            .k = f->k_cache[l], .k_stride = kv_w,
+            .v = f->v_cache[l], .v_stride = kv_w,
             .out = att, .out_stride = q_w,
         };
         ENG_TRY(be->ops->attention(be, &aa));

@@ -1,11 +1,12 @@
-// elementwise.cu: embedding lookup, RMSNorm, residual add, RoPE and SwiGLU, the memory-bound ops
-// of a transformer layer, and the bf16 rounding of the bf16 compute mode.
+// elementwise.cu: embedding lookup, RMSNorm, residual add, RoPE, the KV-cache write and SwiGLU,
+// the memory-bound ops of a transformer layer, and the bf16 rounding of the bf16 compute mode.
 //
 // Invariant: every kernel computes engine/backend_cpu.c's formula in the same f32 operation
 // order (RMSNorm's sum of squares in double, RoPE's cos/sin in double rounded to f32, as the
 // CPU); results differ from it only by RMSNorm's summation order and by CUDA's expf / double
-// sincos being within 2 ulp rather than glibc's. Ops documented as in place (rmsnorm, add,
-// swiglu, rope) read each element before any thread writes it.
+// sincos being within 2 ulp rather than glibc's. The KV-cache write is a bit-exact copy. Ops
+// documented as in place (rmsnorm, add, swiglu, rope) read each element before any thread
+// writes it.
 #include <cuda_runtime.h>
 #include <math.h>
 
@@ -130,10 +131,11 @@ extern "C" int kern_add(const float *a, const float *b, float *out, size_t n, ke
 // One warp per (token, head) slice, 8 slices per block. Lane l owns pairs j = l + 32 i: it reads
 // every pair of the slice into registers, the warp synchronises, then it writes (j, j + half);
 // the interleaved layout reads (2j, 2j+1), which other lanes write, hence the two phases.
+// Token t sits at position pos_of[t] (kern_rope's pos).
 static __global__ void __launch_bounds__(EW_THREADS)
 rope_kernel(float *x, int n_tokens, int n_head, int64_t token_stride, int64_t head_stride,
-            int rope_offset, int pos0, int d_rope, bool interleaved, float cos_sin_scale,
-            const float *__restrict__ inv_freq)
+            int rope_offset, const int32_t *__restrict__ pos_of, int d_rope, bool interleaved,
+            float cos_sin_scale, const float *__restrict__ inv_freq)
 {
     int64_t slice = (int64_t)blockIdx.x * (EW_THREADS / 32) + threadIdx.x / 32;
     if (slice >= (int64_t)n_tokens * n_head)
@@ -141,7 +143,7 @@ rope_kernel(float *x, int n_tokens, int n_head, int64_t token_stride, int64_t he
     int t = (int)(slice / n_head), h = (int)(slice % n_head);
     int lane = threadIdx.x % 32, half = d_rope / 2;
     float *v = x + (int64_t)t * token_stride + (int64_t)h * head_stride + rope_offset;
-    float pos = (float)(pos0 + t);
+    float pos = (float)__ldg(pos_of + t);
     float lo[EW_ROPE_PAIRS_PER_LANE], hi[EW_ROPE_PAIRS_PER_LANE];
 #pragma unroll
     for (int i = 0; i < EW_ROPE_PAIRS_PER_LANE; i++) {
@@ -172,11 +174,11 @@ rope_kernel(float *x, int n_tokens, int n_head, int64_t token_stride, int64_t he
 }
 
 extern "C" int kern_rope(float *x, int n_tokens, int n_head, int64_t token_stride,
-                         int64_t head_stride, int rope_offset, int pos0, int d_rope,
+                         int64_t head_stride, int rope_offset, const int32_t *pos, int d_rope,
                          bool interleaved, float cos_sin_scale, const float *inv_freq,
                          kern_stream stream)
 {
-    if (!x || !inv_freq || n_tokens < 0 || n_head < 0 || rope_offset < 0 || d_rope < 0 ||
+    if (!x || !pos || !inv_freq || n_tokens < 0 || n_head < 0 || rope_offset < 0 || d_rope < 0 ||
         d_rope % 2 != 0 || d_rope > EW_ROPE_MAX)
         return (int)cudaErrorInvalidValue;
     if (n_tokens == 0 || n_head == 0 || d_rope == 0)
@@ -184,8 +186,65 @@ extern "C" int kern_rope(float *x, int n_tokens, int n_head, int64_t token_strid
     int64_t slices = (int64_t)n_tokens * n_head;
     unsigned blocks = (unsigned)((slices + EW_THREADS / 32 - 1) / (EW_THREADS / 32));
     rope_kernel<<<blocks, EW_THREADS, 0, stream>>>(x, n_tokens, n_head, token_stride, head_stride,
-                                                   rope_offset, pos0, d_rope, interleaved,
+                                                   rope_offset, pos, d_rope, interleaved,
                                                    cos_sin_scale, inv_freq);
+    return (int)cudaGetLastError();
+}
+
+// ---- kv write ---------------------------------------------------------------------------------
+
+// Grid-stride over the n_tokens * n_head * width elements of type T (float, or float4 when
+// kern_kv_write found every address and stride 16-byte aligned; strides and width are then in
+// float4s), one element per thread per step; element e is (token, head, column) with the
+// column fastest. Tokens whose slot is negative are skipped.
+template <typename T>
+static __global__ void __launch_bounds__(EW_THREADS)
+kv_write_kernel(T *cache, int64_t cache_row_stride, int64_t cache_head_stride,
+                const T *src, int64_t src_row_stride, int64_t src_head_stride,
+                int n_head, int64_t width, const int32_t *__restrict__ slot, int64_t n)
+{
+    int64_t step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += step) {
+        int64_t r = e / width, i = e - r * width;
+        int t = (int)(r / n_head), h = (int)(r - (int64_t)t * n_head);
+        int32_t row = __ldg(slot + t);
+        if (row < 0)
+            continue;
+        cache[(int64_t)row * cache_row_stride + h * cache_head_stride + i] =
+            src[(int64_t)t * src_row_stride + h * src_head_stride + i];
+    }
+}
+
+// One launch of kv_write_kernel<float4> when cache, src, the four strides and width are all
+// multiples of 4 floats (16-byte aligned), else kv_write_kernel<float>; at most 2^20 blocks,
+// larger copies loop in the kernel.
+extern "C" int kern_kv_write(float *cache, int64_t cache_row_stride, int64_t cache_head_stride,
+                             const float *src, int64_t src_row_stride, int64_t src_head_stride,
+                             int n_head, int64_t width, const int32_t *slot, int n_tokens,
+                             kern_stream stream)
+{
+    if (n_tokens < 0 || n_head < 0 || width < 0)
+        return (int)cudaErrorInvalidValue;
+    if (n_tokens == 0 || n_head == 0 || width == 0)
+        return 0;
+    if (!cache || !src || !slot)
+        return (int)cudaErrorInvalidValue;
+    const bool vec = ((uintptr_t)cache | (uintptr_t)src) % 16 == 0 &&
+                     (cache_row_stride | cache_head_stride | src_row_stride | src_head_stride |
+                      width) % 4 == 0;
+    const int w = vec ? 4 : 1;
+    const int64_t n = (int64_t)n_tokens * n_head * (width / w);
+    int64_t blocks = (n + EW_THREADS - 1) / EW_THREADS;
+    if (blocks > ((int64_t)1 << 20))
+        blocks = (int64_t)1 << 20;
+    if (vec)
+        kv_write_kernel<float4><<<(unsigned)blocks, EW_THREADS, 0, stream>>>(
+            (float4 *)cache, cache_row_stride / 4, cache_head_stride / 4, (const float4 *)src,
+            src_row_stride / 4, src_head_stride / 4, n_head, width / 4, slot, n);
+    else
+        kv_write_kernel<float><<<(unsigned)blocks, EW_THREADS, 0, stream>>>(
+            cache, cache_row_stride, cache_head_stride, src, src_row_stride, src_head_stride,
+            n_head, width, slot, n);
     return (int)cudaGetLastError();
 }
 

@@ -114,12 +114,23 @@ int kern_rmsnorm(const float *x, int64_t x_stride, const kern_vec *w, float eps,
 int kern_add(const float *a, const float *b, float *out, size_t n, kern_stream stream);
 
 /* RoPE in place on the slice [rope_offset, rope_offset + d_rope) of every head; token t at
- * position pos0 + t. inv_freq: [d_rope / 2] device f32. interleaved: pairs (2j, 2j+1) read,
- * result stored half-split (HF's apply_rotary_pos_emb_interleave); else pairs (j, j + d_rope/2).
- * Angle pos * inv_freq[j] in f32, cos/sin of it (accurate, not __cosf), times cos_sin_scale. */
+ * position pos[t] (device int32 [n_tokens]). inv_freq: [d_rope / 2] device f32. interleaved:
+ * pairs (2j, 2j+1) read, result stored half-split (HF's apply_rotary_pos_emb_interleave); else
+ * pairs (j, j + d_rope/2). Angle (float)pos * inv_freq[j] in f32, cos/sin of it (accurate, not
+ * __cosf), times cos_sin_scale. */
 int kern_rope(float *x, int n_tokens, int n_head, int64_t token_stride, int64_t head_stride,
-              int rope_offset, int pos0, int d_rope, bool interleaved, float cos_sin_scale,
-              const float *inv_freq, kern_stream stream);
+              int rope_offset, const int32_t *pos, int d_rope, bool interleaved,
+              float cos_sin_scale, const float *inv_freq, kern_stream stream);
+
+/* KV-cache write: for t < n_tokens, h < n_head, i < width:
+ *   cache[slot[t] * cache_row_stride + h * cache_head_stride + i]
+ *     = src[t * src_row_stride + h * src_head_stride + i]
+ * slot: device int32 [n_tokens], the cache row of each token (distinct rows; a negative slot
+ * skips its token). src_head_stride may be 0 (one source row copied into every head, as the
+ * shared k_pe of DeepSeek's naive MLA cache). Bit-exact copy. */
+int kern_kv_write(float *cache, int64_t cache_row_stride, int64_t cache_head_stride,
+                  const float *src, int64_t src_row_stride, int64_t src_head_stride, int n_head,
+                  int64_t width, const int32_t *slot, int n_tokens, kern_stream stream);
 
 /* out[t][i] = silu(gate[t][i]) * up[t][i] = gate / (1 + exp(-gate)) * up; out may alias. */
 int kern_swiglu(const float *gate, int64_t gate_stride, const float *up, int64_t up_stride,
@@ -143,52 +154,77 @@ int kern_matmul(const float *x, int64_t x_stride, const kern_weight *w, float *y
 
 /* ---- attention (kernels/attention.cu) -------------------------------------------------------- */
 
-/* Causal attention for one sequence over a contiguous KV cache, as eng_attn_args: query token t
- * sits at position pos0 + t and sees keys 0 .. pos0 + t; query head h reads KV head
- * h / (n_head / n_head_kv). Softmax in f32 with the running max. Any d_qk, d_v <= 256. */
+/* The sequences of one forward pass and where their keys live (a paged KV cache).
+ * The batch's query tokens are its sequences' tokens concatenated: sequence s owns batch rows
+ * seq_start[s] .. seq_start[s + 1] - 1; its i-th token sits at position seq_pos0[s] + i and sees
+ * its own sequence's keys at positions 0 .. seq_pos0[s] + i (causal). Key position j of
+ * sequence s lives in row
+ *   block_table[s * max_blocks + j / block_size] * block_size + j % block_size
+ * of the layer's cache (rows k_stride / v_stride floats apart, as the args say). Sequences may
+ * have any lengths, including 0 tokens. The launchers plan from the host fields and trust the
+ * device arrays to agree with them; with n_tokens > 0 they require 1 <= max_seq_tokens <=
+ * n_tokens and max_ctx >= max_seq_tokens. */
+typedef struct kern_kv_batch {
+    int n_seq;                  /* >= 1 */
+    int n_tokens;               /* host copy of seq_start[n_seq]: rows of q and out */
+    int max_seq_tokens;         /* host: max over s of seq_start[s + 1] - seq_start[s] */
+    int max_ctx;                /* host: max over s of seq_pos0[s] + its tokens (keys seen by
+                                   the longest row); every sequence's context <= this */
+    int block_size;             /* positions per KV block, >= 1 */
+    int max_blocks;             /* row stride of block_table; >= ceil(max_ctx / block_size) */
+    const int32_t *seq_start;   /* device [n_seq + 1], seq_start[0] = 0, nondecreasing */
+    const int32_t *seq_pos0;    /* device [n_seq], >= 0 */
+    const int32_t *block_table; /* device [n_seq][max_blocks] block ids */
+} kern_kv_batch;
+
+/* Causal attention over a paged KV cache for a batch of sequences (kern_kv_batch): query head h
+ * reads KV head h / (n_head / n_head_kv). Softmax in f32 with the running max. Any
+ * d_qk, d_v <= 256. */
 typedef struct kern_attn_args {
-    int n_tokens, n_head, n_head_kv;
+    kern_kv_batch batch;
+    int n_head, n_head_kv;
     int d_qk, d_v;
-    int pos0;
     float scale;
-    const float *q;   /* [n_tokens][n_head][d_qk], rows q_stride apart */
+    const float *q;   /* [batch.n_tokens][n_head][d_qk], rows q_stride apart */
     int64_t q_stride;
-    const float *k;   /* [pos0 + n_tokens][n_head_kv][d_qk], rows k_stride apart */
+    const float *k;   /* cache rows [..][n_head_kv][d_qk], k_stride apart (paged: see batch) */
     int64_t k_stride;
-    const float *v;   /* [pos0 + n_tokens][n_head_kv][d_v], rows v_stride apart */
+    const float *v;   /* cache rows [..][n_head_kv][d_v], v_stride apart */
     int64_t v_stride;
-    float *out;       /* [n_tokens][n_head][d_v], rows out_stride apart */
+    float *out;       /* [batch.n_tokens][n_head][d_v], rows out_stride apart */
     int64_t out_stride;
 } kern_attn_args;
 
 /* Device bytes kern_attention needs as workspace for these args: 0 when it runs without key
- * splits (n_tokens * n_head rows already fill the GPU, or the context is short), else the
- * split-K partials (n_split * n_tokens * n_head * (d_v + 2) floats). Depends only on the args
- * (not on the device); 0 for invalid args or n_tokens == 0. */
+ * splits (the row tiles already fill the GPU, or the context is short), else the split-K
+ * partials (n_split * batch.n_tokens * n_head * (d_v + 2) floats). Depends only on the host
+ * fields of the args (not on the device); 0 for invalid args or batch.n_tokens == 0. */
 size_t kern_attention_workspace_bytes(const kern_attn_args *args);
 
 /* workspace: kern_attention_workspace_bytes(args) bytes of device memory, 8-byte aligned (NULL
  * allowed when that is 0), used only by this call's launches on `stream`. Returns
  * cudaErrorInvalidValue for d_qk or d_v outside 1..256, n_head not a multiple of n_head_kv,
- * pos0 < 0, a NULL tensor or a missing workspace. */
+ * a batch field out of range (n_seq < 1, block_size < 1, max_blocks too small for max_ctx), a
+ * NULL tensor or a missing workspace. */
 int kern_attention(const kern_attn_args *args, void *workspace, kern_stream stream);
 
-/* MLA, absorbed form (DeepSeek-V3), as eng_mla_args: per head h
+/* MLA, absorbed form (DeepSeek-V3), over a paged latent cache for a batch of sequences
+ * (kern_kv_batch; ckv and kpe rows are indexed by the same cache rows): per head h
  *   q_lat = W_UK_h^T q_nope_h, score_j = scale * (q_lat . ckv[j] + q_pe_h . kpe[j]),
  *   out_h = W_UV_h (sum_j softmax(score)_j ckv[j]),
  * W_UK_h = kv_b rows [h*(d_nope+d_v), +d_nope), W_UV_h = the next d_v rows. kv_lora_rank <= 1024.
  * workspace: kern_mla_workspace_bytes(...) bytes of device memory the launcher may use. */
 typedef struct kern_mla_args {
-    int n_tokens, n_head;
+    kern_kv_batch batch;
+    int n_head;
     int d_nope, d_rope, d_v, kv_lora_rank;
-    int pos0;
     float scale;
-    const float *q;          /* [n_tokens][n_head][d_nope + d_rope], rows q_stride apart */
+    const float *q;          /* [batch.n_tokens][n_head][d_nope + d_rope], rows q_stride apart */
     int64_t q_stride;
-    const float *ckv;        /* [pos0 + n_tokens][kv_lora_rank] */
-    const float *kpe;        /* [pos0 + n_tokens][d_rope] */
+    const float *ckv;        /* cache rows [..][kv_lora_rank], contiguous (paged: see batch) */
+    const float *kpe;        /* cache rows [..][d_rope], contiguous */
     const kern_weight *kv_b; /* host struct describing device data: [n_head*(d_nope+d_v)][rank] */
-    float *out;              /* [n_tokens][n_head][d_v] contiguous */
+    float *out;              /* [batch.n_tokens][n_head][d_v] contiguous */
 } kern_mla_args;
 
 size_t kern_mla_workspace_bytes(const kern_mla_args *args);

@@ -6,8 +6,15 @@
 //                 flash style: (token, head) rows share every latent tile read (all heads read
 //                 the same cache row), online softmax, keys split across CTAs for decode
 //   mla_out       out[t][h] = W_UV_h o_lat[t][h]
-// Invariants: q_lat and o_lat live in the caller's workspace as [n_tokens][n_head][rank] f32;
-// a row is R = t * n_head + h and query token t sees keys 0 .. pos0 + t, as cpu_mla_absorbed.
+// Invariants: the batch (kern_kv_batch) is its sequences' tokens concatenated, T = batch.n_tokens
+// tokens in all; q_lat and o_lat live in the caller's workspace as [T][n_head][rank] f32, a row is
+// R = t * n_head + h. Token t = seq_start[s] + i of sequence s sits at position seq_pos0[s] + i and
+// sees keys 0 .. seq_pos0[s] + i of its own sequence, read through the block table, as
+// cpu_mla_absorbed. The rows of one sequence are contiguous (seq_start[s] * n_head onwards), so
+// mla_attn tiles each sequence's rows on its own: grid (row tile, split, sequence), the row tiles
+// sized for the longest sequence (max_seq_tokens); tiles past a shorter sequence's rows exit.
+// Every row is written by exactly one CTA per split (an empty key range writes m = -inf, l = 0,
+// acc = 0), so the combine never reads an unwritten partial.
 // Weights are dequantized exactly (dequant.cuh) and everything is accumulated in f32.
 #include <cuda_runtime.h>
 #include <math.h>
@@ -27,6 +34,9 @@
 #define MLA_THREADS (MLA_WARPS * 32)
 #define MLA_ROWS 16 // (token, head) rows per CTA: two per warp in the score step
 #define MLA_KEYS 16 // keys per tile: one per lane of a half warp
+#define MLA_LOAD_COLS (MLA_THREADS / MLA_KEYS) // tile load: threads per key row
+
+#define MLA_MAX_GRID_YZ 65535 // CUDA's limit on gridDim.y and gridDim.z
 
 // Split heuristic: two 8-warp CTAs on each of the 132 SMs of an H100/H200
 // (shared/docs/PERFORMANCE.md); a split keeps at least 256 keys so its fixed cost (query tile
@@ -41,23 +51,28 @@
 #define COMBINE_WARPS 4
 
 typedef struct mla_plan {
-    int n_row_tiles; // ceil(n_tokens * n_head / MLA_ROWS)
+    int n_row_tiles; // ceil(max_seq_tokens * n_head / MLA_ROWS): row tiles of the longest sequence
     int n_split;     // key splits (1: mla_attn writes o_lat itself)
-    int chunk;       // keys per split, a multiple of MLA_KEYS
+    int chunk;       // keys per split, a multiple of MLA_KEYS; n_split * chunk >= max_ctx
 } mla_plan;
 
 typedef struct mla_params {
-    int n_tokens, n_head, d_nope, d_rope, rank, pos0;
+    int n_rows; // T * n_head, T = batch.n_tokens
+    int n_head, d_nope, d_rope, rank;
     float scale;
-    const float *q; // [n_tokens][n_head][d_nope + d_rope], rows q_stride apart
+    const int32_t *seq_start;   // [n_seq + 1] first batch token of each sequence
+    const int32_t *seq_pos0;    // [n_seq] position of each sequence's first token
+    const int32_t *block_table; // [n_seq][max_blocks] cache block ids
+    int block_size, max_blocks;
+    const float *q; // [T][n_head][d_nope + d_rope], rows q_stride apart
     int64_t q_stride;
-    const float *q_lat; // [n_tokens][n_head][rank]
-    const float *ckv;   // [pos0 + n_tokens][rank]
-    const float *kpe;   // [pos0 + n_tokens][d_rope]
-    float *o_lat;       // [n_tokens][n_head][rank]
+    const float *q_lat; // [T][n_head][rank]
+    const float *ckv;   // cache rows [..][rank] (paged)
+    const float *kpe;   // cache rows [..][d_rope] (paged, same rows as ckv)
+    float *o_lat;       // [T][n_head][rank]
     int chunk;
-    float2 *part_ml; // split partials [n_split][n_tokens * n_head] (m, l), NULL without splits
-    float *part;     // split partials [n_split][n_tokens * n_head][rank] unnormalised acc
+    float2 *part_ml; // split partials [n_split][T * n_head] (m, l), NULL without splits
+    float *part;     // split partials [n_split][T * n_head][rank] unnormalised acc
 } mla_params;
 
 
@@ -79,28 +94,46 @@ static size_t mla_attn_smem_bytes(int rank, int d_rope)
                             (size_t)MLA_KEYS * MLA_ROWS + MLA_ROWS);
 }
 
+// Host-side checks, including the grid limits: mla_attn's z (n_seq) and the token dimension z of
+// mla_q_absorb and mla_out. Row indices (t * n_head + h) are int, so T * n_head must fit.
 static bool mla_args_ok(const kern_mla_args *a)
 {
-    if (!a || a->n_tokens < 0 || a->n_head < 1 || a->n_head > 65535 || a->d_nope < 0 ||
+    if (!a || a->n_head < 1 || a->n_head > MLA_MAX_GRID_YZ || a->d_nope < 0 ||
         a->d_nope > MLA_MAX_NOPE || a->d_rope < 0 || a->d_rope > MLA_MAX_ROPE || a->d_v < 1 ||
-        a->kv_lora_rank < 1 || a->kv_lora_rank > MLA_MAX_RANK || a->pos0 < 0)
+        a->kv_lora_rank < 1 || a->kv_lora_rank > MLA_MAX_RANK)
         return false;
-    if (a->n_tokens == 0)
+    const kern_kv_batch *b = &a->batch;
+    if (b->n_seq < 1 || b->n_tokens < 0 || b->max_seq_tokens < 0 || b->max_ctx < 0 ||
+        b->block_size < 1 || b->max_blocks < 0 ||
+        (int64_t)b->max_blocks * b->block_size < b->max_ctx)
+        return false;
+    if (b->n_tokens == 0)
         return true;
+    if (b->n_seq > MLA_MAX_GRID_YZ || b->max_seq_tokens < 1 || b->max_seq_tokens > b->n_tokens ||
+        b->max_ctx < b->max_seq_tokens || (int64_t)b->n_tokens * a->n_head > INT32_MAX ||
+        ceil_div(b->n_tokens, QA_TOKENS) > MLA_MAX_GRID_YZ ||
+        ceil_div(b->n_tokens, OUT_TOKENS) > MLA_MAX_GRID_YZ)
+        return false;
     const kern_weight *w = a->kv_b;
-    return a->q && a->ckv && (a->kpe || a->d_rope == 0) && a->out && dq_weight_valid(w) &&
+    return b->seq_start && b->seq_pos0 && b->block_table && a->q && a->ckv &&
+           (a->kpe || a->d_rope == 0) && a->out && dq_weight_valid(w) &&
            w->n_in == a->kv_lora_rank &&
            w->n_out >= (int64_t)a->n_head * (a->d_nope + a->d_v);
 }
 
+// For valid args with T > 0. The CTA count is bounded by n_row_tiles * n_seq (tiles of short
+// sequences exit at once, so splits are planned for that bound); keys are split by max_ctx, the
+// context of the longest row: a split past a shorter row's context is empty for it.
 static mla_plan mla_plan_make(const kern_mla_args *a)
 {
+    const kern_kv_batch *b = &a->batch;
     mla_plan p;
-    p.n_row_tiles = ceil_div(a->n_tokens * a->n_head, MLA_ROWS);
-    int n_keys = a->pos0 + a->n_tokens; // keys the last row sees
+    p.n_row_tiles = ceil_div(b->max_seq_tokens * a->n_head, MLA_ROWS);
+    const int64_t n_ctas = (int64_t)p.n_row_tiles * b->n_seq;
+    const int n_keys = b->max_ctx;
     int n_split = 1;
-    if (p.n_row_tiles < MLA_TARGET_CTAS) {
-        n_split = ceil_div(MLA_TARGET_CTAS, p.n_row_tiles);
+    if (n_ctas < MLA_TARGET_CTAS) {
+        n_split = ceil_div(MLA_TARGET_CTAS, (int)n_ctas);
         n_split = imin(n_split, ceil_div(n_keys, MLA_MIN_SPLIT_KEYS));
         n_split = imin(n_split, MLA_MAX_SPLIT);
     }
@@ -161,9 +194,13 @@ static __global__ void __launch_bounds__(QA_THREADS, 8)
             q_lat[((int64_t)(t0 + tt) * n_head + h) * rank + k] = acc[tt];
 }
 
-// Grid (n_row_tiles, n_split), block MLA_THREADS, dynamic smem mla_attn_smem_bytes. Score step:
-// warp w, lane j owns row 2w + j / 16 of the tile and key kb + j % 16 (the row's softmax state
-// is replicated over its half warp). P.V step: thread x owns latent columns x + MLA_THREADS * c
+// Grid (n_row_tiles, n_split, n_seq), block MLA_THREADS, dynamic smem mla_attn_smem_bytes. CTA
+// (x, y, s) owns rows x * MLA_ROWS .. + MLA_ROWS - 1 of sequence s (row i * n_head + h for its
+// token i, batch row seq_start[s] * n_head + that) and keys y * chunk .. + chunk - 1 of s; it
+// exits when s has no such rows. Tile load: thread x reads key x / MLA_LOAD_COLS of the tile,
+// columns x % MLA_LOAD_COLS + MLA_LOAD_COLS * c. Score step: warp w, lane j owns row
+// 2w + j / 16 of the tile and key kb + j % 16 (the row's softmax state is replicated over its
+// half warp). P.V step: thread x owns latent columns x + MLA_THREADS * c
 // (c < NC = ceil(rank / MLA_THREADS)) of all MLA_ROWS rows.
 template <int NC>
 static __global__ void __launch_bounds__(MLA_THREADS, 1) mla_attn(mla_params p)
@@ -176,13 +213,20 @@ static __global__ void __launch_bounds__(MLA_THREADS, 1) mla_attn(mla_params p)
     float *ps = kv + MLA_KEYS * ks;        // [MLA_KEYS][MLA_ROWS] probabilities, key-major
     float *rs = ps + MLA_KEYS * MLA_ROWS;  // [MLA_ROWS] per-tile rescale, at the end 1 / l
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int n_rows = p.n_tokens * p.n_head;
-    const int row0 = blockIdx.x * MLA_ROWS;
+    const int seq = blockIdx.z;
+    const int tok0 = p.seq_start[seq];                           // the sequence's first token
+    const int n_rows = (p.seq_start[seq + 1] - tok0) * p.n_head; // rows of the sequence
+    const int row0 = blockIdx.x * MLA_ROWS; // the tile's first row, counted in the sequence
+    if (row0 >= n_rows)
+        return; // uniform over the CTA, before any barrier
+    const int grow0 = tok0 * p.n_head + row0; // the same row in the batch
+    const int pos0 = p.seq_pos0[seq];
+    const int32_t *bt = p.block_table + (int64_t)seq * p.max_blocks;
 
     for (int e = threadIdx.x; e < MLA_ROWS * qc; e += MLA_THREADS) {
-        int i = e / qc, c = e - i * qc, row = row0 + i;
+        int i = e / qc, c = e - i * qc, row = grow0 + i;
         float x = 0.0f;
-        if (row < n_rows && c < r + p.d_rope) {
+        if (row0 + i < n_rows && c < r + p.d_rope) {
             int t = row / p.n_head, h = row % p.n_head;
             x = c < r ? p.q_lat[(int64_t)row * r + c]
                       : p.q[(int64_t)t * p.q_stride + (int64_t)h * (p.d_nope + p.d_rope) +
@@ -193,7 +237,9 @@ static __global__ void __launch_bounds__(MLA_THREADS, 1) mla_attn(mla_params p)
 
     const int si = warp * 2 + lane / 16; // score step: row in the tile
     const int sj = lane % 16;            // score step: key in the tile
-    const int lim = row0 + si < n_rows ? p.pos0 + (row0 + si) / p.n_head : -1; // -1: all masked
+    const int lim = row0 + si < n_rows ? pos0 + (row0 + si) / p.n_head : -1; // -1: all masked
+    const int lj = threadIdx.x / MLA_LOAD_COLS; // tile load: key in the tile
+    const int lc = threadIdx.x % MLA_LOAD_COLS; // tile load: first column
     float m = -INFINITY, l = 0.0f;
     float acc[MLA_ROWS][NC];
 #pragma unroll
@@ -202,20 +248,25 @@ static __global__ void __launch_bounds__(MLA_THREADS, 1) mla_attn(mla_params p)
         for (int c = 0; c < NC; c++)
             acc[i][c] = 0.0f;
 
-    const int t_last = (min(row0 + MLA_ROWS, n_rows) - 1) / p.n_head;
+    const int i_last = (min(row0 + MLA_ROWS, n_rows) - 1) / p.n_head; // last token of the tile
     const int key0 = blockIdx.y * p.chunk;
-    const int key1 = min(key0 + p.chunk, p.pos0 + t_last + 1);
+    const int key1 = min(key0 + p.chunk, pos0 + i_last + 1); // key0 >= key1: empty, still written
     for (int kb = key0; kb < key1; kb += MLA_KEYS) {
         const int nk = min(MLA_KEYS, key1 - kb);
         __syncthreads(); // the previous tile, ps and rs are consumed; first pass: qs is stored
-        // rows past nk are zeroed: their p is 0, and 0 * garbage could be NaN
-        for (int e = threadIdx.x; e < MLA_KEYS * qc; e += MLA_THREADS) {
-            int j = e / qc, c = e - j * qc;
+        // key position pos = kb + lj lives in cache row
+        // bt[pos / block_size] * block_size + pos % block_size; tile rows past nk are zeroed:
+        // their p is 0, and 0 * garbage could be NaN
+        int64_t crow = 0;
+        if (lj < nk) {
+            const int pos = kb + lj;
+            crow = (int64_t)bt[pos / p.block_size] * p.block_size + pos % p.block_size;
+        }
+        for (int c = lc; c < qc; c += MLA_LOAD_COLS) {
             float x = 0.0f;
-            if (j < nk && c < r + p.d_rope)
-                x = c < r ? p.ckv[(int64_t)(kb + j) * r + c]
-                          : p.kpe[(int64_t)(kb + j) * p.d_rope + (c - r)];
-            kv[j * ks + c] = x;
+            if (lj < nk && c < r + p.d_rope)
+                x = c < r ? p.ckv[crow * r + c] : p.kpe[crow * p.d_rope + (c - r)];
+            kv[lj * ks + c] = x;
         }
         __syncthreads();
 
@@ -277,10 +328,10 @@ static __global__ void __launch_bounds__(MLA_THREADS, 1) mla_attn(mla_params p)
     if (sj == 0) {
         rs[si] = p.part ? 1.0f : 1.0f / l;
         if (p.part && row0 + si < n_rows)
-            p.part_ml[(int64_t)blockIdx.y * n_rows + row0 + si] = make_float2(m, l);
+            p.part_ml[(int64_t)blockIdx.y * p.n_rows + grow0 + si] = make_float2(m, l);
     }
     __syncthreads();
-    float *dst = p.part ? p.part + (int64_t)blockIdx.y * n_rows * r : p.o_lat;
+    float *dst = p.part ? p.part + (int64_t)blockIdx.y * p.n_rows * r : p.o_lat;
 #pragma unroll
     for (int i = 0; i < MLA_ROWS; i++) {
         if (row0 + i >= n_rows)
@@ -290,14 +341,15 @@ static __global__ void __launch_bounds__(MLA_THREADS, 1) mla_attn(mla_params p)
         for (int c = 0; c < NC; c++) {
             int d = threadIdx.x + MLA_THREADS * c;
             if (d < r)
-                dst[(int64_t)(row0 + i) * r + d] = acc[i][c] * a;
+                dst[(int64_t)(grow0 + i) * r + d] = acc[i][c] * a;
         }
     }
 }
 
-// Grid ceil(n_rows / COMBINE_WARPS), block COMBINE_WARPS warps, one warp per row:
-// o_lat = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s, M = max_s m_s. Every row sees
-// key 0, which split 0 holds, so M is finite for finite scores.
+// Grid ceil(n_rows / COMBINE_WARPS), block COMBINE_WARPS warps, one warp per batch row:
+// o_lat = sum_s exp(m_s - M) acc_s / sum_s exp(m_s - M) l_s, M = max_s m_s. mla_attn wrote all
+// n_split partials of every row (splits past the row's context as m = -inf, l = 0, acc = 0).
+// Every row sees key 0, which split 0 holds, so M is finite for finite scores.
 static __global__ void __launch_bounds__(COMBINE_WARPS * 32)
     mla_combine(const float2 *part_ml, const float *part, int n_split, int n_rows, int rank,
                 float *o_lat)
@@ -375,13 +427,14 @@ static const mla_attn_fn mla_attn_kernels[MLA_MAX_RANK / MLA_THREADS] = {
     mla_attn<1>, mla_attn<2>, mla_attn<3>, mla_attn<4>,
 };
 
-// Workspace layout: q_lat, o_lat ([n_tokens][n_head][rank] f32 each), then with key splits
-// part_ml ([n_split][rows] float2) and part ([n_split][rows][rank] f32).
+// Workspace layout: q_lat, o_lat ([T][n_head][rank] f32 each, T = batch.n_tokens), then with key
+// splits part_ml ([n_split][rows] float2) and part ([n_split][rows][rank] f32). Depends only on
+// host fields of the args.
 extern "C" size_t kern_mla_workspace_bytes(const kern_mla_args *args)
 {
-    if (!mla_args_ok(args) || args->n_tokens == 0)
+    if (!mla_args_ok(args) || args->batch.n_tokens == 0)
         return 0;
-    size_t rows = (size_t)args->n_tokens * (size_t)args->n_head;
+    size_t rows = (size_t)args->batch.n_tokens * (size_t)args->n_head;
     size_t rank = (size_t)args->kv_lora_rank;
     size_t bytes = 2 * rows * rank * sizeof(float);
     mla_plan pl = mla_plan_make(args);
@@ -390,30 +443,37 @@ extern "C" size_t kern_mla_workspace_bytes(const kern_mla_args *args)
     return bytes;
 }
 
-// Validates, then launches mla_q_absorb, mla_attn<ceil(rank / MLA_THREADS)>, mla_combine (only
-// with key splits) and mla_out on `stream`.
+// Validates (cudaErrorInvalidValue for bad args, a grid past its limits or a missing workspace),
+// then launches mla_q_absorb, mla_attn<ceil(rank / MLA_THREADS)>, mla_combine (only with key
+// splits) and mla_out on `stream`. The device batch arrays must agree with the host fields
+// (seq_start[n_seq] = n_tokens, lengths <= max_seq_tokens, contexts <= max_ctx), as kernels.h says.
 extern "C" int kern_mla_absorbed(const kern_mla_args *args, void *workspace, kern_stream stream)
 {
     if (!mla_args_ok(args))
         return (int)cudaErrorInvalidValue;
-    if (args->n_tokens == 0)
+    if (args->batch.n_tokens == 0)
         return 0;
     if (!workspace)
         return (int)cudaErrorInvalidValue;
     const kern_mla_args *a = args;
+    const kern_kv_batch *b = &a->batch;
     cudaStream_t st = (cudaStream_t)stream;
-    const int r = a->kv_lora_rank, T = a->n_tokens, H = a->n_head;
+    const int r = a->kv_lora_rank, T = b->n_tokens, H = a->n_head;
     const size_t rows = (size_t)T * (size_t)H;
     mla_plan pl = mla_plan_make(a);
 
     mla_params p;
-    p.n_tokens = T;
+    p.n_rows = T * H;
     p.n_head = H;
     p.d_nope = a->d_nope;
     p.d_rope = a->d_rope;
     p.rank = r;
-    p.pos0 = a->pos0;
     p.scale = a->scale;
+    p.seq_start = b->seq_start;
+    p.seq_pos0 = b->seq_pos0;
+    p.block_table = b->block_table;
+    p.block_size = b->block_size;
+    p.max_blocks = b->max_blocks;
     p.q = a->q;
     p.q_stride = a->q_stride;
     p.ckv = a->ckv;
@@ -443,7 +503,8 @@ extern "C" int kern_mla_absorbed(const kern_mla_args *args, void *workspace, ker
         (e = cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                   (int)smem)) != cudaSuccess)
         return (int)e;
-    fn<<<dim3((unsigned)pl.n_row_tiles, (unsigned)pl.n_split), MLA_THREADS, smem, st>>>(p);
+    fn<<<dim3((unsigned)pl.n_row_tiles, (unsigned)pl.n_split, (unsigned)b->n_seq), MLA_THREADS,
+         smem, st>>>(p);
     if ((e = cudaGetLastError()) != cudaSuccess)
         return (int)e;
 

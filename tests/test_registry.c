@@ -459,9 +459,15 @@ static void test_full_size(void)
         /* the estimate's arithmetic, with made-up weights */
         reg_model_info a, b;
         uint64_t w = 123456789;
-        CHECK(reg_estimate_config(&cfg, w, 1, 1, 4, &a) == PP_STATUS_OK, "estimate");
-        CHECK(a.gpu_kv_bytes == models[i].kv_bf16_per_token, "%s KV/token bf16 %" PRIu64
-              ", MODELS.md %" PRIu64, models[i].name, a.gpu_kv_bytes, models[i].kv_bf16_per_token);
+        /* the cache is allocated in whole blocks: one block's worth per block of positions */
+        CHECK(reg_estimate_config(&cfg, w, ENG_KV_BLOCK_SIZE, 1, 4, &a) == PP_STATUS_OK, "estimate");
+        CHECK(a.gpu_kv_bytes / ENG_KV_BLOCK_SIZE == models[i].kv_bf16_per_token, "%s KV/token bf16 %" PRIu64
+              ", MODELS.md %" PRIu64, models[i].name, a.gpu_kv_bytes / ENG_KV_BLOCK_SIZE,
+              models[i].kv_bf16_per_token);
+        uint64_t kv_one = 0, scratch_one = 0;
+        CHECK(eng_session_bytes(&cfg, ENG_MLA_ABSORBED, 1, 1, &kv_one, &scratch_one) == PP_STATUS_OK &&
+                  kv_one == 2 * a.gpu_kv_bytes,
+              "%s: one position takes a whole block", models[i].name);
         CHECK(reg_estimate_config(&cfg, w, 4096, 256, 4, &b) == PP_STATUS_OK, "estimate");
         CHECK(b.kv_bytes == 4096 * 2 * models[i].kv_bf16_per_token, "%s f32 KV of 4096", models[i].name);
         uint64_t mib = 1u << 20;

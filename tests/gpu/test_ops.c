@@ -12,11 +12,19 @@
  *      expf / cosf / sinf):
  *        BOUND_ELEMENTWISE 1e-5  embedding, rmsnorm, add, rope, swiglu, moe_route's weights
  *        BOUND_REDUCTION   1e-4  matmul, attention, MLA, MoE experts
- *      (the issue's bounds: they are not to be widened to make a case pass); round_bf16 must
- *      match bit for bit (bound 0, reported as the fraction of differing elements);
+ *      (the issue's bounds: they are not to be widened to make a case pass); round_bf16 and
+ *      kv_write must match bit for bit (bound 0, reported as the fraction of differing elements;
+ *      kv_write compares the whole cache, the rows it must not touch included);
  *   3. guard bands: every output buffer has GUARD extra elements on both sides (and, for strided
  *      rows, gaps between rows) filled with SENTINEL, which must come back bit for bit. Inputs
  *      hold NaN there instead, so a kernel reading outside its inputs shows up in check 1.
+ * Attention and MLA run batches of several sequences over a paged KV cache (eng_kv_batch) whose
+ * block table is a random permutation of the cache's blocks: every cache row that holds no key
+ * of its sequence's context (other blocks, the tail of a sequence's last block, the blocks that
+ * table entries past a sequence's last block point at) is NaN, so a kernel reading a key it must
+ * not see fails check 1; the CPU reference's output must be finite there too. The batch arrays
+ * (positions, slots, seq_start, seq_pos0, block_table) are uploaded to the backend under test;
+ * the CPU reference gets host copies.
  * moe_route's expert ids must be identical (its logits are drawn without near-ties, see
  * route_logits). An op the backend under test refuses with PP_STATUS_UNSUPPORTED (a weight format
  * without kernels) is reported as "unsup", not failed; any other error fails the case. Prints one line per case and a summary; exits 0 when every case passes, 1
@@ -760,6 +768,13 @@ static void case_add(harness *h, size_t n, int alias)
     case_end(&tc);
 }
 
+/* Where rope's tokens sit (pos[t], one position per token):
+ *   POS_RUN:    pos0 + t (one sequence);
+ *   POS_SEQS:   a batch of sequences of 1 .. 7 tokens, each a run from its own offset
+ *               (non-monotonic, non-contiguous; all in [0, pos0], the first run ends at pos0);
+ *   POS_RANDOM: each token anywhere in [0, pos0] (repeats allowed; the first two are pos0 and 0). */
+enum { POS_RUN, POS_SEQS, POS_RANDOM };
+
 typedef struct rope_case {
     int n_tokens, n_head;
     int head_width;         /* elements of each head (the rotated slice is inside) */
@@ -772,31 +787,56 @@ typedef struct rope_case {
     float cos_sin_scale;
     int pos0;
     float base;             /* inv_freq[j] = base^(-2j / d_rope) */
+    int pos_kind;           /* POS_RUN, POS_SEQS, POS_RANDOM */
 } rope_case;
+
+static void rope_positions(const rope_case *p, rng *r, int32_t *pos)
+{
+    if (p->pos_kind == POS_RANDOM) {
+        for (int t = 0; t < p->n_tokens; t++)
+            pos[t] = t == 0 ? p->pos0 : t == 1 ? 0 : rng_int(r, p->pos0 + 1);
+        return;
+    }
+    int len = p->pos_kind == POS_RUN ? p->n_tokens : 1 + rng_int(r, 7), i = 0;
+    int start = p->pos_kind == POS_RUN ? p->pos0 : p->pos0 - len + 1 > 0 ? p->pos0 - len + 1 : 0;
+    for (int t = 0; t < p->n_tokens; t++, i++) {
+        if (i == len) { /* the next sequence */
+            len = 1 + rng_int(r, 7);
+            start = rng_int(r, p->pos0 + 2 - len > 1 ? p->pos0 + 2 - len : 1);
+            i = 0;
+        }
+        pos[t] = start + i;
+    }
+}
 
 static void case_rope(harness *h, rope_case p)
 {
+    static const char *const kinds[] = {"from ", "seqs in 0..", "random in 0.."};
     tcase tc;
     if (!case_begin(h, &tc, "rope", BOUND_ELEMENTWISE,
-                    "n_tokens=%d n_head=%d d_rope=%d offset=%d strides=%lld,%lld %s scale=%g pos0=%d", p.n_tokens,
+                    "n_tokens=%d n_head=%d d_rope=%d offset=%d strides=%lld,%lld %s scale=%g pos %s%d", p.n_tokens,
                     p.n_head, p.d_rope, p.rope_offset, (long long)p.token_stride, (long long)p.head_stride,
-                    p.interleaved ? "interleaved" : "half-split", (double)p.cos_sin_scale, p.pos0))
+                    p.interleaved ? "interleaved" : "half-split", (double)p.cos_sin_scale, kinds[p.pos_kind], p.pos0))
         return;
     float *inv_freq = xmalloc((size_t)(p.d_rope / 2) * sizeof(float));
     for (int j = 0; j < p.d_rope / 2; j++)
         inv_freq[j] = powf(p.base, -2.0f * (float)j / (float)p.d_rope);
     eng_rope rope = {p.d_rope, p.interleaved, p.cos_sin_scale, inv_freq};
+    int32_t *positions = xmalloc((size_t)p.n_tokens * sizeof *positions);
+    rope_positions(&p, &tc.r, positions);
     /* the whole heads hold data; only the rotated slices may change */
     layout lh = {p.n_tokens, p.token_stride, p.n_head, p.head_stride, p.head_width, 0};
     layout lr = {p.n_tokens, p.token_stride, p.n_head, p.head_stride, p.d_rope, p.x_offset + p.rope_offset};
-    gbuf x = {0};
-    if (gbuf_random(&tc, &x, &lh, -1.0f, 1.0f) &&
+    gbuf x = {0}, pos = {0};
+    if (gbuf_random(&tc, &x, &lh, -1.0f, 1.0f) && gbuf_values(&tc, &pos, positions, (size_t)p.n_tokens) &&
         op_ok(&tc, h->cpu->ops->rope(h->cpu, (float *)x.cpu + p.x_offset, p.n_tokens, p.n_head, p.token_stride,
-                                     p.head_stride, p.rope_offset, p.pos0, &rope), true, "rope") &&
+                                     p.head_stride, p.rope_offset, pos.cpu, &rope), true, "rope") &&
         op_ok(&tc, tc.dut->ops->rope(tc.dut, (float *)x.dut + p.x_offset, p.n_tokens, p.n_head, p.token_stride,
-                                     p.head_stride, p.rope_offset, p.pos0, &rope), false, "rope"))
+                                     p.head_stride, p.rope_offset, pos.dut, &rope), false, "rope"))
         check_f32(&tc, &x, &lr, "x");
     gbuf_free(&tc, &x);
+    gbuf_free(&tc, &pos);
+    free(positions);
     free(inv_freq);
     case_end(&tc);
 }
@@ -829,38 +869,305 @@ static void case_swiglu(harness *h, int n_tokens, int d_ff, bool fused, bool in_
     case_end(&tc);
 }
 
+/* ---- the KV cache: kv_write ------------------------------------------------------------------ */
+
+typedef struct kv_case {
+    int n_tokens, n_head;
+    int64_t width;
+    int64_t src_row_stride, src_head_stride; /* src_head_stride 0: one source row for every head */
+    int src_offset;          /* src is the buffer + src_offset (k or v inside a fused q|k|v row) */
+    int64_t cache_row_stride, cache_head_stride;
+    int cache_offset;        /* cache is the buffer + cache_offset (k_pe after k_nope in a head) */
+    int n_cache_rows;        /* >= n_tokens */
+    int n_skip;              /* tokens with a negative slot (the first token is one of them) */
+} kv_case;
+
+/* The tokens go to distinct cache rows scattered over the whole cache (the last row included);
+ * n_skip of them (the first, then random ones) have a negative slot and write nothing. The whole
+ * cache starts random (NaN in the gaps between heads and rows), and the whole of it must come
+ * back bit for bit as the CPU left it, which must be the copy eng_backend_ops.kv_write describes
+ * (checked on the host: the rows no token is written to stay as they were). */
+static void case_kv_write(harness *h, kv_case p)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "kv_write", 0.0,
+                    "n_tokens=%d n_head=%d width=%lld src %lld,%lld cache %lld,%lld rows=%d skip=%d", p.n_tokens,
+                    p.n_head, (long long)p.width, (long long)p.src_row_stride, (long long)p.src_head_stride,
+                    (long long)p.cache_row_stride, (long long)p.cache_head_stride, p.n_cache_rows, p.n_skip))
+        return;
+    int32_t *perm = xmalloc((size_t)p.n_cache_rows * sizeof *perm);
+    for (int i = 0; i < p.n_cache_rows; i++)
+        perm[i] = i;
+    for (int i = p.n_cache_rows - 1; i > 0; i--) {
+        int j = rng_int(&tc.r, i + 1);
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    for (int i = 0; i < p.n_cache_rows; i++) /* the last token writes the last row */
+        if (perm[i] == p.n_cache_rows - 1) {
+            perm[i] = perm[p.n_tokens - 1];
+            perm[p.n_tokens - 1] = p.n_cache_rows - 1;
+        }
+    for (int k = 0; k < p.n_skip; k++) /* -1, -2, ... (slot -1 of rows narrower than GUARD is in the
+                                          guard band); the last token writes unless it is the first */
+        perm[k == 0 || p.n_tokens < 3 ? 0 : 1 + rng_int(&tc.r, p.n_tokens - 2)] = -1 - k;
+    layout ls = {p.n_tokens, p.src_row_stride, p.src_head_stride ? p.n_head : 1, p.src_head_stride, p.width,
+                 p.src_offset};
+    layout lc = {p.n_cache_rows, p.cache_row_stride, p.n_head, p.cache_head_stride, p.width, p.cache_offset};
+    gbuf src = {0}, cache = {0}, slot = {0};
+    if (gbuf_random(&tc, &src, &ls, -1.0f, 1.0f) && gbuf_random(&tc, &cache, &lc, -1.0f, 1.0f) &&
+        gbuf_values(&tc, &slot, perm, (size_t)p.n_tokens) &&
+        op_ok(&tc, h->cpu->ops->kv_write(h->cpu, (float *)cache.cpu + p.cache_offset, p.cache_row_stride,
+                                         p.cache_head_stride, (float *)src.cpu + p.src_offset, p.src_row_stride,
+                                         p.src_head_stride, p.n_head, p.width, slot.cpu, p.n_tokens),
+              true, "kv_write") &&
+        op_ok(&tc, tc.dut->ops->kv_write(tc.dut, (float *)cache.dut + p.cache_offset, p.cache_row_stride,
+                                         p.cache_head_stride, (float *)src.dut + p.src_offset, p.src_row_stride,
+                                         p.src_head_stride, p.n_head, p.width, slot.dut, p.n_tokens),
+              false, "kv_write")) {
+        /* the reference against the definition */
+        uint32_t *want = xmalloc(cache.n * 4);
+        memcpy(want, cache.init + GUARD, cache.n * 4);
+        const uint32_t *sbits = src.cpu;
+        for (int t = 0; t < p.n_tokens; t++)
+            for (int hd = 0; perm[t] >= 0 && hd < p.n_head; hd++)
+                for (int64_t i = 0; i < p.width; i++)
+                    want[layout_at(&lc, perm[t], hd, i)] =
+                        sbits[p.src_offset + t * p.src_row_stride + hd * p.src_head_stride + i];
+        const uint32_t *cbits = cache.cpu;
+        for (size_t i = 0, n_bad = 0; i < cache.n; i++)
+            if (cbits[i] != want[i] && n_bad++ < 2)
+                fail(&tc, "cpu reference: cache element %zu is 0x%08x, expected 0x%08x", i, cbits[i], want[i]);
+        free(want);
+        uint32_t *got = gbuf_fetch(&tc, &cache);
+        if (got) {
+            size_t n_diff = 0;
+            for (size_t i = 0; i < cache.n; i++)
+                if (got[GUARD + i] != cbits[i] && n_diff++ < MAX_FAIL_LINES)
+                    fail(&tc, "cache element %zu (row %lld): 0x%08x, cpu 0x%08x", i,
+                         (long long)((int64_t)i - p.cache_offset) / p.cache_row_stride, got[GUARD + i], cbits[i]);
+            tc.max_rel = (double)n_diff / (double)cache.n; /* the fraction of differing elements */
+            uint8_t *all = xmalloc(cache.n);
+            memset(all, 1, cache.n);
+            check_guards(&tc, &cache, got, all, "cache");
+            free(all);
+            free(got);
+        }
+    }
+    gbuf_free(&tc, &src);
+    gbuf_free(&tc, &cache);
+    gbuf_free(&tc, &slot);
+    free(perm);
+    case_end(&tc);
+}
+
+/* ---- paged batches of sequences ------------------------------------------------------------ */
+
+#define MAX_SEQ 16
+
+/* A batch: sequence s has n_tokens[s] query tokens (0 allowed) from position pos0[s]. */
+typedef struct seq_spec {
+    int n_seq;
+    int n_tokens[MAX_SEQ], pos0[MAX_SEQ];
+} seq_spec;
+
+static seq_spec seq_one(int n_tokens, int pos0)
+{
+    return (seq_spec){1, {n_tokens}, {pos0}};
+}
+
+static seq_spec seq_list(int n_seq, const int *n_tokens, const int *pos0)
+{
+    seq_spec q = {n_seq, {0}, {0}};
+    for (int s = 0; s < n_seq; s++) {
+        q.n_tokens[s] = n_tokens[s];
+        q.pos0[s] = pos0[s];
+    }
+    return q;
+}
+
+/* n_seq sequences decoding one token each, from positions spread evenly over [pos_lo, pos_hi]. */
+static seq_spec seq_decode(int n_seq, int pos_lo, int pos_hi)
+{
+    seq_spec q = {n_seq, {0}, {0}};
+    for (int s = 0; s < n_seq; s++) {
+        q.n_tokens[s] = 1;
+        q.pos0[s] = n_seq == 1 ? pos_lo : pos_lo + (int)((int64_t)(pos_hi - pos_lo) * s / (n_seq - 1));
+    }
+    return q;
+}
+
+/* "n_tokens=5 pos0=3", "tokens@pos0 7@0,0@12,33@100", or "16 seqs x 1 tokens @3990..4200". */
+static void seq_desc(const seq_spec *q, char *buf, size_t size)
+{
+    if (q->n_seq == 1) {
+        snprintf(buf, size, "n_tokens=%d pos0=%d", q->n_tokens[0], q->pos0[0]);
+        return;
+    }
+    bool same = true;
+    int lo = q->pos0[0], hi = q->pos0[0];
+    for (int s = 1; s < q->n_seq; s++) {
+        same = same && q->n_tokens[s] == q->n_tokens[0];
+        lo = q->pos0[s] < lo ? q->pos0[s] : lo;
+        hi = q->pos0[s] > hi ? q->pos0[s] : hi;
+    }
+    if (same && q->n_seq > 4) {
+        snprintf(buf, size, "%d seqs x %d tokens @%d..%d", q->n_seq, q->n_tokens[0], lo, hi);
+        return;
+    }
+    size_t len = (size_t)snprintf(buf, size, "tokens@pos0");
+    for (int s = 0; s < q->n_seq && len < size; s++)
+        len += (size_t)snprintf(buf + len, size - len, "%s%d@%d", s ? "," : " ", q->n_tokens[s], q->pos0[s]);
+}
+
+/* A batch over a paged cache: each sequence's blocks are drawn from a random permutation of the
+ * cache's blocks (so sequences interleave in memory), plus two spare blocks no sequence owns;
+ * block_table has one column more than the longest sequence needs, and its entries past a
+ * sequence's last block name the spare blocks. live marks the rows that hold a key inside their
+ * sequence's context: every other row is NaN in the caches paged_fill makes. */
+typedef struct paged {
+    int block_size, n_blocks;
+    int64_t n_rows;          /* cache rows: n_blocks * block_size */
+    uint8_t *live;           /* [n_rows] */
+    eng_kv_batch cpu, dut;   /* the batch with host arrays / with the backend under test's */
+    gbuf seq_start, seq_pos0, block_table;
+} paged;
+
+static bool paged_make(tcase *tc, paged *pg, const seq_spec *q, int block_size)
+{
+    memset(pg, 0, sizeof *pg);
+    int B = block_size, n_need = 0, max_nb = 0, max_ctx = 0, max_seq_tokens = 0;
+    int32_t start[MAX_SEQ + 1], pos0[MAX_SEQ];
+    start[0] = 0;
+    for (int s = 0; s < q->n_seq; s++) {
+        int ctx = q->pos0[s] + q->n_tokens[s], nb = (int)ceil_div(ctx, B);
+        n_need += nb;
+        max_nb = nb > max_nb ? nb : max_nb;
+        max_ctx = ctx > max_ctx ? ctx : max_ctx;
+        max_seq_tokens = q->n_tokens[s] > max_seq_tokens ? q->n_tokens[s] : max_seq_tokens;
+        start[s + 1] = start[s] + q->n_tokens[s];
+        pos0[s] = q->pos0[s];
+    }
+    int max_blocks = max_nb + 1, n_spare = 2;
+    pg->block_size = B;
+    pg->n_blocks = n_need + n_spare;
+    pg->n_rows = (int64_t)pg->n_blocks * B;
+    int32_t *perm = xmalloc((size_t)pg->n_blocks * sizeof *perm);
+    for (int i = 0; i < pg->n_blocks; i++)
+        perm[i] = i;
+    for (int i = pg->n_blocks - 1; i > 0; i--) {
+        int j = rng_int(&tc->r, i + 1);
+        int32_t t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    int32_t *table = xmalloc((size_t)q->n_seq * (size_t)max_blocks * sizeof *table);
+    pg->live = xmalloc((size_t)pg->n_rows);
+    memset(pg->live, 0, (size_t)pg->n_rows);
+    for (int s = 0, next = 0; s < q->n_seq; s++) {
+        int ctx = q->pos0[s] + q->n_tokens[s];
+        for (int b = 0; b < max_blocks; b++) {
+            int32_t id = b < ceil_div(ctx, B) ? perm[next++] : perm[n_need + (s + b) % n_spare];
+            table[(size_t)s * (size_t)max_blocks + (size_t)b] = id;
+            for (int j = b * B; j < (b + 1) * B && j < ctx; j++)
+                pg->live[(int64_t)id * B + j % B] = 1;
+        }
+    }
+    bool ok = gbuf_values(tc, &pg->seq_start, start, (size_t)q->n_seq + 1) &&
+              gbuf_values(tc, &pg->seq_pos0, pos0, (size_t)q->n_seq) &&
+              gbuf_values(tc, &pg->block_table, table, (size_t)q->n_seq * (size_t)max_blocks);
+    pg->cpu = (eng_kv_batch){
+        .n_seq = q->n_seq, .n_tokens = start[q->n_seq], .max_seq_tokens = max_seq_tokens, .max_ctx = max_ctx,
+        .block_size = B, .max_blocks = max_blocks,
+        .seq_start = pg->seq_start.cpu, .seq_pos0 = pg->seq_pos0.cpu, .block_table = pg->block_table.cpu,
+    };
+    pg->dut = pg->cpu;
+    pg->dut.seq_start = pg->seq_start.dut;
+    pg->dut.seq_pos0 = pg->seq_pos0.dut;
+    pg->dut.block_table = pg->block_table.dut;
+    free(table);
+    free(perm);
+    return ok;
+}
+
+static void paged_free(tcase *tc, paged *pg)
+{
+    gbuf_free(tc, &pg->seq_start);
+    gbuf_free(tc, &pg->seq_pos0);
+    gbuf_free(tc, &pg->block_table);
+    free(pg->live);
+    memset(pg, 0, sizeof *pg);
+}
+
+/* A cache of pg's rows, row_stride apart: uniform values in [-1, 1) in the first width elements of
+ * the live rows, NaN everywhere else (dead rows, gaps, guard bands). */
+static bool paged_fill(tcase *tc, gbuf *b, const paged *pg, int64_t width, int64_t row_stride)
+{
+    layout l = rows(pg->n_rows, width, row_stride);
+    size_t n = layout_extent(&l);
+    uint32_t *bits = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++)
+        bits[i] = NAN_BITS;
+    for (int64_t r = 0; r < pg->n_rows; r++)
+        for (int64_t c = 0; pg->live[r] && c < width; c++)
+            bits[layout_at(&l, r, 0, c)] = f32_bits(rng_f(&tc->r, -1.0f, 1.0f));
+    bool ok = gbuf_make(tc, b, n, bits, NAN_BITS);
+    free(bits);
+    return ok;
+}
+
+/* The CPU reference's output must be finite: it read no NaN row (no key outside a context). */
+static bool check_cpu_finite(tcase *tc, const gbuf *b, const layout *l, const char *what)
+{
+    const float *ref = b->cpu;
+    for (int64_t r = 0; r < l->n_rows; r++)
+        for (int64_t s = 0; s < l->n_sub; s++)
+            for (int64_t c = 0; c < l->width; c++)
+                if (!isfinite(ref[layout_at(l, r, s, c)])) {
+                    fail(tc, "cpu reference: %s element [%lld][%lld][%lld] is %g (a key outside its context?)",
+                         what, (long long)r, (long long)s, (long long)c, (double)ref[layout_at(l, r, s, c)]);
+                    return false;
+                }
+    return true;
+}
+
 /* ---- attention ------------------------------------------------------------------------------ */
 
 typedef struct attn_case {
-    int n_head, n_head_kv, d_qk, d_v, n_tokens, pos0;
+    int n_head, n_head_kv, d_qk, d_v;
     int q_pad, kv_pad, out_pad; /* extra elements per row (q, k, v, out rows strided) */
 } attn_case;
 
-static void case_attention(harness *h, attn_case p)
+static void case_attention(harness *h, attn_case p, seq_spec sq, int block_size)
 {
     tcase tc;
-    if (!case_begin(h, &tc, "attention", BOUND_REDUCTION, "heads=%d/%d d_qk=%d d_v=%d n_tokens=%d pos0=%d%s",
-                    p.n_head, p.n_head_kv, p.d_qk, p.d_v, p.n_tokens, p.pos0,
-                    p.q_pad || p.kv_pad || p.out_pad ? " strided" : ""))
+    char seqs[128];
+    seq_desc(&sq, seqs, sizeof seqs);
+    if (!case_begin(h, &tc, "attention", BOUND_REDUCTION, "heads=%d/%d d_qk=%d d_v=%d block=%d %s%s", p.n_head,
+                    p.n_head_kv, p.d_qk, p.d_v, block_size, seqs, p.q_pad || p.kv_pad || p.out_pad ? " strided" : ""))
         return;
-    int n_keys = p.pos0 + p.n_tokens;
-    layout lq = rows(p.n_tokens, (int64_t)p.n_head * p.d_qk, (int64_t)p.n_head * p.d_qk + p.q_pad);
-    layout lk = rows(n_keys, (int64_t)p.n_head_kv * p.d_qk, (int64_t)p.n_head_kv * p.d_qk + p.kv_pad);
-    layout lv = rows(n_keys, (int64_t)p.n_head_kv * p.d_v, (int64_t)p.n_head_kv * p.d_v + p.kv_pad);
-    layout lo = rows(p.n_tokens, (int64_t)p.n_head * p.d_v, (int64_t)p.n_head * p.d_v + p.out_pad);
+    paged pg;
+    bool ok = paged_make(&tc, &pg, &sq, block_size);
+    int n_tokens = pg.cpu.n_tokens;
+    layout lq = rows(n_tokens, (int64_t)p.n_head * p.d_qk, (int64_t)p.n_head * p.d_qk + p.q_pad);
+    layout lo = rows(n_tokens, (int64_t)p.n_head * p.d_v, (int64_t)p.n_head * p.d_v + p.out_pad);
+    int64_t k_stride = (int64_t)p.n_head_kv * p.d_qk + p.kv_pad, v_stride = (int64_t)p.n_head_kv * p.d_v + p.kv_pad;
     gbuf q = {0}, k = {0}, v = {0}, o = {0};
-    bool ok = gbuf_random(&tc, &q, &lq, -1.0f, 1.0f) && gbuf_random(&tc, &k, &lk, -1.0f, 1.0f) &&
-              gbuf_random(&tc, &v, &lv, -1.0f, 1.0f) && gbuf_output(&tc, &o, layout_extent(&lo));
+    ok = ok && gbuf_random(&tc, &q, &lq, -1.0f, 1.0f) &&
+         paged_fill(&tc, &k, &pg, (int64_t)p.n_head_kv * p.d_qk, k_stride) &&
+         paged_fill(&tc, &v, &pg, (int64_t)p.n_head_kv * p.d_v, v_stride) && gbuf_output(&tc, &o, layout_extent(&lo));
     eng_attn_args a = {
-        .n_tokens = p.n_tokens, .n_head = p.n_head, .n_head_kv = p.n_head_kv,
-        .d_qk = p.d_qk, .d_v = p.d_v, .pos0 = p.pos0, .scale = 1.0f / sqrtf((float)p.d_qk),
+        .batch = pg.cpu, .n_head = p.n_head, .n_head_kv = p.n_head_kv,
+        .d_qk = p.d_qk, .d_v = p.d_v, .scale = 1.0f / sqrtf((float)p.d_qk),
         .q = q.cpu, .q_stride = lq.row_stride,
-        .k = k.cpu, .k_stride = lk.row_stride,
-        .v = v.cpu, .v_stride = lv.row_stride,
+        .k = k.cpu, .k_stride = k_stride,
+        .v = v.cpu, .v_stride = v_stride,
         .out = o.cpu, .out_stride = lo.row_stride,
     };
-    if (ok && op_ok(&tc, h->cpu->ops->attention(h->cpu, &a), true, "attention")) {
-        a.q = q.dut, a.k = k.dut, a.v = v.dut, a.out = o.dut;
+    if (ok && op_ok(&tc, h->cpu->ops->attention(h->cpu, &a), true, "attention") &&
+        check_cpu_finite(&tc, &o, &lo, "out")) {
+        a.batch = pg.dut, a.q = q.dut, a.k = k.dut, a.v = v.dut, a.out = o.dut;
         if (op_ok(&tc, tc.dut->ops->attention(tc.dut, &a), false, "attention"))
             check_f32(&tc, &o, &lo, "out");
     }
@@ -868,43 +1175,48 @@ static void case_attention(harness *h, attn_case p)
     gbuf_free(&tc, &k);
     gbuf_free(&tc, &v);
     gbuf_free(&tc, &o);
+    paged_free(&tc, &pg);
     case_end(&tc);
 }
 
 typedef struct mla_case {
-    int n_head, kv_lora_rank, d_nope, d_rope, d_v, n_tokens, pos0, q_pad;
+    int n_head, kv_lora_rank, d_nope, d_rope, d_v, q_pad;
     int fmt; /* index into FORMATS for kv_b */
 } mla_case;
 
-static void case_mla(harness *h, mla_case p)
+static void case_mla(harness *h, mla_case p, seq_spec sq, int block_size)
 {
     tcase tc;
     const wfmt_case *f = &FORMATS[p.fmt];
+    char seqs[128];
+    seq_desc(&sq, seqs, sizeof seqs);
     if (!case_begin(h, &tc, "mla_absorbed", BOUND_REDUCTION,
-                    "heads=%d rank=%d d_nope=%d d_rope=%d d_v=%d n_tokens=%d pos0=%d%s kv_b %s", p.n_head,
-                    p.kv_lora_rank, p.d_nope, p.d_rope, p.d_v, p.n_tokens, p.pos0, p.q_pad ? " strided" : "",
-                    f->name))
+                    "heads=%d rank=%d d_nope=%d d_rope=%d d_v=%d block=%d %s%s kv_b %s", p.n_head, p.kv_lora_rank,
+                    p.d_nope, p.d_rope, p.d_v, block_size, seqs, p.q_pad ? " strided" : "", f->name))
         return;
-    int n_keys = p.pos0 + p.n_tokens, d_qk = p.d_nope + p.d_rope;
+    int d_qk = p.d_nope + p.d_rope;
     test_weight kv_b;
     weight_make(&kv_b, f, (int64_t)p.n_head * (p.d_nope + p.d_v), p.kv_lora_rank, &tc.r);
-    layout lq = rows(p.n_tokens, (int64_t)p.n_head * d_qk, (int64_t)p.n_head * d_qk + p.q_pad);
-    layout lc = rows(n_keys, p.kv_lora_rank, p.kv_lora_rank), lp = rows(n_keys, p.d_rope, p.d_rope);
-    layout lo = rows(p.n_tokens, (int64_t)p.n_head * p.d_v, (int64_t)p.n_head * p.d_v);
+    paged pg;
+    bool ok = paged_make(&tc, &pg, &sq, block_size);
+    int n_tokens = pg.cpu.n_tokens;
+    layout lq = rows(n_tokens, (int64_t)p.n_head * d_qk, (int64_t)p.n_head * d_qk + p.q_pad);
+    layout lo = rows(n_tokens, (int64_t)p.n_head * p.d_v, (int64_t)p.n_head * p.d_v);
     gbuf q = {0}, ckv = {0}, kpe = {0}, o = {0};
-    bool ok = gbuf_random(&tc, &q, &lq, -1.0f, 1.0f) && gbuf_random(&tc, &ckv, &lc, -1.0f, 1.0f) &&
-              gbuf_random(&tc, &kpe, &lp, -1.0f, 1.0f) && gbuf_output(&tc, &o, layout_extent(&lo));
+    ok = ok && gbuf_random(&tc, &q, &lq, -1.0f, 1.0f) && paged_fill(&tc, &ckv, &pg, p.kv_lora_rank, p.kv_lora_rank) &&
+         paged_fill(&tc, &kpe, &pg, p.d_rope, p.d_rope) && gbuf_output(&tc, &o, layout_extent(&lo));
     eng_mla_args a = {
-        .n_tokens = p.n_tokens, .n_head = p.n_head,
+        .batch = pg.cpu, .n_head = p.n_head,
         .d_nope = p.d_nope, .d_rope = p.d_rope, .d_v = p.d_v, .kv_lora_rank = p.kv_lora_rank,
-        .pos0 = p.pos0, .scale = 1.0f / sqrtf((float)d_qk),
+        .scale = 1.0f / sqrtf((float)d_qk),
         .q = q.cpu, .q_stride = lq.row_stride,
         .ckv = ckv.cpu, .kpe = kpe.cpu,
         .kv_b = &kv_b.w,
         .out = o.cpu,
     };
-    if (ok && op_ok(&tc, h->cpu->ops->mla_absorbed(h->cpu, &a), true, "mla_absorbed")) {
-        a.q = q.dut, a.ckv = ckv.dut, a.kpe = kpe.dut, a.out = o.dut;
+    if (ok && op_ok(&tc, h->cpu->ops->mla_absorbed(h->cpu, &a), true, "mla_absorbed") &&
+        check_cpu_finite(&tc, &o, &lo, "out")) {
+        a.batch = pg.dut, a.q = q.dut, a.ckv = ckv.dut, a.kpe = kpe.dut, a.out = o.dut;
         if (op_ok(&tc, tc.dut->ops->mla_absorbed(tc.dut, &a), false, "mla_absorbed"))
             check_f32(&tc, &o, &lo, "out");
     }
@@ -912,6 +1224,7 @@ static void case_mla(harness *h, mla_case p)
     gbuf_free(&tc, &ckv);
     gbuf_free(&tc, &kpe);
     gbuf_free(&tc, &o);
+    paged_free(&tc, &pg);
     weight_free(&kv_b);
     case_end(&tc);
 }
@@ -1344,17 +1657,25 @@ static void run_elementwise(harness *h)
                 case_add(h, add_n[i], alias);
 
     /* rope: half split (Qwen3), partial (Phi-3), interleaved on q_pe after q_nope (DeepSeek) and
-     * on k_pe (one head, stride 0, inside the c_kv | k_pe row), YaRN's cos/sin scale, large pos0 */
+     * on k_pe (one head, stride 0, inside the c_kv | k_pe row), YaRN's cos/sin scale, large
+     * positions; one token; a batch of sequences at their own offsets; random positions */
     rope_case ropes[] = {
-        {5, 4, 64, 256, 64, 0, 0, 64, false, 1.0f, 0, 10000.0f},
-        {133, 32, 128, 32 * 128, 128, 0, 0, 128, false, 1.0f, 7, 1000000.0f},
-        {17, 8, 96, 3 * 8 * 96, 96, 0, 0, 32, false, 1.0f, 3, 10000.0f},
-        {7, 4, 192, 4 * 192, 192, 0, 128, 64, true, 1.2f, 11, 50000.0f},
-        {7, 1, 576, 576, 0, 512, 0, 64, true, 1.2f, 11, 50000.0f},
-        {3, 2, 64, 128, 64, 0, 0, 64, false, 1.0f, 30000, 10000.0f},
-        {3, 2, 192, 2 * 192 + 5, 192, 0, 128, 64, true, 0.8f, 30000, 10000.0f},
-        {2, 3, 16, 48, 16, 0, 4, 8, true, 1.0f, 32766, 10000.0f},
-        {1, 1, 8, 8, 8, 0, 0, 8, false, 1.0f, 0, 10000.0f},
+        {5, 4, 64, 256, 64, 0, 0, 64, false, 1.0f, 0, 10000.0f, POS_RUN},
+        {133, 32, 128, 32 * 128, 128, 0, 0, 128, false, 1.0f, 7, 1000000.0f, POS_RUN},
+        {17, 8, 96, 3 * 8 * 96, 96, 0, 0, 32, false, 1.0f, 3, 10000.0f, POS_RUN},
+        {7, 4, 192, 4 * 192, 192, 0, 128, 64, true, 1.2f, 11, 50000.0f, POS_RUN},
+        {7, 1, 576, 576, 0, 512, 0, 64, true, 1.2f, 11, 50000.0f, POS_RUN},
+        {3, 2, 64, 128, 64, 0, 0, 64, false, 1.0f, 30000, 10000.0f, POS_RUN},
+        {3, 2, 192, 2 * 192 + 5, 192, 0, 128, 64, true, 0.8f, 30000, 10000.0f, POS_RUN},
+        {2, 3, 16, 48, 16, 0, 4, 8, true, 1.0f, 32766, 10000.0f, POS_RUN},
+        {1, 1, 8, 8, 8, 0, 0, 8, false, 1.0f, 0, 10000.0f, POS_RUN},
+        {1, 4, 64, 256, 64, 0, 0, 64, false, 1.0f, 30000, 10000.0f, POS_RUN},
+        {17, 2, 64, 128, 64, 0, 0, 64, false, 1.0f, 30000, 10000.0f, POS_SEQS},
+        {133, 8, 128, 3 * 8 * 128 + 3, 128, 0, 0, 128, false, 1.0f, 30000, 1000000.0f, POS_SEQS},
+        {20, 1, 576, 576, 0, 512, 0, 64, true, 1.2f, 5000, 50000.0f, POS_SEQS},
+        {7, 4, 192, 4 * 192, 192, 0, 128, 64, true, 1.2f, 131071, 50000.0f, POS_RANDOM},
+        {64, 1, 8, 8, 8, 0, 0, 8, false, 1.0f, 200000, 10000.0f, POS_RANDOM},
+        {64, 40, 96, 40 * 96, 96, 0, 0, 96, false, 1.0f, 40000, 10000.0f, POS_RANDOM},
     };
     for (size_t i = 0; i < sizeof ropes / sizeof ropes[0]; i++)
         if (!h->small || ropes[i].n_tokens * ropes[i].n_head <= 64)
@@ -1381,65 +1702,128 @@ static void run_elementwise(harness *h)
             case_round_bf16(h, rb[i].n_rows, rb[i].n_cols, rb[i].stride);
 }
 
+/* kv_write: K of a fused q|k|v row into a [n_head_kv][d_head] cache row, V of odd width, k_pe
+ * shared by every head (src_head_stride 0) into DeepSeek's naive cache after k_nope, the latent
+ * cache's c_kv and k_pe from the c_kv | k_pe row, one element, rows narrower than the guard band
+ * (a negative slot used as a row would land there), a decode token that is skipped. */
+static void run_kv_write(harness *h)
+{
+    /* n_tokens, n_head, width, src row / head stride, src offset, cache row / head stride, cache
+     * offset, cache rows, skipped tokens */
+    static const struct { kv_case c; bool big; } kv[] = {
+        {{7, 8, 128, 48 * 128, 128, 32 * 128, 8 * 128, 128, 0, 64, 0}, false},
+        {{5, 2, 100, 2 * 100 + 3, 100, 0, 2 * 100 + 5, 100, 0, 40, 1}, false},
+        {{17, 4, 64, 576, 0, 512, 4 * 192, 192, 128, 100, 2}, false},
+        {{133, 1, 512, 576, 0, 0, 512, 0, 0, 1000, 3}, false},
+        {{133, 1, 64, 576, 0, 512, 64, 0, 0, 300, 0}, false},
+        {{1, 1, 1, 1, 0, 0, 1, 0, 0, 1, 0}, false},
+        {{9, 2, 16, 32, 16, 0, 40, 20, 0, 9, 2}, false},
+        {{1, 8, 128, 8 * 128, 128, 0, 8 * 128, 128, 0, 16, 1}, false},
+        {{33, 10, 96, 60 * 96, 96, 40 * 96, 10 * 96, 96, 0, 77, 1}, false},
+        {{300, 8, 128, 48 * 128, 128, 32 * 128, 8 * 128, 128, 0, 4096, 5}, true},
+    };
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
+        if (!h->small || !kv[i].big)
+            case_kv_write(h, kv[i].c);
+}
+
 static void run_attention(harness *h)
 {
-    /* GQA 1:1, 4:1, 8:1 with every (d_qk, d_v), a short prefill after a short prefix */
+    /* GQA 1:1, 4:1, 5:1, 8:1 with every (d_qk, d_v), block sizes 1, 5, 16, 64, one sequence (a
+     * short prefill after a short prefix) or three (one of them empty) */
     static const int dims[][2] = {{24, 24}, {64, 64}, {128, 128}, {192, 128}, {192, 100}, {24, 100}, {64, 128}, {128, 100}};
-    static const int ratio[] = {1, 4, 8};
+    static const int ratio[] = {1, 4, 5, 8}, blocks[] = {1, 5, 16, 64};
     for (int d = 0; d < 8; d++)
-        for (int r = 0; r < 3; r++) {
+        for (int r = 0; r < 4; r++) {
             int kv = d % 2 ? 2 : 1;
-            case_attention(h, (attn_case){ratio[r] * kv, kv, dims[d][0], dims[d][1], 5, 3, 0, 0, 0});
+            seq_spec sq = d % 2 ? seq_list(3, (int[]){3, 0, 5}, (int[]){4, 6, 11}) : seq_one(5, 3);
+            case_attention(h, (attn_case){ratio[r] * kv, kv, dims[d][0], dims[d][1], 0, 0, 0}, sq, blocks[(d + r) % 4]);
         }
     /* strided as Phi-3 lays out q | k | v and DeepSeek's naive cache */
-    case_attention(h, (attn_case){8, 2, 64, 64, 7, 9, 2 * 2 * 64, 2 * 64 + 3, 5});
-    case_attention(h, (attn_case){4, 4, 192, 128, 3, 20, 0, 0, 0});
+    case_attention(h, (attn_case){8, 2, 64, 64, 2 * 2 * 64, 2 * 64 + 3, 5}, seq_list(2, (int[]){7, 2}, (int[]){9, 0}), 16);
+    case_attention(h, (attn_case){4, 4, 192, 128, 0, 0, 0}, seq_one(3, 20), 5);
+    /* decode batches, a ragged prefill + decode mix (an empty sequence in it), an empty last
+     * sequence */
+    case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_list(4, (int[]){1, 1, 1, 1}, (int[]){0, 9, 63, 300}), 16);
+    case_attention(h, (attn_case){10, 2, 128, 128, 0, 0, 0}, seq_decode(8, 0, 100), 1);
+    case_attention(h, (attn_case){8, 2, 64, 64, 0, 0, 0}, seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 40, 200}), 5);
+    case_attention(h, (attn_case){4, 4, 64, 64, 0, 0, 0}, seq_list(3, (int[]){3, 1, 0}, (int[]){20, 0, 7}), 16);
     if (h->small) {
-        case_attention(h, (attn_case){16, 2, 128, 128, 1, 63, 0, 0, 0});
-        case_attention(h, (attn_case){4, 1, 64, 64, 17, 0, 0, 0, 0});
+        case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_one(1, 63), 64);
+        case_attention(h, (attn_case){4, 1, 64, 64, 0, 0, 0}, seq_one(17, 0), 64);
         return;
     }
     /* decode: one token over a long cache */
     static const int pos[] = {0, 1, 255, 4096, 32767};
     for (int i = 0; i < 5; i++) {
-        case_attention(h, (attn_case){16, 2, 128, 128, 1, pos[i], 0, 0, 0});
-        case_attention(h, (attn_case){4, 4, 192, 128, 1, pos[i], 0, 0, 0});
+        case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_one(1, pos[i]), 16);
+        case_attention(h, (attn_case){4, 4, 192, 128, 0, 0, 0}, seq_one(1, pos[i]), 64);
     }
-    case_attention(h, (attn_case){32, 4, 100, 100, 1, 20000, 0, 0, 0});
-    /* prefill, and prefill after a cached prefix */
-    case_attention(h, (attn_case){8, 2, 128, 128, 300, 0, 0, 0, 0});
-    case_attention(h, (attn_case){4, 4, 64, 64, 300, 0, 0, 0, 0});
-    case_attention(h, (attn_case){8, 1, 192, 100, 300, 0, 0, 0, 0});
-    case_attention(h, (attn_case){8, 2, 128, 128, 64, 500, 0, 0, 0});
-    case_attention(h, (attn_case){16, 2, 64, 64, 133, 1000, 128, 3, 0});
-    case_attention(h, (attn_case){4, 1, 24, 100, 17, 31000, 0, 0, 0});
+    case_attention(h, (attn_case){32, 4, 100, 100, 0, 0, 0}, seq_one(1, 20000), 5);
+    /* decode batches: contexts 1 .. 5000 at every block size; 16 sequences at ~4k */
+    static const attn_case dec[] = {{16, 2, 128, 128, 0, 0, 0}, {40, 8, 128, 128, 0, 0, 0},
+                                    {8, 8, 64, 64, 0, 0, 0}, {32, 4, 128, 128, 0, 0, 0}};
+    for (int i = 0; i < 4; i++)
+        case_attention(h, dec[i], seq_list(4, (int[]){1, 1, 1, 1}, (int[]){0, 9, 1000, 4999}), blocks[(i + 2) % 4]);
+    case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_decode(16, 3990, 4200), 16);
+    case_attention(h, (attn_case){32, 4, 128, 128, 0, 0, 0}, seq_decode(16, 3900, 4100), 64);
+    case_attention(h, (attn_case){20, 4, 64, 64, 0, 0, 0}, seq_decode(16, 0, 15), 5);
+    /* ragged prefill + decode mixes */
+    static const attn_case mix[] = {{8, 2, 128, 128, 0, 0, 0}, {4, 4, 192, 128, 0, 0, 0},
+                                    {10, 2, 64, 64, 0, 0, 0}, {8, 1, 24, 100, 0, 0, 0}};
+    for (int i = 0; i < 4; i++)
+        case_attention(h, mix[i], seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 100, 2000}), blocks[(i + 2) % 4]);
+    case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0},
+                   seq_list(5, (int[]){64, 1, 17, 130, 3}, (int[]){0, 3000, 50, 500, 7}), 16);
+    case_attention(h, (attn_case){8, 2, 64, 64, 128, 3, 0},
+                   seq_list(8, (int[]){1, 2, 3, 5, 8, 13, 21, 34}, (int[]){100, 0, 7, 1000, 64, 3, 500, 2}), 7);
+    /* prefill of one long sequence, and prefill after a cached prefix */
+    case_attention(h, (attn_case){8, 2, 128, 128, 0, 0, 0}, seq_one(300, 0), 16);
+    case_attention(h, (attn_case){4, 4, 64, 64, 0, 0, 0}, seq_one(300, 0), 64);
+    case_attention(h, (attn_case){8, 1, 192, 100, 0, 0, 0}, seq_one(300, 0), 5);
+    case_attention(h, (attn_case){8, 2, 128, 128, 0, 0, 0}, seq_one(64, 500), 1);
+    case_attention(h, (attn_case){16, 2, 64, 64, 128, 3, 0}, seq_one(133, 1000), 16);
+    case_attention(h, (attn_case){4, 1, 24, 100, 0, 0, 0}, seq_one(17, 31000), 64);
 }
 
 static void run_mla(harness *h)
 {
-    /* heads, rank, d_nope, d_rope, d_v, n_tokens, pos0, q_pad, kv_b format */
-    static const mla_case cases[] = {
-        {4, 32, 16, 8, 16, 1, 0, 0, 1},
-        {4, 32, 16, 8, 16, 5, 3, 0, 3},
-        {2, 32, 128, 64, 128, 7, 20, 5, 6},
-        {3, 512, 16, 8, 16, 2, 3, 0, 4},
-        {8, 512, 128, 64, 128, 1, 1000, 0, 3},
-        {4, 512, 128, 64, 128, 64, 0, 0, 1},
-        {3, 512, 16, 8, 16, 17, 100, 0, 6},
-        {16, 512, 128, 64, 128, 5, 300, 0, 0},
-        {2, 32, 16, 64, 128, 64, 64, 0, 8},
-        {2, 512, 128, 8, 16, 133, 7, 3, 5},
+    /* one sequence: heads, rank, d_nope, d_rope, d_v, q_pad, kv_b format; n_tokens, pos0, block */
+    static const struct { mla_case c; int n_tokens, pos0, block_size; } one[] = {
+        {{4, 32, 16, 8, 16, 0, 1}, 1, 0, 64},
+        {{4, 32, 16, 8, 16, 0, 3}, 5, 3, 5},
+        {{2, 32, 128, 64, 128, 5, 6}, 7, 20, 16},
+        {{3, 512, 16, 8, 16, 0, 4}, 2, 3, 1},
+        {{8, 512, 128, 64, 128, 0, 3}, 1, 1000, 64},
+        {{4, 512, 128, 64, 128, 0, 1}, 64, 0, 64},
+        {{3, 512, 16, 8, 16, 0, 6}, 17, 100, 7},
+        {{16, 512, 128, 64, 128, 0, 0}, 5, 300, 16},
+        {{2, 32, 16, 64, 128, 0, 8}, 64, 64, 64},
+        {{2, 512, 128, 8, 16, 3, 5}, 133, 7, 5},
         /* int8 kv_b with every scale dtype: decode, a short prefill, strided q */
-        {4, 32, 16, 8, 16, 1, 5, 0, 9},
-        {3, 512, 16, 8, 16, 17, 100, 0, 10},
-        {2, 512, 128, 64, 128, 7, 20, 5, 11},
+        {{4, 32, 16, 8, 16, 0, 9}, 1, 5, 1},
+        {{3, 512, 16, 8, 16, 0, 10}, 17, 100, 64},
+        {{2, 512, 128, 64, 128, 5, 11}, 7, 20, 5},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        const mla_case *c = &cases[i];
-        if (h->small && (c->n_tokens > 17 || c->pos0 > 64 || c->n_head * c->kv_lora_rank > 1600))
+    for (size_t i = 0; i < sizeof one / sizeof one[0]; i++) {
+        const mla_case *c = &one[i].c;
+        if (h->small && (one[i].n_tokens > 17 || one[i].pos0 > 64 || c->n_head * c->kv_lora_rank > 1600))
             continue;
-        case_mla(h, *c);
+        case_mla(h, *c, seq_one(one[i].n_tokens, one[i].pos0), one[i].block_size);
     }
+    /* batches: decode, a ragged prefill + decode mix with an empty sequence */
+    case_mla(h, (mla_case){4, 32, 16, 8, 16, 0, 1}, seq_list(4, (int[]){7, 0, 3, 1}, (int[]){0, 12, 40, 60}), 5);
+    case_mla(h, (mla_case){3, 512, 16, 8, 16, 0, 3}, seq_list(3, (int[]){1, 1, 1}, (int[]){0, 17, 64}), 64);
+    case_mla(h, (mla_case){2, 32, 16, 64, 128, 3, 9}, seq_decode(8, 0, 70), 1);
+    if (h->small)
+        return;
+    case_mla(h, (mla_case){8, 512, 128, 64, 128, 0, 1}, seq_list(4, (int[]){1, 1, 1, 1}, (int[]){0, 63, 64, 1000}), 64);
+    case_mla(h, (mla_case){4, 512, 128, 64, 128, 0, 3}, seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 100, 300}), 5);
+    case_mla(h, (mla_case){8, 512, 128, 64, 128, 5, 6}, seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 100, 300}), 64);
+    case_mla(h, (mla_case){16, 512, 128, 64, 128, 0, 1}, seq_decode(16, 1000, 4000), 64);
+    case_mla(h, (mla_case){16, 512, 128, 64, 128, 0, 0}, seq_one(1, 8000), 16);
+    case_mla(h, (mla_case){4, 512, 128, 64, 128, 0, 10},
+             seq_list(5, (int[]){64, 1, 17, 130, 3}, (int[]){0, 3000, 50, 500, 7}), 13);
 }
 
 static void run_moe(harness *h)
@@ -1509,6 +1893,7 @@ int main(int argc, char **argv)
     run_embedding(&h);
     run_matmul(&h);
     run_elementwise(&h);
+    run_kv_write(&h);
     run_attention(&h);
     run_mla(&h);
     run_moe(&h);

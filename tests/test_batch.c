@@ -1,0 +1,306 @@
+/* test_batch.c: continuous batching over a paged KV cache gives every sequence what it gets alone.
+ *
+ *   test_batch MODEL_DIR [--mla naive]
+ *
+ * Five sequences cut from the reference cases' ids (different lengths and prefill sizes) run
+ * alone, each in a private session (prefill, then one token at a time), and then together in one
+ * shared cache of 3-position blocks, so that their blocks interleave in memory: one batched
+ * prefill of four of them, then batched decode steps in which sequences finish at different
+ * times and the fifth joins late with a multi-token chunk beside the others' single tokens. Every
+ * logit row of the batched run must match the lone run within 1e-5 relative L2 (on the CPU the
+ * rows are computed by the same code in the same order: they must be equal, and are checked for
+ * that). Then: a cache too small for a step fails with OUT_OF_MEMORY and changes nothing; reset
+ * sequences give their blocks back and, reusing blocks full of another sequence's keys, compute
+ * the same logits again; batches that break the rules are refused with INVALID_ARG.
+ * PP_TEST_BACKEND=cuda runs it on the CUDA backend (tests/test_backend.h).
+ */
+#include <json-c/json.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+#include "test_backend.h"
+
+#define REL_L2_MAX 1e-5
+#define N_SEQ 5
+#define MAX_TOK 64
+
+static int failures;
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            failures++;                                                                            \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                   \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fputc('\n', stderr);                                                                   \
+        }                                                                                          \
+    } while (0)
+
+typedef struct seq {
+    int32_t ids[MAX_TOK];
+    int n;        /* tokens */
+    int prefill;  /* first chunk */
+    int join;     /* decode step at which it starts (0: in the first batch) */
+    float *ref;   /* [n][n_vocab]: row i = logits after token i (rows before prefill - 1 unused) */
+} seq;
+
+static double rel_l2(const float *a, const float *b, int n)
+{
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static double worst;
+static bool exact_expected;
+
+/* Compares a batched row with the lone run's row. */
+static void compare(const char *what, int s, int tok, const float *got, const float *want, int n_vocab)
+{
+    double e = rel_l2(got, want, n_vocab);
+    worst = e > worst ? e : worst;
+    CHECK(e <= REL_L2_MAX, "%s: sequence %d token %d: rel L2 %.3g > %g", what, s, tok, e, REL_L2_MAX);
+    if (exact_expected)
+        CHECK(memcmp(got, want, (size_t)n_vocab * sizeof(float)) == 0,
+              "%s: sequence %d token %d: not bit-identical to the lone run on the CPU", what, s, tok);
+}
+
+/* The lone run: prefill, then one token at a time, in a private session. */
+static int run_alone(eng_model *m, seq *q, int n_vocab)
+{
+    eng_err err = {{0}};
+    eng_session *s = NULL;
+    pp_status st = eng_session_create(m, q->n, &s, &err);
+    if (st == PP_STATUS_OK)
+        st = eng_session_forward(s, q->ids, q->prefill, q->ref + (size_t)(q->prefill - 1) * n_vocab, false, &err);
+    for (int i = q->prefill; i < q->n && st == PP_STATUS_OK; i++)
+        st = eng_session_forward(s, q->ids + i, 1, q->ref + (size_t)i * n_vocab, false, &err);
+    eng_session_free(s);
+    if (st != PP_STATUS_OK)
+        fprintf(stderr, "FAIL: lone run: %s\n", err.msg);
+    return st == PP_STATUS_OK ? 0 : -1;
+}
+
+/* Runs the sequences together in kv: step 0 prefills the ones with join == 0; each later step
+ * gives every started, unfinished sequence its next token, and a sequence joining at that step
+ * its prefill chunk. Compares every row. */
+static void run_batched(eng_kv_cache *kv, seq *qs, int n_seq, int n_vocab, const char *what)
+{
+    eng_session *ss[N_SEQ] = {0};
+    int done[N_SEQ] = {0}; /* tokens run so far */
+    float *out = malloc((size_t)N_SEQ * (size_t)n_vocab * sizeof(float));
+    eng_err err = {{0}};
+    for (int i = 0; i < n_seq; i++)
+        if (eng_session_create_in(kv, qs[i].n, &ss[i], &err) != PP_STATUS_OK) {
+            CHECK(false, "%s: session: %s", what, err.msg);
+            goto out;
+        }
+    for (int step = 0;; step++) {
+        eng_batch_seq b[N_SEQ];
+        int idx[N_SEQ], nb = 0;
+        for (int i = 0; i < n_seq; i++) {
+            seq *q = &qs[i];
+            if (done[i] == q->n || step < q->join)
+                continue;
+            int take = done[i] == 0 ? q->prefill : 1;
+            b[nb] = (eng_batch_seq){ss[i], q->ids + done[i], take, out + (size_t)nb * n_vocab};
+            idx[nb++] = i;
+        }
+        if (nb == 0)
+            break;
+        pp_status st = eng_forward_batch(b, nb, &err);
+        CHECK(st == PP_STATUS_OK, "%s: step %d (%d sequences): %s", what, step, nb, err.msg);
+        if (st != PP_STATUS_OK)
+            break;
+        for (int k = 0; k < nb; k++) {
+            int i = idx[k];
+            done[i] += b[k].n_tokens;
+            CHECK(eng_session_pos(ss[i]) == done[i], "%s: position %d, expected %d", what,
+                  eng_session_pos(ss[i]), done[i]);
+            compare(what, i, done[i] - 1, b[k].logits, qs[i].ref + (size_t)(done[i] - 1) * n_vocab, n_vocab);
+        }
+    }
+out:
+    for (int i = 0; i < n_seq; i++)
+        eng_session_free(ss[i]);
+    free(out);
+}
+
+/* A cache with too few blocks: the step that needs one more than is free fails and changes
+ * nothing; after another sequence resets, it goes on. */
+static void check_exhaustion(eng_model *m, seq *qs, int n_vocab)
+{
+    eng_err err = {{0}};
+    eng_kv_cache *kv = NULL;
+    /* block size 4: sequence 0's prefill (5 tokens) takes 2 blocks, sequence 1's 1 block */
+    pp_status st = eng_kv_cache_create(m, 3, 4, &kv, &err);
+    CHECK(st == PP_STATUS_OK, "small cache: %s", err.msg);
+    if (st != PP_STATUS_OK)
+        return;
+    eng_session *a = NULL, *b = NULL;
+    eng_session_create_in(kv, qs[0].n, &a, &err);
+    eng_session_create_in(kv, qs[1].n, &b, &err);
+    float *lg = malloc((size_t)n_vocab * sizeof(float));
+    eng_batch_seq two[2] = {{a, qs[0].ids, 5, lg}, {b, qs[1].ids, 1, NULL}};
+    CHECK(eng_forward_batch(two, 2, &err) == PP_STATUS_OK, "small cache prefill: %s", err.msg);
+    CHECK(eng_kv_cache_free_blocks(kv) == 0, "free blocks %d after taking 3 of 3", eng_kv_cache_free_blocks(kv));
+    /* a: positions 5..7 fit its second block; b: 1..3 fit its first; then a at 8 needs a block */
+    for (int i = 0; i < 3; i++) {
+        eng_batch_seq st2[2] = {{a, qs[0].ids + 5 + i, 1, lg}, {b, qs[1].ids + 1 + i, 1, NULL}};
+        CHECK(eng_forward_batch(st2, 2, &err) == PP_STATUS_OK, "small cache step %d: %s", i, err.msg);
+    }
+    eng_batch_seq more = {a, qs[0].ids + 8, 1, lg};
+    err.msg[0] = 0;
+    st = eng_forward_batch(&more, 1, &err);
+    CHECK(st == PP_STATUS_OUT_OF_MEMORY, "full cache: status %s, expected OUT_OF_MEMORY", pp_status_str(st));
+    CHECK(strstr(err.msg, "free blocks") != NULL, "full cache message: '%s'", err.msg);
+    CHECK(eng_session_pos(a) == 8 && eng_kv_cache_free_blocks(kv) == 0, "a failed step changed state");
+    eng_session_reset(b);
+    CHECK(eng_kv_cache_free_blocks(kv) == 1, "reset returned %d blocks, expected 1", eng_kv_cache_free_blocks(kv));
+    st = eng_forward_batch(&more, 1, &err);
+    CHECK(st == PP_STATUS_OK, "after reset: %s", err.msg);
+    if (st == PP_STATUS_OK)
+        compare("exhaustion", 0, 8, lg, qs[0].ref + (size_t)8 * n_vocab, n_vocab);
+    eng_session_free(a);
+    eng_session_free(b);
+    CHECK(eng_kv_cache_free_blocks(kv) == 3, "sessions freed, free blocks %d of 3", eng_kv_cache_free_blocks(kv));
+    eng_kv_cache_free(kv);
+    free(lg);
+}
+
+/* Batches that break the rules. */
+static void check_refusals(eng_model *m, seq *qs)
+{
+    eng_err err = {{0}};
+    eng_kv_cache *k1 = NULL, *k2 = NULL;
+    eng_session *a = NULL, *b = NULL, *c = NULL, *p = NULL;
+    if (eng_kv_cache_create(m, 8, 0, &k1, &err) != PP_STATUS_OK || eng_kv_cache_create(m, 8, 0, &k2, &err) != PP_STATUS_OK ||
+        eng_session_create_in(k1, 16, &a, &err) != PP_STATUS_OK || eng_session_create_in(k1, 16, &b, &err) != PP_STATUS_OK ||
+        eng_session_create_in(k2, 16, &c, &err) != PP_STATUS_OK || eng_session_create(m, 16, &p, &err) != PP_STATUS_OK) {
+        CHECK(false, "refusal setup: %s", err.msg);
+        goto out;
+    }
+    CHECK(eng_kv_cache_block_size(k1) == ENG_KV_BLOCK_SIZE, "default block size %d", eng_kv_cache_block_size(k1));
+    const int32_t *ids = qs[0].ids;
+    struct {
+        const char *what;
+        eng_batch_seq b[2];
+        int n;
+    } bad[] = {
+        {"the same session twice", {{a, ids, 1, NULL}, {a, ids, 1, NULL}}, 2},
+        {"sessions of two caches", {{a, ids, 1, NULL}, {c, ids, 1, NULL}}, 2},
+        {"a private session in a batch", {{p, ids, 1, NULL}, {a, ids, 1, NULL}}, 2},
+        {"a sequence with no tokens", {{a, ids, 1, NULL}, {b, ids, 0, NULL}}, 2},
+        {"a context overflow", {{a, ids, 1, NULL}, {b, ids, 17, NULL}}, 2},
+        {"an empty batch", {{a, ids, 1, NULL}}, 0},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err.msg[0] = 0;
+        pp_status st = eng_forward_batch(bad[i].b, bad[i].n, &err);
+        CHECK(st == PP_STATUS_INVALID_ARG && err.msg[0], "%s: status %s, message '%s'", bad[i].what,
+              pp_status_str(st), err.msg);
+        CHECK(eng_session_pos(a) == 0 && eng_session_pos(b) == 0, "%s changed a position", bad[i].what);
+    }
+    CHECK(eng_kv_cache_free_blocks(k1) == 8, "refused batches took blocks");
+out:
+    eng_session_free(a);
+    eng_session_free(b);
+    eng_session_free(c);
+    eng_session_free(p);
+    eng_kv_cache_free(k1);
+    eng_kv_cache_free(k2);
+}
+
+int main(int argc, char **argv)
+{
+    const char *backend;
+    int rc = test_backend_pick(&backend);
+    if (rc != 0)
+        return rc;
+    if (argc < 2) {
+        fprintf(stderr, "usage: test_batch MODEL_DIR [--mla naive]\n");
+        return 2;
+    }
+    eng_model_opts o;
+    eng_model_opts_default(&o);
+    o.backend = backend;
+    for (int i = 2; i < argc; i++) {
+        if (strcmp(argv[i], "--mla") == 0 && i + 1 < argc && strcmp(argv[i + 1], "naive") == 0) {
+            o.mla = ENG_MLA_NAIVE;
+            i++;
+        } else {
+            fprintf(stderr, "unknown argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    exact_expected = strcmp(backend, "cpu") == 0;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/reference.json", argv[1]);
+    json_object *ref = json_object_from_file(path);
+    json_object *cases = ref ? json_object_object_get(ref, "cases") : NULL;
+    eng_model *m = NULL;
+    eng_err err = {{0}};
+    if (!cases || json_object_array_length(cases) < 2 || eng_model_load(argv[1], &o, &m, &err) != PP_STATUS_OK) {
+        fprintf(stderr, "FAIL: %s\n", cases ? err.msg : "reference.json with two cases needed");
+        return 1;
+    }
+    int n_vocab = eng_model_config(m)->n_vocab;
+
+    /* lengths, prefill chunks and join steps: ragged on purpose */
+    const int spec[N_SEQ][4] = {
+        /* case, tokens, prefill, join */
+        {0, 19, 5, 0}, {1, 13, 1, 0}, {0, 11, 9, 0}, {1, 6, 3, 0}, {1, 14, 7, 4},
+    };
+    seq qs[N_SEQ];
+    for (int i = 0; i < N_SEQ; i++) {
+        json_object *ids = json_object_object_get(json_object_array_get_idx(cases, (size_t)spec[i][0]), "ids");
+        qs[i].n = spec[i][1];
+        qs[i].prefill = spec[i][2];
+        qs[i].join = spec[i][3];
+        if ((int)json_object_array_length(ids) < qs[i].n) {
+            fprintf(stderr, "FAIL: case %d has fewer than %d ids\n", spec[i][0], qs[i].n);
+            return 1;
+        }
+        for (int t = 0; t < qs[i].n; t++)
+            qs[i].ids[t] = json_object_get_int(json_object_array_get_idx(ids, (size_t)t));
+        qs[i].ref = calloc((size_t)qs[i].n * (size_t)n_vocab, sizeof(float));
+        if (run_alone(m, &qs[i], n_vocab) != 0)
+            return 1;
+    }
+
+    /* block size 3: every sequence's blocks interleave with the others' */
+    eng_kv_cache *kv = NULL;
+    if (eng_kv_cache_create(m, 40, 3, &kv, &err) != PP_STATUS_OK) {
+        fprintf(stderr, "FAIL: cache: %s\n", err.msg);
+        return 1;
+    }
+    run_batched(kv, qs, N_SEQ, n_vocab, "batched");
+    CHECK(eng_kv_cache_free_blocks(kv) == 40, "blocks not returned: %d of 40 free", eng_kv_cache_free_blocks(kv));
+    /* again in the same cache: the blocks now hold the first run's keys, in another order */
+    run_batched(kv, qs + 1, N_SEQ - 1, n_vocab, "reused blocks");
+    eng_kv_cache_free(kv);
+
+    check_exhaustion(m, qs, n_vocab);
+    check_refusals(m, qs);
+
+    printf("%s on %s%s: %d sequences, worst rel L2 vs the lone runs %.3g (bound %g%s)\n", argv[1], backend,
+           o.mla == ENG_MLA_NAIVE ? " (naive MLA)" : "", N_SEQ, worst, REL_L2_MAX,
+           exact_expected ? ", bit-identical required" : "");
+    for (int i = 0; i < N_SEQ; i++)
+        free(qs[i].ref);
+    eng_model_free(m);
+    json_object_put(ref);
+    if (failures) {
+        printf("%d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("ok\n");
+    return 0;
+}
