@@ -156,10 +156,30 @@ static void emit_prefix(text_buf *pending, size_t n, text_buf *out)
     pending->data[pending->len] = '\0';
 }
 
-pp_status eng_generate(eng_model *model, const eng_tokenizer *tok, const int32_t *prompt_ids,
-                       size_t n_prompt, const eng_gen_params *p, eng_chunk_fn fn, void *user,
-                       eng_err *err)
+struct eng_gen {
+    eng_model *model;
+    const eng_gen_params *p;
+    eng_chunk_fn fn;
+    void *user;
+    eng_session *sess;
+    eng_sampler *sampler;
+    eng_detok *detok;
+    int32_t *history;    /* [n_ctx]: the prompt, then every sampled id */
+    size_t n_hist, n_prompt, n_new_ids, completion;
+    size_t prefilled;    /* prompt tokens run so far */
+    int n_ctx;
+    int32_t n_text_vocab;
+    text_buf pending, out;
+    bool by_stop_string;
+    bool done;           /* the final chunk was handed out */
+    pp_status status;    /* what eng_generate returns for it */
+};
+
+pp_status eng_gen_create(eng_model *model, eng_kv_cache *kv, const eng_tokenizer *tok, const int32_t *prompt_ids,
+                         size_t n_prompt, const eng_gen_params *p, eng_chunk_fn fn, void *user, eng_gen **out,
+                         eng_err *err)
 {
+    *out = NULL;
     const eng_config *c = eng_model_config(model);
     pp_status st = eng_sampling_validate(&p->sampling, err);
     if (st != PP_STATUS_OK)
@@ -177,123 +197,194 @@ pp_status eng_generate(eng_model *model, const eng_tokenizer *tok, const int32_t
                         "the prompt has %zu tokens, which leaves no room in the context of %lld "
                         "(prompts are not truncated)", n_prompt, limit);
     long long want = (long long)n_prompt + p->max_tokens;
-    int n_ctx = (int)(want < limit ? want : limit);
+    eng_gen *g = calloc(1, sizeof *g);
+    if (!g)
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    g->model = model;
+    g->p = p;
+    g->fn = fn;
+    g->user = user;
+    g->n_ctx = (int)(want < limit ? want : limit);
+    g->n_prompt = n_prompt;
+    g->n_text_vocab = eng_tokenizer_n_vocab(tok);
+    if ((st = kv ? eng_session_create_in(kv, g->n_ctx, &g->sess, err) : eng_session_create(model, g->n_ctx, &g->sess, err)) !=
+            PP_STATUS_OK ||
+        (st = eng_sampler_create(&p->sampling, c->n_vocab, &g->sampler, err)) != PP_STATUS_OK ||
+        (st = eng_detok_create(tok, &g->detok, err)) != PP_STATUS_OK) {
+        eng_gen_free(g);
+        return st;
+    }
+    g->history = malloc((size_t)g->n_ctx * sizeof *g->history);
+    if (!g->history) {
+        eng_gen_free(g);
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    }
+    memcpy(g->history, prompt_ids, n_prompt * sizeof *g->history);
+    g->n_hist = n_prompt;
+    *out = g;
+    return PP_STATUS_OK;
+}
 
-    eng_session *sess = NULL;
-    eng_sampler *sampler = NULL;
-    eng_detok *detok = NULL;
-    float *logits = NULL;
-    int32_t *history = NULL;
-    text_buf pending = {0}, out = {0};
-    size_t n_hist = 0, n_new_ids = 0, completion = 0;
-    eng_finish finish = ENG_FINISH_NONE;
-    bool by_stop_string = false;
+eng_session *eng_gen_session(eng_gen *g) { return g->sess; }
+int eng_gen_n_ctx(const eng_gen *g) { return g->n_ctx; }
+bool eng_gen_prefilling(const eng_gen *g) { return g->prefilled < g->n_prompt; }
+pp_status eng_gen_status(const eng_gen *g) { return g->status; }
+bool eng_gen_done(const eng_gen *g) { return g->done; }
 
-    if ((st = eng_session_create(model, n_ctx, &sess, err)) != PP_STATUS_OK ||
-        (st = eng_sampler_create(&p->sampling, c->n_vocab, &sampler, err)) != PP_STATUS_OK ||
-        (st = eng_detok_create(tok, &detok, err)) != PP_STATUS_OK)
-        goto done;
-    logits = malloc((size_t)c->n_vocab * sizeof *logits);
-    history = malloc((size_t)n_ctx * sizeof *history);
-    if (!logits || !history) {
-        st = eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
-        goto done;
+void eng_gen_input(const eng_gen *g, const int32_t **ids, int *n_tokens)
+{
+    if (g->prefilled < g->n_prompt) {
+        size_t step = g->p->n_batch > 0 ? (size_t)g->p->n_batch : g->n_prompt;
+        size_t left = g->n_prompt - g->prefilled;
+        *ids = g->history + g->prefilled;
+        *n_tokens = (int)(left < step ? left : step);
+    } else {
+        *ids = g->history + g->n_hist - 1; /* the last sampled id */
+        *n_tokens = 1;
     }
-    memcpy(history, prompt_ids, n_prompt * sizeof *history);
-    n_hist = n_prompt;
-    size_t step = p->n_batch > 0 ? (size_t)p->n_batch : n_prompt;
-    for (size_t off = 0; off < n_prompt; off += step) {
-        size_t len = n_prompt - off < step ? n_prompt - off : step;
-        if ((st = eng_session_forward(sess, prompt_ids + off, (int)len, logits, false, err)) != PP_STATUS_OK) {
-            finish = ENG_FINISH_ERROR;
-            goto final;
-        }
-    }
-    int32_t n_text_vocab = eng_tokenizer_n_vocab(tok);
-    for (;;) {
-        /* Rows past the tokenizer's vocabulary are padding (Qwen pads 151669 ids to 151936):
-         * they have no text, so they are never chosen (HF does not mask them). */
-        for (int32_t v = n_text_vocab; v < c->n_vocab; v++)
-            logits[v] = -INFINITY;
-        int32_t id = eng_sampler_sample(sampler, logits, history, n_hist);
-        history[n_hist++] = id;
-        completion++;
-        n_new_ids++;
-        bool is_stop_id = false;
-        for (int i = 0; i < p->n_stop_ids; i++)
-            is_stop_id = is_stop_id || p->stop_ids[i] == id;
-        if (is_stop_id) {
-            finish = ENG_FINISH_STOP;
-            break;
-        }
-        const char *piece;
-        size_t piece_len;
-        if ((st = eng_detok_push(detok, id, &piece, &piece_len, err)) != PP_STATUS_OK) {
-            finish = ENG_FINISH_ERROR;
-            break;
-        }
-        if (!buf_append(&pending, piece, piece_len)) {
-            st = eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
-            finish = ENG_FINISH_ERROR;
-            break;
-        }
-        size_t hit = find_stop(pending.data, pending.len, p->stop, p->n_stop);
-        if (hit != (size_t)-1) {
-            pending.len = hit;
-            pending.data[hit] = '\0';
-            finish = ENG_FINISH_STOP;
-            by_stop_string = true;
-            break;
-        }
-        if ((int)completion >= p->max_tokens || n_hist >= (size_t)n_ctx) {
-            finish = ENG_FINISH_LENGTH;
-            break;
-        }
-        size_t hold = stop_prefix_len(pending.data, pending.len, p->stop, p->n_stop);
-        if (pending.len - hold > 0) {
-            emit_prefix(&pending, pending.len - hold, &out);
-            eng_chunk ch = {out.data, out.len, history + n_hist - n_new_ids, n_new_ids, ENG_FINISH_NONE,
-                            n_prompt, completion};
-            n_new_ids = 0;
-            if (!fn(user, &ch)) {
-                finish = ENG_FINISH_CANCELLED;
-                break;
-            }
-        }
-        if ((st = eng_session_forward(sess, &id, 1, logits, false, err)) != PP_STATUS_OK) {
-            finish = ENG_FINISH_ERROR;
-            break;
-        }
-    }
-final:
-    if ((finish == ENG_FINISH_LENGTH || finish == ENG_FINISH_STOP) && !by_stop_string) {
+}
+
+/* Hands out the final chunk: the held text (after a last look for stop strings when the
+ * generation ended normally) with the finish reason. */
+static void gen_finish(eng_gen *g, eng_finish finish)
+{
+    const eng_gen_params *p = g->p;
+    if ((finish == ENG_FINISH_LENGTH || finish == ENG_FINISH_STOP) && !g->by_stop_string) {
         /* the held bytes of an unfinished character, then a last look for stop strings */
         const char *tail;
         size_t tail_len;
-        eng_detok_flush(detok, &tail, &tail_len);
-        buf_append(&pending, tail, tail_len);
-        size_t hit = find_stop(pending.data, pending.len, p->stop, p->n_stop);
+        eng_detok_flush(g->detok, &tail, &tail_len);
+        buf_append(&g->pending, tail, tail_len);
+        size_t hit = find_stop(g->pending.data, g->pending.len, p->stop, p->n_stop);
         if (hit != (size_t)-1) {
-            pending.len = hit;
-            pending.data[hit] = '\0';
+            g->pending.len = hit;
+            g->pending.data[hit] = '\0';
             finish = ENG_FINISH_STOP;
         }
     }
-    {
-        if (finish == ENG_FINISH_ERROR || finish == ENG_FINISH_CANCELLED)
-            pending.len = 0; /* nothing more is handed out */
-        emit_prefix(&pending, pending.len, &out);
-        eng_chunk ch = {out.data ? out.data : "", out.len, history + n_hist - n_new_ids, n_new_ids, finish,
-                        n_prompt, completion};
-        fn(user, &ch);
+    if (finish == ENG_FINISH_ERROR || finish == ENG_FINISH_CANCELLED)
+        g->pending.len = 0; /* nothing more is handed out */
+    emit_prefix(&g->pending, g->pending.len, &g->out);
+    eng_chunk ch = {g->out.data ? g->out.data : "", g->out.len, g->history + g->n_hist - g->n_new_ids, g->n_new_ids,
+                    finish, g->n_prompt, g->completion};
+    g->fn(g->user, &ch);
+    g->done = true;
+}
+
+void eng_gen_fail(eng_gen *g, pp_status st)
+{
+    if (g->done)
+        return;
+    g->status = st;
+    gen_finish(g, ENG_FINISH_ERROR);
+}
+
+void eng_gen_cancel(eng_gen *g)
+{
+    if (!g->done)
+        gen_finish(g, ENG_FINISH_CANCELLED);
+}
+
+bool eng_gen_advance(eng_gen *g, float *logits, eng_err *err)
+{
+    if (g->done)
+        return false;
+    const eng_gen_params *p = g->p;
+    if (g->prefilled < g->n_prompt) {
+        const int32_t *ids;
+        int n;
+        eng_gen_input(g, &ids, &n);
+        g->prefilled += (size_t)n;
+        if (g->prefilled < g->n_prompt)
+            return true; /* more of the prompt to run before the first sample */
     }
-done:
-    free(pending.data);
-    free(out.data);
+    const eng_config *c = eng_model_config(g->model);
+    /* Rows past the tokenizer's vocabulary are padding (Qwen pads 151669 ids to 151936): they
+     * have no text, so they are never chosen (HF does not mask them). */
+    for (int32_t v = g->n_text_vocab; v < c->n_vocab; v++)
+        logits[v] = -INFINITY;
+    int32_t id = eng_sampler_sample(g->sampler, logits, g->history, g->n_hist);
+    g->history[g->n_hist++] = id;
+    g->completion++;
+    g->n_new_ids++;
+    for (int i = 0; i < p->n_stop_ids; i++)
+        if (p->stop_ids[i] == id) {
+            gen_finish(g, ENG_FINISH_STOP);
+            return false;
+        }
+    const char *piece;
+    size_t piece_len;
+    pp_status st = eng_detok_push(g->detok, id, &piece, &piece_len, err);
+    if (st == PP_STATUS_OK && !buf_append(&g->pending, piece, piece_len))
+        st = eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    if (st != PP_STATUS_OK) {
+        eng_gen_fail(g, st);
+        return false;
+    }
+    size_t hit = find_stop(g->pending.data, g->pending.len, p->stop, p->n_stop);
+    if (hit != (size_t)-1) {
+        g->pending.len = hit;
+        g->pending.data[hit] = '\0';
+        g->by_stop_string = true;
+        gen_finish(g, ENG_FINISH_STOP);
+        return false;
+    }
+    if ((int)g->completion >= p->max_tokens || g->n_hist >= (size_t)g->n_ctx) {
+        gen_finish(g, ENG_FINISH_LENGTH);
+        return false;
+    }
+    size_t hold = stop_prefix_len(g->pending.data, g->pending.len, p->stop, p->n_stop);
+    if (g->pending.len - hold > 0) {
+        emit_prefix(&g->pending, g->pending.len - hold, &g->out);
+        eng_chunk ch = {g->out.data, g->out.len, g->history + g->n_hist - g->n_new_ids, g->n_new_ids, ENG_FINISH_NONE,
+                        g->n_prompt, g->completion};
+        g->n_new_ids = 0;
+        if (!g->fn(g->user, &ch)) {
+            gen_finish(g, ENG_FINISH_CANCELLED);
+            return false;
+        }
+    }
+    return true;
+}
+
+void eng_gen_free(eng_gen *g)
+{
+    if (!g)
+        return;
+    free(g->pending.data);
+    free(g->out.data);
+    free(g->history);
+    eng_detok_free(g->detok);
+    eng_sampler_free(g->sampler);
+    eng_session_free(g->sess);
+    free(g);
+}
+
+pp_status eng_generate(eng_model *model, const eng_tokenizer *tok, const int32_t *prompt_ids,
+                       size_t n_prompt, const eng_gen_params *p, eng_chunk_fn fn, void *user,
+                       eng_err *err)
+{
+    eng_gen *g = NULL;
+    pp_status st = eng_gen_create(model, NULL, tok, prompt_ids, n_prompt, p, fn, user, &g, err);
+    if (st != PP_STATUS_OK)
+        return st;
+    float *logits = malloc((size_t)eng_model_config(model)->n_vocab * sizeof *logits);
+    if (!logits) {
+        eng_gen_free(g);
+        return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    }
+    for (bool more = true; more;) {
+        const int32_t *ids;
+        int n;
+        eng_gen_input(g, &ids, &n);
+        if ((st = eng_session_forward(g->sess, ids, n, logits, false, err)) != PP_STATUS_OK) {
+            eng_gen_fail(g, st);
+            break;
+        }
+        more = eng_gen_advance(g, logits, err);
+    }
+    st = g->status;
     free(logits);
-    free(history);
-    eng_detok_free(detok);
-    eng_sampler_free(sampler);
-    eng_session_free(sess);
+    eng_gen_free(g);
     return st;
 }

@@ -72,4 +72,42 @@ pp_status eng_generate(eng_model *model, const eng_tokenizer *tok, const int32_t
                        size_t n_prompt, const eng_gen_params *p, eng_chunk_fn fn, void *user,
                        eng_err *err);
 
+/* ---- step by step (several generations batched by the caller) ------------------------------
+ *
+ * eng_generate is eng_gen_create, then until eng_gen_advance returns false: eng_gen_input, a
+ * forward of those tokens with the last row's logits, eng_gen_advance. A caller driving several
+ * generations whose sessions share one KV cache runs their inputs in one eng_forward_batch. The
+ * chunks, the final chunk and the status are exactly eng_generate's. */
+typedef struct eng_gen eng_gen;
+
+/* Validates as eng_generate (INVALID_ARG before any chunk) and makes the generation's session:
+ * in the shared cache kv (eng_session_create_in; the session then takes blocks as it grows), or
+ * in a private cache of its own when kv is NULL. p, tok and the prompt's copy are used until
+ * eng_gen_free; p must stay valid that long. */
+pp_status eng_gen_create(eng_model *model, eng_kv_cache *kv, const eng_tokenizer *tok, const int32_t *prompt_ids,
+                         size_t n_prompt, const eng_gen_params *p, eng_chunk_fn fn, void *user, eng_gen **out,
+                         eng_err *err);
+/* The tokens the next forward must run: the next prompt chunk (at most p->n_batch tokens), or
+ * the token sampled last. Valid until the next eng_gen_advance. */
+void eng_gen_input(const eng_gen *g, const int32_t **ids, int *n_tokens);
+eng_session *eng_gen_session(eng_gen *g);
+/* The context the session was made for (prompt + max_tokens, within the limit). */
+int eng_gen_n_ctx(const eng_gen *g);
+/* True while prompt chunks remain to be run. */
+bool eng_gen_prefilling(const eng_gen *g);
+/* After a successful forward of eng_gen_input's tokens: logits [n_vocab] of their last token
+ * (modified: padding rows are masked). Samples once the prompt is complete and hands out the
+ * chunks; returns false once the final chunk has been handed out (stop, length, cancel by the
+ * callback, or an error detokenizing: then eng_gen_status says which). */
+bool eng_gen_advance(eng_gen *g, float *logits, eng_err *err);
+/* The forward failed with st: hands out the final ERROR chunk (once); eng_gen_status is st. */
+void eng_gen_fail(eng_gen *g, pp_status st);
+/* Ends the generation now with a final CANCELLED chunk (once). */
+void eng_gen_cancel(eng_gen *g);
+/* True once the final chunk was handed out. */
+bool eng_gen_done(const eng_gen *g);
+/* PP_STATUS_OK, or the error that ended the generation. */
+pp_status eng_gen_status(const eng_gen *g);
+void eng_gen_free(eng_gen *g); /* NULL-safe; frees the session (its blocks go back to the cache) */
+
 #endif /* ENG_GENERATE_H */

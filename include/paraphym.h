@@ -224,6 +224,7 @@ typedef struct pp_worker_stats {
     int device;           /* -1: CPU worker */
     size_t queued;        /* requests waiting */
     size_t served;        /* requests finished */
+    size_t max_batch;     /* most requests one decode step has generated together */
     bool busy;
     bool alive;           /* false between a worker's death and its replacement */
     size_t restarts;      /* times this worker was replaced after dying */

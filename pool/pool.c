@@ -1,9 +1,10 @@
 /* pool.c: the text-to-text worker pool and its completion streams.
  *
  * One process-wide pool. Per model (registry key) a slot holds the loaded weights, the tokenizer
- * and one or two workers; each worker is a thread with its own request queue and its own backend
- * (eng_model_fork shares the weights), running eng_generate and pushing chunks into the
- * request's stream. The governor decides how many workers a cold start gets and holds their
+ * and one or two workers; each worker is a thread with its own request queue, its own backend
+ * (eng_model_fork shares the weights) and a paged KV cache, generating up to PARAPHYM_MAX_BATCH
+ * requests at once (continuous batching: their decode steps run as one eng_forward_batch; a new
+ * request's prompt runs between them) and pushing chunks into each request's stream. The governor decides how many workers a cold start gets and holds their
  * memory until the slot is evicted. A maintenance thread evicts idle slots and replaces workers
  * that died (a device fault, or the fault-injection hook: PARAPHYM_FAULT_SPAWN_FAIL,
  * PARAPHYM_FAULT_KILL_AFTER_TOKENS).
@@ -40,6 +41,10 @@
 #define IDLE_TIMEOUT_S 300.0
 /* Default most requests waiting on one worker (PARAPHYM_MAX_QUEUE); beyond it, QUEUE_FULL. */
 #define MAX_QUEUE 256
+/* Default most requests one worker generates together (PARAPHYM_MAX_BATCH; the registry's memory
+ * estimate counts the host logits of this many), and its limit. */
+#define MAX_BATCH POOL_MAX_BATCH_DEFAULT
+#define MAX_BATCH_LIMIT 64
 
 /* ---- logging and last error ---------------------------------------------------------------- */
 
@@ -362,6 +367,7 @@ typedef struct worker {
     pthread_cond_t cv;   /* signalled when a request is queued or the worker must stop */
     request *head, *tail;
     size_t queued, served;
+    size_t max_batch;    /* most requests one decode step has run together */
     bool busy;
     bool dead;           /* its thread has exited after a fault; the maintenance thread replaces it */
     size_t restarts;
@@ -392,6 +398,7 @@ struct pp_pool {
     bool shutting_down;
     double idle_timeout_s;
     size_t max_queue;            /* requests waiting per worker before QUEUE_FULL */
+    size_t max_batch;            /* requests a worker generates together (PARAPHYM_MAX_BATCH) */
     /* fault injection (PARAPHYM_FAULT_SPAWN_FAIL, PARAPHYM_FAULT_KILL_AFTER_TOKENS) */
     long fault_spawn_fail;       /* the n-th worker start fails; 0: never */
     atomic_long spawn_count;     /* worker starts attempted so far */
@@ -431,6 +438,7 @@ typedef struct gen_ctx {
     pp_stream *stream;
     bool push_failed;
     bool killed; /* fault injection killed the worker during this request */
+    eng_err err; /* why its generation failed */
 } gen_ctx;
 
 /* Fault injection: true when this chunk is where a worker must die (once per armed kill). */
@@ -461,33 +469,6 @@ static bool on_chunk(void *user, const eng_chunk *ch)
     }
     /* keep going unless the caller cancelled or the pool is stopping this worker */
     return !atomic_load(&g->stream->cancel) && !atomic_load(&g->w->stop);
-}
-
-/* Runs one request to its terminal item. Returns false when the worker died doing it (an
- * injected kill, or a device fault that leaves its backend unusable); `why` then says why and
- * the stream is left for the caller to end, once the pool knows the worker is dead. */
-static bool run_request(worker *w, request *r, char *why, size_t why_len)
-{
-    if (atomic_load(&r->stream->cancel)) {
-        stream_push(r->stream, "", 0, NULL, 0, PP_FINISH_CANCELLED, r->n_ids, 0);
-        return true;
-    }
-    eng_err err = {{0}};
-    gen_ctx g = {w, r->stream, false, false};
-    pp_status st = eng_generate(w->model, w->slot->tok, r->ids, r->n_ids, &r->gp, on_chunk, &g, &err);
-    bool alive = !g.killed && st != PP_STATUS_DEVICE;
-    if (g.killed)
-        eng_msgf(why, why_len, "killed by fault injection after %ld tokens (PARAPHYM_FAULT_KILL_AFTER_TOKENS)",
-             w->pool->fault_kill_after);
-    else if (!alive)
-        eng_msgf(why, why_len, "%s", err.msg);
-    if (!alive)
-        return false;
-    if (g.push_failed)
-        stream_fail(r->stream, PP_STATUS_OUT_OF_MEMORY, "out of memory while streaming");
-    else if (st != PP_STATUS_OK)
-        stream_fail(r->stream, st, err.msg);
-    return true;
 }
 
 /* Ends every request queued on w with `status`; pool->mu held. */
@@ -529,53 +510,256 @@ static void reroute_queue(worker *dead)
     pthread_cond_signal(&to->cv);
 }
 
+/* A request a worker is generating. */
+typedef struct running {
+    request *r;
+    eng_gen *gen;
+    gen_ctx g;
+    int blocks; /* KV blocks reserved for its whole context */
+} running;
+
+/* The state of one worker thread's batch: the running requests and the paged KV cache they share
+ * (created on first use: blocks for the model's context, the memory the governor counted). */
+typedef struct batch {
+    running *run[MAX_BATCH_LIMIT];
+    int n;
+    eng_kv_cache *kv;
+    int reserved;       /* blocks reserved by the running requests */
+    int cap;            /* most running requests (the worker's batch bound) */
+    float *logits;      /* [cap][n_vocab], host */
+    bool last_was_prefill;
+} batch;
+
+static int ceil_div_i(int a, int b) { return (a + b - 1) / b; }
+
+/* Blocks a request's whole context takes (prompt + max_tokens within the model's context). */
+static int request_blocks(const model_slot *slot, const request *r)
+{
+    long long want = (long long)r->n_ids + r->gp.max_tokens;
+    int ctx = (int)(want < slot->desc.n_ctx ? want : slot->desc.n_ctx);
+    return ceil_div_i(ctx, ENG_KV_BLOCK_SIZE);
+}
+
+/* Bookkeeping of a request that reached its terminal item (alive) or whose worker died; no lock
+ * held. */
+static void request_done(worker *w, request *r, bool alive)
+{
+    stream_unref(r->stream);
+    request_free(r);
+    pthread_mutex_lock(&w->pool->mu);
+    w->served += alive;
+    w->slot->active--;
+    w->slot->last_used = now_s();
+    pthread_mutex_unlock(&w->pool->mu);
+}
+
+/* Removes b->run[i] (its generation ended: the final chunk or an error went to its stream). */
+static void batch_remove(worker *w, batch *b, int i)
+{
+    running *x = b->run[i];
+    pp_status st = eng_gen_status(x->gen);
+    if (x->g.push_failed)
+        stream_fail(x->r->stream, PP_STATUS_OUT_OF_MEMORY, "out of memory while streaming");
+    else if (st != PP_STATUS_OK)
+        stream_fail(x->r->stream, st, x->g.err.msg);
+    eng_gen_free(x->gen);
+    b->reserved -= x->blocks;
+    request_done(w, x->r, true);
+    free(x);
+    b->run[i] = b->run[--b->n];
+}
+
+/* Starts generating r in the batch; ends r's stream at once when it was cancelled or cannot
+ * start. No lock held. */
+static void batch_admit(worker *w, batch *b, request *r)
+{
+    if (atomic_load(&r->stream->cancel)) {
+        stream_push(r->stream, "", 0, NULL, 0, PP_FINISH_CANCELLED, r->n_ids, 0);
+        request_done(w, r, true);
+        return;
+    }
+    const eng_config *c = eng_model_config(w->model);
+    running *x = calloc(1, sizeof *x);
+    pp_status st = x ? PP_STATUS_OK : PP_STATUS_OUT_OF_MEMORY;
+    eng_err err = {{0}};
+    if (!x)
+        eng_msgf(err.msg, sizeof err.msg, "out of memory");
+    if (st == PP_STATUS_OK && !b->kv)
+        st = eng_kv_cache_create(w->model, ceil_div_i(w->slot->desc.n_ctx, ENG_KV_BLOCK_SIZE), ENG_KV_BLOCK_SIZE,
+                                 &b->kv, &err);
+    if (st == PP_STATUS_OK && !b->logits &&
+        !(b->logits = malloc((size_t)b->cap * (size_t)c->n_vocab * sizeof(float))))
+        st = eng_fail(&err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    if (st == PP_STATUS_OK) {
+        x->r = r;
+        x->g = (gen_ctx){w, r->stream, false, false, {{0}}};
+        x->blocks = request_blocks(w->slot, r);
+        st = eng_gen_create(w->model, b->kv, w->slot->tok, r->ids, r->n_ids, &r->gp, on_chunk, &x->g, &x->gen, &err);
+    }
+    if (st != PP_STATUS_OK) {
+        stream_fail(r->stream, st, err.msg);
+        request_done(w, r, true);
+        free(x);
+        return;
+    }
+    b->reserved += x->blocks;
+    b->run[b->n++] = x;
+}
+
+/* One forward step: a prompt chunk of one request alone (prefills and decode steps take turns),
+ * or the next token of every request past its prompt. Returns false when the worker died
+ * (an injected kill, or a device fault that leaves its backend unusable); why then says why.
+ * No lock held. */
+static bool batch_step(worker *w, batch *b, size_t *max_batch, char *why, size_t why_len)
+{
+    /* a cancelled request, or a stopping worker, ends before its next step */
+    for (int i = 0; i < b->n; i++)
+        if (atomic_load(&b->run[i]->r->stream->cancel) || atomic_load(&w->stop)) {
+            eng_gen_cancel(b->run[i]->gen);
+            batch_remove(w, b, i--);
+        }
+    int idx[MAX_BATCH_LIMIT], n = 0, prefill = -1, decoding = 0;
+    for (int i = 0; i < b->n; i++) {
+        if (eng_gen_prefilling(b->run[i]->gen)) {
+            if (prefill < 0)
+                prefill = i;
+        } else {
+            idx[decoding++] = i;
+        }
+    }
+    bool do_prefill = prefill >= 0 && (decoding == 0 || !b->last_was_prefill);
+    if (do_prefill) {
+        idx[0] = prefill;
+        n = 1;
+    } else {
+        n = decoding;
+    }
+    b->last_was_prefill = do_prefill;
+    if (n == 0)
+        return true;
+    eng_batch_seq seqs[MAX_BATCH_LIMIT];
+    const eng_config *c = eng_model_config(w->model);
+    for (int k = 0; k < n; k++) {
+        running *x = b->run[idx[k]];
+        eng_gen_input(x->gen, &seqs[k].ids, &seqs[k].n_tokens);
+        seqs[k].session = eng_gen_session(x->gen);
+        seqs[k].logits = b->logits + (size_t)k * (size_t)c->n_vocab;
+    }
+    if (!do_prefill && (size_t)n > *max_batch)
+        *max_batch = (size_t)n;
+    eng_err err = {{0}};
+    pp_status st = eng_forward_batch(seqs, n, &err);
+    if (st == PP_STATUS_DEVICE) {
+        eng_msgf(why, why_len, "%s", err.msg);
+        return false;
+    }
+    bool killed = false;
+    for (int k = 0; k < n; k++) {
+        running *x = b->run[idx[k]];
+        if (st != PP_STATUS_OK) {
+            x->g.err = err;
+            eng_gen_fail(x->gen, st);
+        } else if (!eng_gen_advance(x->gen, seqs[k].logits, &x->g.err)) {
+            killed = killed || x->g.killed;
+        }
+    }
+    if (killed) {
+        eng_msgf(why, why_len, "killed by fault injection after %ld tokens (PARAPHYM_FAULT_KILL_AFTER_TOKENS)",
+                 w->pool->fault_kill_after);
+        return false;
+    }
+    for (int i = b->n - 1; i >= 0; i--)
+        if (eng_gen_done(b->run[i]->gen))
+            batch_remove(w, b, i);
+    return true;
+}
+
+/* A worker's thread: takes requests from its queue into its batch while the batch (at most
+ * pool->max_batch requests) and the KV cache (blocks for each request's whole context, reserved
+ * on admission) have room, in queue order, and steps the batch until it and the queue are empty.
+ * On death every running request ends with WORKER_DIED, once the pool counts the worker dead. */
 static void *worker_main(void *arg)
 {
     worker *w = arg;
     pp_pool *pool = w->pool;
+    batch b = {0};
+    int kv_blocks = ceil_div_i(w->slot->desc.n_ctx, ENG_KV_BLOCK_SIZE);
+    /* a decode step runs one token per request: within the prefill chunk the scratch was sized
+     * for */
+    int max_batch = (int)pool->max_batch;
+    if (w->slot->desc.n_batch > 0 && max_batch > w->slot->desc.n_batch)
+        max_batch = w->slot->desc.n_batch;
+    b.cap = max_batch;
+    bool alive = true;
+    char why[512] = "";
     pthread_mutex_lock(&pool->mu);
     for (;;) {
-        while (!w->head && !w->stop)
+        while (!w->head && b.n == 0 && !w->stop)
             pthread_cond_wait(&w->cv, &pool->mu);
-        if (w->stop)
+        if (w->stop && b.n == 0)
             break;
-        request *r = w->head;
-        w->head = r->next;
-        if (!w->head)
-            w->tail = NULL;
-        w->queued--;
+        request *admit[MAX_BATCH_LIMIT];
+        int n_admit = 0;
+        int reserved = b.reserved;
+        while (!w->stop && w->head && b.n + n_admit < max_batch) {
+            int need = request_blocks(w->slot, w->head);
+            if (b.n + n_admit > 0 && reserved + need > kv_blocks)
+                break; /* it waits, in order, for running requests to give blocks back */
+            request *r = w->head;
+            w->head = r->next;
+            if (!w->head)
+                w->tail = NULL;
+            w->queued--;
+            r->next = NULL;
+            admit[n_admit++] = r;
+            reserved += need;
+        }
         w->busy = true;
         pthread_mutex_unlock(&pool->mu);
-        char why[512] = "";
-        bool alive = run_request(w, r, why, sizeof why);
-        if (!alive) {
-            /* the stream learns of the death only once the pool counts w as dead */
-            char msg[1024];
-            eng_msgf(msg, sizeof msg, "worker %d of %s died while generating: %s", w->index, w->slot->key, why);
-            pthread_mutex_lock(&pool->mu);
-            w->dead = true;
-            stream_fail(r->stream, PP_STATUS_WORKER_DIED, msg);
-            pthread_mutex_unlock(&pool->mu);
-        }
-        stream_unref(r->stream);
-        request_free(r);
+        for (int i = 0; i < n_admit; i++)
+            batch_admit(w, &b, admit[i]);
+        size_t step_batch = 0;
+        alive = batch_step(w, &b, &step_batch, why, sizeof why);
         pthread_mutex_lock(&pool->mu);
-        w->busy = false;
-        w->served += alive;
-        w->slot->active--;
-        w->slot->last_used = now_s();
-        if (!alive) {
-            /* this thread ends; the maintenance thread joins it and starts a replacement */
-            pool_log("worker %d of %s died: %s", w->index, w->slot->key, why);
-            reroute_queue(w);
-            pthread_cond_signal(&pool->maint_cv);
-            pthread_mutex_unlock(&pool->mu);
-            return NULL;
+        w->max_batch = step_batch > w->max_batch ? step_batch : w->max_batch;
+        w->busy = b.n > 0;
+        if (!alive)
+            break;
+    }
+    if (!alive) {
+        /* the streams learn of the death only once the pool counts w as dead */
+        char msg[1024];
+        eng_msgf(msg, sizeof msg, "worker %d of %s died while generating: %s", w->index, w->slot->key, why);
+        w->dead = true;
+        bool finished[MAX_BATCH_LIMIT]; /* its final chunk went out before the death */
+        for (int i = 0; i < b.n; i++) {
+            finished[i] = eng_gen_done(b.run[i]->gen) && !b.run[i]->g.killed;
+            if (!finished[i])
+                stream_fail(b.run[i]->r->stream, PP_STATUS_WORKER_DIED, msg);
         }
+        pthread_mutex_unlock(&pool->mu);
+        for (int i = 0; i < b.n; i++) {
+            eng_gen_free(b.run[i]->gen);
+            request_done(w, b.run[i]->r, finished[i]);
+            free(b.run[i]);
+        }
+        b.n = 0;
+        eng_kv_cache_free(b.kv);
+        free(b.logits);
+        pthread_mutex_lock(&pool->mu);
+        /* this thread ends; the maintenance thread joins it and starts a replacement */
+        w->busy = false;
+        pool_log("worker %d of %s died: %s", w->index, w->slot->key, why);
+        reroute_queue(w);
+        pthread_cond_signal(&pool->maint_cv);
+        pthread_mutex_unlock(&pool->mu);
+        return NULL;
     }
     /* stopping: whatever is still queued ends with a clear error */
     fail_queue(w, PP_STATUS_CANCELLED, "the pool stopped this model's workers");
     pthread_mutex_unlock(&pool->mu);
+    eng_kv_cache_free(b.kv);
+    free(b.logits);
     return NULL;
 }
 
@@ -840,6 +1024,8 @@ pp_pool *pp_text_to_text_pool(void)
     pool->idle_timeout_s = env_seconds("PARAPHYM_IDLE_TIMEOUT_S", IDLE_TIMEOUT_S);
     long max_queue = env_count("PARAPHYM_MAX_QUEUE", MAX_QUEUE);
     pool->max_queue = max_queue > 0 ? (size_t)max_queue : 1;
+    long max_batch = env_count("PARAPHYM_MAX_BATCH", MAX_BATCH);
+    pool->max_batch = max_batch < 1 ? 1 : max_batch > MAX_BATCH_LIMIT ? MAX_BATCH_LIMIT : (size_t)max_batch;
     pool->fault_spawn_fail = env_count("PARAPHYM_FAULT_SPAWN_FAIL", 0);
     pool->fault_kill_after = env_count("PARAPHYM_FAULT_KILL_AFTER_TOKENS", 0);
     atomic_init(&pool->spawn_count, 0);
@@ -964,6 +1150,7 @@ void pp_pool_get_stats(pp_pool *pool, pp_pool_stats *out)
             ws->queued = s->workers[i]->queued;
             ws->served = s->workers[i]->served;
             ws->busy = s->workers[i]->busy;
+            ws->max_batch = s->workers[i]->max_batch;
             ws->alive = !s->workers[i]->dead;
             ws->restarts = s->workers[i]->restarts;
         }

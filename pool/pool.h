@@ -10,6 +10,10 @@
 #include "governor.h"
 #include "paraphym.h"
 
+/* Requests a worker generates together unless PARAPHYM_MAX_BATCH says otherwise (continuous
+ * batching); the worker keeps host logits for that many, which the registry's estimate counts. */
+#define POOL_MAX_BATCH_DEFAULT 16
+
 /* A model as the pool needs it. Strings are copied by pool_prompt. */
 typedef struct pool_model_desc {
     const char *key;       /* registry key, the pool's identity for the model */

@@ -466,7 +466,8 @@ pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, int 
     out->weight_bytes = weight_bytes;
     out->kv_bytes = kv;
     out->act_bytes = scratch + backend_scratch_bytes(cfg, n_ctx, n_batch, n_threads);
-    out->overhead_bytes = REG_WORKER_OVERHEAD_BYTES + (uint64_t)n_threads * REG_THREAD_OVERHEAD_BYTES;
+    out->overhead_bytes = REG_WORKER_OVERHEAD_BYTES + (uint64_t)n_threads * REG_THREAD_OVERHEAD_BYTES +
+                          (uint64_t)REG_MAX_BATCH * (uint64_t)cfg->n_vocab * sizeof(float);
 
     out->cpu_first.host_mb = ceil_mib(weight_bytes + kv + out->act_bytes + out->overhead_bytes);
     out->cpu_second.host_mb = ceil_mib(kv + out->act_bytes + out->overhead_bytes);

@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "paraphym.h"
+#include "pool.h"
 
 /* ---- built-in keys --------------------------------------------------------------------------- */
 
@@ -120,6 +121,10 @@ void reg_count_params(const eng_config *cfg, reg_params *out);
 /* The same per CPU backend thread: the stack pages a pool thread touches (~13 KiB measured per
  * extra thread, 1 -> 64 threads); its dequantization scratch is counted in act_bytes. */
 #define REG_THREAD_OVERHEAD_BYTES (16u << 10)
+/* Requests a pool worker generates together by default (PARAPHYM_MAX_BATCH): the worker keeps
+ * host logits for that many rows, counted in overhead_bytes (a larger PARAPHYM_MAX_BATCH takes
+ * n_vocab * 4 bytes more per extra request than the estimate says). */
+#define REG_MAX_BATCH POOL_MAX_BATCH_DEFAULT
 /* backend_cpu.c's MATMUL_ROWS: rows of a weight each thread dequantizes to f32 at once. */
 #define REG_CPU_MATMUL_ROWS 16
 
@@ -152,7 +157,8 @@ typedef struct reg_model_info {
                                 what is allocated, so scratch a model never writes (the dense-MLP
                                 region the engine reserves for an all-MoE Qwen: 1 MiB for the nano
                                 at n_batch 256) makes it an upper bound of what becomes resident */
-    uint64_t overhead_bytes; /* REG_WORKER_OVERHEAD_BYTES + n_threads REG_THREAD_OVERHEAD_BYTES */
+    uint64_t overhead_bytes; /* REG_WORKER_OVERHEAD_BYTES + n_threads REG_THREAD_OVERHEAD_BYTES
+                                + the batch's host logits, REG_MAX_BATCH * n_vocab floats */
 
     /* CPU workers (the only backend in this build): host RAM only, vram_mb 0.
      *   cpu_first.host_mb  = ceil((weights + kv + act + overhead) / MiB)

@@ -139,13 +139,16 @@ static bool wait_no_memory(pp_pool *pool)
 }
 
 /* A fresh pool with the given host total and fault settings (0 = unset). */
-static pp_pool *fresh_pool(uint64_t host_mb, int spawn_fail, int kill_after, int max_queue)
+/* A fresh pool with the fault-injection and bound variables set (0: unset). max_batch 1 keeps
+ * one request running per worker, so that later ones wait in its queue. */
+static pp_pool *fresh_pool(uint64_t host_mb, int spawn_fail, int kill_after, int max_queue, int max_batch)
 {
     char v[32];
     set_host_mb(host_mb);
-    const char *names[3] = {"PARAPHYM_FAULT_SPAWN_FAIL", "PARAPHYM_FAULT_KILL_AFTER_TOKENS", "PARAPHYM_MAX_QUEUE"};
-    int values[3] = {spawn_fail, kill_after, max_queue};
-    for (int i = 0; i < 3; i++) {
+    const char *names[4] = {"PARAPHYM_FAULT_SPAWN_FAIL", "PARAPHYM_FAULT_KILL_AFTER_TOKENS", "PARAPHYM_MAX_QUEUE",
+                            "PARAPHYM_MAX_BATCH"};
+    int values[4] = {spawn_fail, kill_after, max_queue, max_batch};
+    for (int i = 0; i < 4; i++) {
         snprintf(v, sizeof v, "%d", values[i]);
         if (values[i])
             setenv(names[i], v, 1);
@@ -182,7 +185,7 @@ static void test_faults(pp_model *a, const pp_model_info *info)
     uint64_t one_fits = (w1 * 5 + 3) / 4; /* floor(0.8 total) >= w1 but < w1 + w2 */
 
     /* the first worker start fails: SPAWN_FAILED naming the hook, memory back to zero; retry works */
-    pp_pool *pool = fresh_pool(1 << 20, 1, 0, 0);
+    pp_pool *pool = fresh_pool(1 << 20, 1, 0, 0, 0);
     pp_stream *s = greedy_prompt(a, 0, 4);
     drain(s, &r);
     pp_stream_free(s);
@@ -196,7 +199,7 @@ static void test_faults(pp_model *a, const pp_model_info *info)
     pp_pool_shutdown(pool);
 
     /* the second worker fails to start: the model runs with one, the second's memory released */
-    pool = fresh_pool(1 << 20, 2, 0, 0);
+    pool = fresh_pool(1 << 20, 2, 0, 0, 0);
     s = greedy_prompt(a, 1, 8);
     drain(s, &r);
     pp_stream_free(s);
@@ -207,7 +210,7 @@ static void test_faults(pp_model *a, const pp_model_info *info)
 
     /* a worker killed mid-stream: that stream ends with WORKER_DIED after a correct prefix; the
      * worker is replaced and serves again */
-    pool = fresh_pool(1 << 20, 0, 6, 0);
+    pool = fresh_pool(1 << 20, 0, 6, 0, 0);
     s = greedy_prompt(a, 0, 48);
     drain(s, &r);
     pp_stream_free(s);
@@ -228,7 +231,7 @@ static void test_faults(pp_model *a, const pp_model_info *info)
     pp_pool_shutdown(pool);
 
     /* one worker, killed with requests queued behind it: they are served by its replacement */
-    pool = fresh_pool(one_fits, 0, 6, 0);
+    pool = fresh_pool(one_fits, 0, 6, 0, 1);
     pp_stream *s1 = long_prompt(a, 48);
     pp_stream *s2 = greedy_prompt(a, 0, 48), *s3 = greedy_prompt(a, 1, 8);
     drain(s1, &r);
@@ -245,7 +248,7 @@ static void test_faults(pp_model *a, const pp_model_info *info)
 
     /* one worker, killed, and its replacement fails: queued work ends with SPAWN_FAILED, the
      * memory goes back, and the next prompt cold-starts again */
-    pool = fresh_pool(one_fits, 2, 6, 0);
+    pool = fresh_pool(one_fits, 2, 6, 0, 1);
     s1 = long_prompt(a, 48);
     s2 = greedy_prompt(a, 0, 48);
     drain(s1, &r);
@@ -262,8 +265,54 @@ static void test_faults(pp_model *a, const pp_model_info *info)
     check(r.status == PP_STATUS_END, "and cold-starts on the next prompt", r.error);
     pp_pool_shutdown(pool);
 
+    /* continuous batching: one worker generates six prompts together, each exactly as alone */
+    pool = fresh_pool(one_fits, 0, 0, 0, 0);
+    pp_stream *many[6];
+    result rm;
+    for (int i = 0; i < 6; i++)
+        many[i] = greedy_prompt(a, i % 2, 48);
+    int right = 0;
+    for (int i = 0; i < 6; i++) {
+        drain(many[i], &rm);
+        right += rm.status == PP_STATUS_END && rm.n_final == 1 && strcmp(rm.text, greedy[i % 2]) == 0;
+        pp_stream_free(many[i]);
+    }
+    /* a stream's final chunk goes out just before the worker counts the request served */
+    for (int i = 0; i < 100; i++) {
+        pp_pool_get_stats(pool, &st);
+        if (st.n_workers != 1 || st.workers[0].served == 6)
+            break;
+        usleep(50 * 1000);
+    }
+    check(right == 6, "six prompts batched on one worker each equal the greedy reference", NULL);
+    check(st.n_workers == 1 && st.workers[0].max_batch >= 2 && st.workers[0].served == 6,
+          "the worker generated several of them in one decode step", NULL);
+    if (st.n_workers != 1 || st.workers[0].served != 6)
+        fprintf(stderr, "  workers %zu, served %zu\n", st.n_workers, st.n_workers ? st.workers[0].served : 0);
+    printf("batching: one worker, 6 prompts, largest decode step %zu requests\n", st.n_workers ? st.workers[0].max_batch : 0);
+    pp_pool_shutdown(pool);
+
+    /* a worker killed with several requests in its batch: each ends with WORKER_DIED after a
+     * correct prefix; the replacement serves the next prompt */
+    pool = fresh_pool(one_fits, 0, 6, 0, 0);
+    for (int i = 0; i < 3; i++)
+        many[i] = greedy_prompt(a, 0, 48);
+    int died = 0;
+    for (int i = 0; i < 3; i++) {
+        drain(many[i], &rm);
+        died += rm.status == PP_STATUS_WORKER_DIED && rm.n_final == 0 && strncmp(rm.text, greedy[0], rm.len) == 0;
+        pp_stream_free(many[i]);
+    }
+    check(died == 3, "every request of a dead worker's batch ends with WORKER_DIED after a correct prefix", NULL);
+    check(wait_workers(pool, "test/nano-a", 1), "the dead worker is replaced", NULL);
+    s = greedy_prompt(a, 1, 48);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && strcmp(r.text, greedy[1]) == 0, "and its replacement serves", r.error);
+    pp_pool_shutdown(pool);
+
     /* a full queue: one worker busy, one request waiting (PARAPHYM_MAX_QUEUE=1), the next refused */
-    pool = fresh_pool(one_fits, 0, 0, 1);
+    pool = fresh_pool(one_fits, 0, 0, 1, 1);
     s1 = greedy_prompt(a, 0, 3000);
     pp_chunk ch;
     check(pp_stream_next(s1, &ch, 120000) == PP_STATUS_OK, "first chunk", NULL);
@@ -344,7 +393,8 @@ int main(int argc, char **argv)
     int served_workers = 0;
     for (size_t i = 0; i < st.n_workers; i++) {
         served_workers += st.workers[i].served > 0;
-        printf("  %s worker %d served %zu\n", st.workers[i].registry_key, st.workers[i].worker, st.workers[i].served);
+        printf("  %s worker %d served %zu, largest decode step %zu requests\n", st.workers[i].registry_key,
+               st.workers[i].worker, st.workers[i].served, st.workers[i].max_batch);
     }
     check(st.n_workers == 4 && served_workers == 4, "both workers of both models served requests", NULL);
 

@@ -478,8 +478,9 @@ static void test_full_size(void)
         CHECK(b.cpu_first.vram_mb == 0 && b.cpu_second.vram_mb == 0, "CPU workers use no VRAM");
         CHECK(b.gpu_first.vram_mb == (w + b.gpu_kv_bytes + b.gpu_act_bytes + mib - 1) / mib, "gpu_first");
         CHECK(b.gpu_second.vram_mb == (b.gpu_kv_bytes + b.gpu_act_bytes + mib - 1) / mib, "gpu_second");
-        CHECK(b.n_threads == 4 && b.overhead_bytes == REG_WORKER_OVERHEAD_BYTES + 4 * REG_THREAD_OVERHEAD_BYTES,
-              "overhead");
+        CHECK(b.n_threads == 4 && b.overhead_bytes == REG_WORKER_OVERHEAD_BYTES + 4 * REG_THREAD_OVERHEAD_BYTES +
+                                                        (uint64_t)REG_MAX_BATCH * (uint64_t)cfg.n_vocab * 4,
+              "overhead: structures, threads, the batch's host logits");
         CHECK(b.arch == cfg.arch && strcmp(b.family, eng_arch_name(cfg.arch)) == 0, "family");
         CHECK(reg_estimate_config(&cfg, w, 0, 1, 4, &b) == PP_STATUS_INVALID_ARG, "n_ctx 0");
         CHECK(reg_estimate_config(&cfg, w, 1, -1, 4, &b) == PP_STATUS_INVALID_ARG, "n_batch -1");
