@@ -44,7 +44,7 @@ static void usage(FILE *f)
             "  paraphym run [--model DIR] --prompt TEXT [--chat] [--system TEXT] [--max-tokens N]\n"
             "               [--temperature T] [--top-k K] [--top-p P] [--min-p P]\n"
             "               [--repetition-penalty R] [--stop S]... [--seed S] [--ctx N]\n"
-            "               [--backend cpu|cuda|auto] [--dtype f32|bf16]\n"
+            "               [--backend cpu|cuda|auto] [--dtype f32|bf16] [--act-quant none|fp8]\n"
             "      stream a completion of TEXT (with --chat: of a one-turn chat in the model's\n"
             "      template) to stdout. Sampling defaults come from generation_config.json;\n"
             "      --temperature 0 is greedy.\n"
@@ -66,6 +66,8 @@ static void usage(FILE *f)
             "--quant none|fp8|int8|int4 (run, logits, perplexity) converts the decoder layers' bf16/f16/f32\n"
             "linear weights at load: fp8 e4m3 with 128x128 block scales, int8 with a scale per row, int4\n"
             "with a scale per 128 columns.\n"
+            "--act-quant none|fp8 (with --dtype bf16) quantizes the input of every fp8 weight to e4m3 per\n"
+            "128 columns (W8A8, as Hugging Face's FP8Linear); default none.\n"
             "\n"
             "Without --model the embedded Qwen3-Coder nano model is used (%s,\n"
             "or $PARAPHYM_DEFAULT_MODEL). DIR is a Hugging Face checkpoint directory.\n",
@@ -79,6 +81,7 @@ typedef struct cli_opts {
     const char *mla;
     const char *quant;
     const char *dtype;
+    const char *act_quant;
     const char *prompt;
     const char *system;
     const char *file;
@@ -153,6 +156,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
             o->quant = v;
         else if (strcmp(a, "--dtype") == 0)
             o->dtype = v;
+        else if (strcmp(a, "--act-quant") == 0)
+            o->act_quant = v;
         else if (strcmp(a, "--prompt") == 0)
             o->prompt = v;
         else if (strcmp(a, "--system") == 0)
@@ -269,6 +274,11 @@ static int load_model(const cli_opts *o, eng_model **model)
         fprintf(stderr, "paraphym: --dtype: %s\n", err.msg);
         return -1;
     }
+    if (o->act_quant && strcmp(o->act_quant, "fp8") != 0 && strcmp(o->act_quant, "none") != 0) {
+        fprintf(stderr, "paraphym: --act-quant: unknown activation quantization '%s' (none or fp8)\n", o->act_quant);
+        return -1;
+    }
+    mo.fp8_act_quant = o->act_quant && strcmp(o->act_quant, "fp8") == 0;
     st = eng_model_load(o->model, &mo, model, &err);
     if (st != PP_STATUS_OK) {
         fprintf(stderr, "paraphym: %s (%s)\n", err.msg, pp_status_str(st));
@@ -281,10 +291,10 @@ static int load_model(const cli_opts *o, eng_model **model)
     if (mo.quant != ENG_LOADQ_NONE)
         snprintf(quant, sizeof quant, "%zu decoder weights quantized to %s at load (%.1f MiB)", n_quant,
                  eng_load_quant_name(mo.quant), (double)quant_bytes / (1 << 20));
-    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s, %s compute, %s\n",
+    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s, %s compute%s, %s\n",
             o->model, c->model_type, c->n_layer, c->d_model, c->n_vocab, eng_model_backend_name(*model),
             strcmp(mo.backend, "auto") == 0 ? " (picked by --backend auto)" : "", eng_model_dtype_name(*model),
-            quant);
+            mo.fp8_act_quant ? " with fp8 activations for fp8 weights" : "", quant);
     return 0;
 }
 

@@ -9,7 +9,8 @@
  * Numeric contract of the CPU reference: f32 activations and accumulation, weights dequantized
  * exactly, no intermediate bf16 rounding (round_bf16 rounds only when called). The bf16 compute
  * mode is a decorator over any backend (eng_backend_bf16_wrap) that rounds each op's output to
- * bf16. Every op returns PP_STATUS_OK or the backend's error (a device fault), never aborts.
+ * bf16 and quantizes the activations entering FP8_BLOCK weights (quant_act_fp8). Every op
+ * returns PP_STATUS_OK or the backend's error (a device fault), never aborts.
  * Dimension names follow STYLE.md: n_tokens, n_head, n_head_kv, d_head, d_rope, d_ff, n_expert,
  * n_expert_used, n_vocab.
  */
@@ -119,6 +120,12 @@ typedef struct eng_moe_args {
     const int32_t *idx;            /* [n_tokens][n_expert_used], backend memory */
     const float *weight;           /* [n_tokens][n_expert_used], backend memory */
     float *out;                    /* [n_tokens][d_model], overwritten */
+    int act_quant_group;           /* 0: inputs used as they are. > 0 (the bf16 mode over FP8_BLOCK
+                                      experts, set by the decorator): each expert's gate/up input
+                                      x[t] and down input silu(gate) * up are first quantized as
+                                      quant_act_fp8 does, in groups of this many columns (the
+                                      checkpoint's weight_block_size[1], every FP8 weight's
+                                      block_in) */
 } eng_moe_args;
 
 typedef struct eng_backend_ops {
@@ -163,6 +170,24 @@ typedef struct eng_backend_ops {
     pp_status (*mla_absorbed)(eng_backend *be, const eng_mla_args *args);
     pp_status (*moe_route)(eng_backend *be, const eng_route_args *args);
     pp_status (*moe_experts)(eng_backend *be, const eng_moe_args *args);
+    /* W8A8 activation quantization, as Hugging Face's FP8Linear does before every FP8_BLOCK
+     * weight (act_quant, docs/MODELS.md section 1.7); the bf16 mode runs it, the f32 mode never.
+     * For r < n_rows, each group of `group` columns of row r (the row's last group may be
+     * shorter), c < n_cols:
+     *   s = max |x| / 448 over the group (f32; fmaxf, so a NaN does not raise it),
+     *   out = f32(e4m3(x / s)) * s,  e4m3 = eng_f32_to_fp8_e4m3 (nearest, ties to even,
+     *                                saturating at +-448; engine/quantize.h)
+     * so out holds the value the FP8 GEMM multiplies (xq * s_x), and a matmul over it
+     * accumulates sum xq * s_x * wq * s_w in f32 as HF's kernel does. HF's nan_to_num rule: an
+     * all-zero group has s = 0 and HF's 0 / s is NaN, so its GEMM output row is NaN, which
+     * nan_to_num(nan=0) turns into zeros. Here a row with any group of s == 0 (all zeros, or an
+     * amax so small that amax / 448 underflows) is written as +0 throughout instead, and a
+     * matmul maps a zero row (finite weights) to a zero row: the same zeros, no NaN ever made,
+     * no extra op. Rows x_stride / out_stride floats apart; out may be x with the same stride
+     * (in place), else they must not overlap. Bit for bit the same on every backend for finite
+     * x (a NaN in x gives NaN, sign and payload unspecified). INVALID_ARG for group < 1. */
+    pp_status (*quant_act_fp8)(eng_backend *be, const float *x, int64_t x_stride, float *out,
+                               int64_t out_stride, int n_rows, int64_t n_cols, int group);
     /* Rounds x[r][c] in place to the nearest bf16 (ties to even, NaN stays NaN: eng_round_bf16,
      * bit for bit on every backend) for r < n_rows, c < n_cols, rows stride floats apart
      * (stride >= 0). The values stay f32. */
@@ -205,10 +230,14 @@ size_t eng_backend_cuda_weight_bytes(const eng_backend *be);
 
 /* Wraps inner in the bf16 compute mode: a backend whose ops run inner's op and then round, with
  * inner's round_bf16, exactly the elements the op wrote to bf16 (engine/backend_bf16.c says
- * which, and what is not rounded). On success *out owns inner: destroying *out destroys both, and
- * last_error is inner's. On failure (OUT_OF_MEMORY, or INVALID_ARG for a NULL inner) *out is NULL
- * and the caller still owns inner. */
-pp_status eng_backend_bf16_wrap(eng_backend *inner, eng_backend **out, eng_err *err);
+ * which, and what is not rounded). With fp8_act_quant, FP8_BLOCK weights also quantize their
+ * input activations (W8A8, as HF's FP8Linear; backend_bf16.c). On success *out owns inner:
+ * destroying *out destroys both, and last_error is inner's. On failure (OUT_OF_MEMORY, or
+ * INVALID_ARG for a NULL inner) *out is NULL and the caller still owns inner. */
+pp_status eng_backend_bf16_wrap(eng_backend *inner, bool fp8_act_quant, eng_backend **out, eng_err *err);
+
+/* True when be is a bf16 decorator made with fp8_act_quant. */
+bool eng_backend_bf16_fp8_act_quant(const eng_backend *be);
 
 /* The backend a bf16 decorator wraps, or be itself when be is not one (also for NULL): where an
  * op that must stay f32 in the bf16 mode runs (DeepSeek-V3's router), and what a CUDA fork

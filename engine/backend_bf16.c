@@ -11,8 +11,25 @@
  * MLA outputs, routed-expert outputs, and Qwen3-MoE's combine weights (softmax router: HF casts
  * them to bf16, `routing_weights.to(hidden_states.dtype)`).
  * Not rounded: DeepSeek-V3's combine weights (sigmoid router: fp32 in HF, and its router logits
- * are computed in fp32, which model.c does on eng_backend_bf16_inner), and memory ops (copies
- * and KV-cache writes).
+ * are computed in fp32, which model.c does on eng_backend_bf16_inner), memory ops (copies and
+ * KV-cache writes), and quant_act_fp8's output (below).
+ *
+ * Quantized when the decorator is made with fp8_act_quant (`--act-quant fp8`; off by default:
+ * the FP8 fixtures' references do not quantize activations, and no reference of HF's W8A8
+ * logits is at hand to check it against; see README "Numerics")
+ * (W8A8, HF's FP8Linear; docs/MODELS.md section 1.7 and trap 7): the input of every
+ * matmul whose weight is FP8_BLOCK (stored FP8 checkpoints and `--quant fp8` alike) and both
+ * inputs of FP8_BLOCK routed experts (x, and silu(gate) * up inside the experts op, through
+ * eng_moe_args.act_quant_group), per token per group of the weight's block_in (128) columns:
+ * s = max|x| / 448, x -> f32(e4m3(x / s)) * s (the inner backend's quant_act_fp8, into a
+ * scratch buffer this decorator owns). The f32 matmul over those values is HF's f32 sum of
+ * dot(xq, wq) * s_x * s_w up to the order of the f32 roundings. A token with an all-zero group
+ * gets a zero output row, as HF's nan_to_num(nan=0) makes of the NaN row its s = 0 causes (the
+ * op zeroes the whole quantized row; see backend.h). The absorbed MLA never runs kv_b as a
+ * matmul: model_deepseek.c stores the latent c_kv quantized in this mode when kv_b is FP8 (the
+ * values the naive form's kv_b matmul quantizes). INT4 / INT8 weights keep bf16 activations
+ * (W4A16 / W8A16, as compressed-tensors' Kimi-K2-Thinking runs); the router and lm_head are
+ * never FP8.
  *
  * Where HF rounds inside what is one op here, this mode rounds only the op's output:
  *   - RMSNorm: HF rounds x * rsqrt(var + eps) to bf16 before multiplying by the weight (two
@@ -23,7 +40,8 @@
  *     cos/sin and one rounding of the result. (q and k enter RoPE already bf16.)
  *   - SwiGLU: HF rounds silu(gate) before the product; attention in eager mode rounds scores and
  *     probabilities (SDPA, HF's default, does not); routed experts' gate/up/down outputs and
- *     Qwen3-MoE's bf16 index_add accumulation happen inside the experts op.
+ *     Qwen3-MoE's bf16 index_add accumulation happen inside the experts op (so an FP8 expert's
+ *     down input is quantized from the f32 silu(gate) * up, where HF quantizes its bf16 copy).
  * Thread safety and lifetime are the inner backend's; the decorator owns it.
  */
 #include <limits.h>
@@ -34,11 +52,35 @@
 typedef struct bf16_backend {
     eng_backend base;
     eng_backend *inner; /* owned */
+    bool w8a8;          /* quantize FP8_BLOCK weights' inputs (eng_backend_bf16_wrap) */
+    float *act;         /* [act_cap] inner's memory: an FP8_BLOCK matmul's quantized input
+                           [n_tokens][n_in]; grown, never shrunk, freed with the decorator */
+    size_t act_cap;     /* floats */
 } bf16_backend;
 
 static const eng_backend_ops bf16_ops;
 
-static eng_backend *inner_of(eng_backend *be) { return ((bf16_backend *)be)->inner; }
+static bf16_backend *as_bf16(eng_backend *be) { return (bf16_backend *)be; }
+static eng_backend *inner_of(eng_backend *be) { return as_bf16(be)->inner; }
+
+/* Makes b->act hold at least n floats (the old contents are not kept). */
+static pp_status act_reserve(bf16_backend *b, size_t n)
+{
+    if (n <= b->act_cap)
+        return PP_STATUS_OK;
+    eng_backend *in = b->inner;
+    if (b->act)
+        in->ops->free(in, b->act);
+    b->act = NULL;
+    b->act_cap = 0;
+    void *p = NULL;
+    pp_status st = in->ops->alloc(in, n * sizeof(float), &p);
+    if (st != PP_STATUS_OK)
+        return st;
+    b->act = p;
+    b->act_cap = n;
+    return PP_STATUS_OK;
+}
 
 /* Rounds rows [n_rows][n_cols] (stride apart) with the inner backend. */
 static pp_status round_rows(eng_backend *in, float *x, int64_t stride, int n_rows, int64_t n_cols)
@@ -102,12 +144,25 @@ static pp_status bf16_embedding(eng_backend *be, const eng_weight *table, const 
     return st != PP_STATUS_OK ? st : round_rows(in, out, table->n_in, n_tokens, table->n_in);
 }
 
-/* y [n_tokens][w->n_out], rows y_stride apart */
+/* y [n_tokens][w->n_out], rows y_stride apart. An FP8_BLOCK weight runs W8A8 as HF's FP8Linear:
+ * x is quantized in groups of block_in columns (HF's act_quant(x, weight_block_size[1])) into
+ * b->act [n_tokens][n_in], and the matmul reads that; a row of x with an all-zero group gives
+ * a zero row there, hence a zero row of y (HF's nan_to_num). */
 static pp_status bf16_matmul(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w, float *y,
                              int64_t y_stride, int n_tokens)
 {
-    eng_backend *in = inner_of(be);
-    pp_status st = in->ops->matmul(in, x, x_stride, w, y, y_stride, n_tokens);
+    bf16_backend *b = as_bf16(be);
+    eng_backend *in = b->inner;
+    pp_status st = PP_STATUS_OK;
+    if (b->w8a8 && w->fmt == ENG_WFMT_FP8_BLOCK && n_tokens > 0 && w->n_in > 0) {
+        if ((st = act_reserve(b, (size_t)n_tokens * (size_t)w->n_in)) != PP_STATUS_OK ||
+            (st = in->ops->quant_act_fp8(in, x, x_stride, b->act, w->n_in, n_tokens, w->n_in, w->block_in)) !=
+                PP_STATUS_OK)
+            return st;
+        x = b->act;
+        x_stride = w->n_in;
+    }
+    st = in->ops->matmul(in, x, x_stride, w, y, y_stride, n_tokens);
     return st != PP_STATUS_OK ? st : round_rows(in, y, y_stride, n_tokens, w->n_out);
 }
 
@@ -187,12 +242,26 @@ static pp_status bf16_moe_route(eng_backend *be, const eng_route_args *a)
     return round_rows(in, a->weight, a->n_expert_used, a->n_tokens, a->n_expert_used);
 }
 
-/* out [n_tokens][d_model] contiguous */
+/* out [n_tokens][d_model] contiguous. FP8_BLOCK experts (gate, up and down of expert 0 stand for
+ * all: one checkpoint format per layer) run W8A8: act_quant_group = their block_in, so the
+ * inner op quantizes both expert inputs as bf16_matmul does. */
 static pp_status bf16_moe_experts(eng_backend *be, const eng_moe_args *a)
 {
     eng_backend *in = inner_of(be);
-    pp_status st = in->ops->moe_experts(in, a);
+    eng_moe_args q = *a;
+    if (as_bf16(be)->w8a8 && a->n_expert > 0 && a->gate[0].fmt == ENG_WFMT_FP8_BLOCK && a->up[0].fmt == ENG_WFMT_FP8_BLOCK &&
+        a->down[0].fmt == ENG_WFMT_FP8_BLOCK)
+        q.act_quant_group = a->gate[0].block_in;
+    pp_status st = in->ops->moe_experts(in, &q);
     return st != PP_STATUS_OK ? st : round_rows(in, a->out, a->d_model, a->n_tokens, a->d_model);
+}
+
+/* not rounded: its output is what the FP8 GEMM multiplies, not a bf16 tensor */
+static pp_status bf16_quant_act_fp8(eng_backend *be, const float *x, int64_t x_stride, float *out,
+                                    int64_t out_stride, int n_rows, int64_t n_cols, int group)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->quant_act_fp8(in, x, x_stride, out, out_stride, n_rows, n_cols, group);
 }
 
 static pp_status bf16_round_bf16(eng_backend *be, float *x, int64_t stride, int n_rows, int64_t n_cols)
@@ -213,8 +282,11 @@ static void bf16_destroy(eng_backend *be)
 {
     if (!be)
         return;
-    eng_backend_destroy(inner_of(be));
-    free(be);
+    bf16_backend *b = as_bf16(be);
+    if (b->act)
+        b->inner->ops->free(b->inner, b->act);
+    eng_backend_destroy(b->inner);
+    free(b);
 }
 
 static const eng_backend_ops bf16_ops = {
@@ -236,11 +308,12 @@ static const eng_backend_ops bf16_ops = {
     .mla_absorbed = bf16_mla_absorbed,
     .moe_route = bf16_moe_route,
     .moe_experts = bf16_moe_experts,
+    .quant_act_fp8 = bf16_quant_act_fp8,
     .round_bf16 = bf16_round_bf16,
     .last_error = bf16_last_error,
 };
 
-pp_status eng_backend_bf16_wrap(eng_backend *inner, eng_backend **out, eng_err *err)
+pp_status eng_backend_bf16_wrap(eng_backend *inner, bool fp8_act_quant, eng_backend **out, eng_err *err)
 {
     *out = NULL;
     if (!inner)
@@ -250,8 +323,14 @@ pp_status eng_backend_bf16_wrap(eng_backend *inner, eng_backend **out, eng_err *
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "bf16 backend: out of memory");
     b->base.ops = &bf16_ops;
     b->inner = inner;
+    b->w8a8 = fp8_act_quant;
     *out = &b->base;
     return PP_STATUS_OK;
+}
+
+bool eng_backend_bf16_fp8_act_quant(const eng_backend *be)
+{
+    return be && be->ops == &bf16_ops && ((const bf16_backend *)be)->w8a8;
 }
 
 eng_backend *eng_backend_bf16_inner(eng_backend *be)

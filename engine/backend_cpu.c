@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "backend.h"
+#include "quantize.h"
 #include "threadpool.h"
 
 /* Rows of a weight dequantized together by one matmul task: 16 rows of Kimi K2's widest input
@@ -391,6 +392,47 @@ static pp_status cpu_mla_absorbed(eng_backend *be, const eng_mla_args *a)
     return PP_STATUS_OK;
 }
 
+/* ---- W8A8 activation quantization (the bf16 mode over FP8_BLOCK weights) ----------------------- */
+
+/* e4m3's largest finite value: HF's act_quant scale is max|x| / 448. */
+#define FP8_E4M3_MAX 448.0f
+
+/* The scale of columns [c0, c1) of a row: max |x| / 448 (fmaxf skips NaN). */
+static float act_group_scale(const float *x, int64_t c0, int64_t c1)
+{
+    float m = 0.0f;
+    for (int64_t c = c0; c < c1; c++)
+        m = fmaxf(m, fabsf(x[c]));
+    return m / FP8_E4M3_MAX;
+}
+
+/* One row of quant_act_fp8: first whether any group's scale is 0 (the whole row is then zeros,
+ * HF's nan_to_num), then each group with its scale. out may be x: a group's scale is computed
+ * before the group is written. */
+static void quant_act_row(const float *x, float *out, int64_t n_cols, int group)
+{
+    bool zero_row = false;
+    for (int64_t c0 = 0; c0 < n_cols && !zero_row; c0 += group)
+        zero_row = act_group_scale(x, c0, c0 + group < n_cols ? c0 + group : n_cols) == 0.0f;
+    for (int64_t c0 = 0; c0 < n_cols; c0 += group) {
+        int64_t c1 = c0 + group < n_cols ? c0 + group : n_cols;
+        float s = zero_row ? 0.0f : act_group_scale(x, c0, c1);
+        for (int64_t c = c0; c < c1; c++)
+            out[c] = zero_row ? 0.0f : eng_fp8_e4m3_to_f32(eng_f32_to_fp8_e4m3(x[c] / s)) * s;
+    }
+}
+
+static pp_status cpu_quant_act_fp8(eng_backend *be, const float *x, int64_t x_stride, float *out,
+                                   int64_t out_stride, int n_rows, int64_t n_cols, int group)
+{
+    (void)be;
+    if (group < 1)
+        return PP_STATUS_INVALID_ARG;
+    for (int r = 0; r < n_rows; r++)
+        quant_act_row(x + (int64_t)r * x_stride, out + (int64_t)r * out_stride, n_cols, group);
+    return PP_STATUS_OK;
+}
+
 /* ---- MoE ------------------------------------------------------------------------------------- */
 
 /* Indices of the k largest v[0..n) in descending order, ties to the lower index. */
@@ -477,11 +519,18 @@ static pp_status cpu_moe_route(eng_backend *be, const eng_route_args *a)
     return PP_STATUS_OK;
 }
 
+/* Per expert e: its tokens' rows gathered into xe, g = gate_e xe and u = up_e xe, g = silu(g) * u,
+ * ye = down_e g, each ye row added into its token's out row with the combine weight. With
+ * act_quant_group, x is quantized once per token (xq) before the gather, and g per row after the
+ * SwiGLU. */
 static pp_status cpu_moe_experts(eng_backend *be, const eng_moe_args *a)
 {
     int T = a->n_tokens, K = a->n_expert_used, D = a->d_model, F = a->d_ff_expert;
+    int group = a->act_quant_group;
+    if (group < 0)
+        return PP_STATUS_INVALID_ARG;
     size_t n_x = (size_t)T * (size_t)D, n_h = (size_t)T * (size_t)F;
-    float *xe = malloc((n_x * 2 + n_h * 2) * sizeof(float));
+    float *xe = malloc((n_x * (group ? 3 : 2) + n_h * 2) * sizeof(float));
     int32_t *tok = malloc((size_t)T * sizeof(int32_t));
     float *tw = malloc((size_t)T * sizeof(float));
     pp_status st = PP_STATUS_OK;
@@ -490,6 +539,12 @@ static pp_status cpu_moe_experts(eng_backend *be, const eng_moe_args *a)
         goto done;
     }
     float *ye = xe + n_x, *g = ye + n_x, *u = g + n_h;
+    const float *x = a->x; /* [T][D]: the rows the experts read */
+    if (group) {
+        float *xq = u + n_h;
+        cpu_quant_act_fp8(be, a->x, D, xq, D, T, D, group);
+        x = xq;
+    }
     memset(a->out, 0, n_x * sizeof(float));
     for (int e = 0; e < a->n_expert; e++) {
         int n = 0;
@@ -498,7 +553,7 @@ static pp_status cpu_moe_experts(eng_backend *be, const eng_moe_args *a)
                 if (a->idx[(int64_t)t * K + i] == e) {
                     tok[n] = t;
                     tw[n] = a->weight[(int64_t)t * K + i];
-                    memcpy(xe + (int64_t)n * D, a->x + (int64_t)t * D, (size_t)D * sizeof(float));
+                    memcpy(xe + (int64_t)n * D, x + (int64_t)t * D, (size_t)D * sizeof(float));
                     n++;
                 }
         if (n == 0)
@@ -507,6 +562,8 @@ static pp_status cpu_moe_experts(eng_backend *be, const eng_moe_args *a)
             (st = cpu_matmul(be, xe, D, &a->up[e], u, F, n)) != PP_STATUS_OK)
             goto done;
         cpu_swiglu(be, g, F, u, F, g, F, n, F);
+        if (group)
+            cpu_quant_act_fp8(be, g, F, g, F, n, F, group);
         if ((st = cpu_matmul(be, g, F, &a->down[e], ye, D, n)) != PP_STATUS_OK)
             goto done;
         for (int i = 0; i < n; i++) {
@@ -577,6 +634,7 @@ static const eng_backend_ops cpu_ops = {
     .mla_absorbed = cpu_mla_absorbed,
     .moe_route = cpu_moe_route,
     .moe_experts = cpu_moe_experts,
+    .quant_act_fp8 = cpu_quant_act_fp8,
     .round_bf16 = cpu_round_bf16,
     .last_error = cpu_last_error,
 };

@@ -777,11 +777,27 @@ static pp_status cuda_moe_experts(eng_backend *be, const eng_moe_args *a)
         .gate = gate, .up = up, .down = down,
         .idx = a->idx, .weight = a->weight,
         .out = a->out,
+        .act_quant_group = a->act_quant_group,
     };
     size_t ws = kern_moe_workspace_bytes(&ka);
     if (ws && (st = scratch_reserve(cb, &cb->work, &cb->work_bytes, ws)) != PP_STATUS_OK)
         return st;
     CUDA_TRY(cb, kern_moe_experts(&ka, ws ? cb->work : NULL, cb->stream));
+    return PP_STATUS_OK;
+}
+
+static pp_status cuda_quant_act_fp8(eng_backend *be, const float *x, int64_t x_stride, float *out,
+                                    int64_t out_stride, int n_rows, int64_t n_cols, int group)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK)
+        return st;
+    if (group < 1)
+        return set_fail(cb, PP_STATUS_INVALID_ARG, "quant_act_fp8: group %d < 1", group);
+    if (n_rows <= 0 || n_cols <= 0)
+        return PP_STATUS_OK;
+    CUDA_TRY(cb, kern_quant_act_fp8(x, x_stride, out, out_stride, n_rows, n_cols, group, cb->stream));
     return PP_STATUS_OK;
 }
 
@@ -841,6 +857,7 @@ static const eng_backend_ops cuda_ops = {
     .mla_absorbed = cuda_mla_absorbed,
     .moe_route = cuda_moe_route,
     .moe_experts = cuda_moe_experts,
+    .quant_act_fp8 = cuda_quant_act_fp8,
     .round_bf16 = cuda_round_bf16,
     .last_error = cuda_last_error,
 };

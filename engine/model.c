@@ -140,7 +140,7 @@ static pp_status backend_create_f32(backend_kind kind, int n_threads, eng_backen
 /* backend_create_f32 in the compute mode `dtype`: for bf16, wrapped in the bf16 decorator. share
  * may be a decorated backend (a bf16 model's); its inner backend is what is shared. */
 static pp_status backend_create(backend_kind kind, int n_threads, eng_backend *share, eng_dtype_mode dtype,
-                                eng_backend **out, eng_err *err)
+                                bool fp8_act_quant, eng_backend **out, eng_err *err)
 {
     eng_backend *be = NULL;
     pp_status st = backend_create_f32(kind, n_threads, eng_backend_bf16_inner(share), &be, err);
@@ -148,7 +148,7 @@ static pp_status backend_create(backend_kind kind, int n_threads, eng_backend *s
         *out = be;
         return st;
     }
-    if ((st = eng_backend_bf16_wrap(be, out, err)) != PP_STATUS_OK)
+    if ((st = eng_backend_bf16_wrap(be, fp8_act_quant, out, err)) != PP_STATUS_OK)
         eng_backend_destroy(be);
     return st;
 }
@@ -176,6 +176,10 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
     if (opts->dtype != ENG_DTYPE_MODE_F32 && opts->dtype != ENG_DTYPE_MODE_BF16)
         return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown compute dtype mode %d (f32 or bf16)",
                         (int)opts->dtype);
+    if (opts->fp8_act_quant && opts->dtype != ENG_DTYPE_MODE_BF16)
+        return eng_fail(err, PP_STATUS_INVALID_ARG,
+                        "fp8 activation quantization is part of the bf16 compute mode (the f32 mode "
+                        "is the exact reference)");
     backend_kind kind;
     pp_status st = backend_pick(opts->backend, &kind, err);
     if (st != PP_STATUS_OK)
@@ -217,7 +221,7 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
     }
     if ((st = eng_bind_vec(m, "model.norm.weight", c->d_model, &m->final_norm, err)) != PP_STATUS_OK)
         goto fail;
-    if ((st = backend_create(kind, opts->n_threads, NULL, opts->dtype, &m->be, err)) != PP_STATUS_OK)
+    if ((st = backend_create(kind, opts->n_threads, NULL, opts->dtype, opts->fp8_act_quant, &m->be, err)) != PP_STATUS_OK)
         goto fail;
     if ((st = m->family->bind(m, err)) != PP_STATUS_OK)
         goto fail;
@@ -241,7 +245,7 @@ pp_status eng_model_fork(const eng_model *src, int n_threads, eng_model **out, e
     m->weights_owner = src->weights_owner ? src->weights_owner : src;
     m->be = NULL;
     backend_kind kind = strcmp(src->opts.backend, "cuda") == 0 ? BACKEND_CUDA : BACKEND_CPU;
-    pp_status st = backend_create(kind, n_threads, src->be, src->opts.dtype, &m->be, err);
+    pp_status st = backend_create(kind, n_threads, src->be, src->opts.dtype, src->opts.fp8_act_quant, &m->be, err);
     if (st != PP_STATUS_OK) {
         free(m);
         return st;

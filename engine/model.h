@@ -52,6 +52,9 @@ typedef struct eng_model_opts {
                              ENG_LOADQ_NONE. Stored-quantized weights stay as they are. */
     eng_dtype_mode dtype; /* compute mode; default ENG_DTYPE_MODE_F32. BF16 wraps the backend
                              (and every fork's) in eng_backend_bf16_wrap */
+    bool fp8_act_quant;   /* bf16 mode only (INVALID_ARG otherwise): FP8_BLOCK weights quantize
+                             their input activations per 128 columns (W8A8, HF's FP8Linear);
+                             default false */
 } eng_model_opts;
 
 void eng_model_opts_default(eng_model_opts *opts);

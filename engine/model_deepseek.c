@@ -135,6 +135,12 @@ static pp_status ds_forward(eng_model *m, const eng_fwd *f, float *h, int n_toke
         ENG_TRY(be->ops->rope(be, ckv + r, n_tokens, 1, kva_w, 0, 0, f->pos, &m->rope));
 
         if (absorbed) {
+            /* The bf16 mode runs an FP8 kv_b as HF's FP8Linear does, W8A8 on its input c_kv
+             * (backend_bf16.c); the absorbed form never runs kv_b as a matmul, and c_kv reaches
+             * nothing but kv_b, so the latent cache stores it quantized: the values the naive
+             * form's kv_b matmul quantizes. */
+            if (L->kv_b_proj.fmt == ENG_WFMT_FP8_BLOCK && eng_backend_bf16_fp8_act_quant(be))
+                ENG_TRY(be->ops->quant_act_fp8(be, ckv, kva_w, ckv, kva_w, n_tokens, r, L->kv_b_proj.block_in));
             /* the latent cache: c_kv rows in k_cache, k_pe rows in v_cache */
             ENG_TRY(be->ops->kv_write(be, f->k_cache[l], r, 0, ckv, kva_w, 0, 1, r, f->slot, n_tokens));
             ENG_TRY(be->ops->kv_write(be, f->v_cache[l], d_rope, 0, ckv + r, kva_w, 0, 1, d_rope, f->slot,

@@ -1,17 +1,21 @@
 // elementwise.cu: embedding lookup, RMSNorm, residual add, RoPE, the KV-cache write and SwiGLU,
-// the memory-bound ops of a transformer layer, and the bf16 rounding of the bf16 compute mode.
+// the memory-bound ops of a transformer layer, and the bf16 compute mode's two kernels: the bf16
+// rounding and the W8A8 activation quantization in front of FP8 weights.
 //
 // Invariant: every kernel computes engine/backend_cpu.c's formula in the same f32 operation
 // order (RMSNorm's sum of squares in double, RoPE's cos/sin in double rounded to f32, as the
 // CPU); results differ from it only by RMSNorm's summation order and by CUDA's expf / double
 // sincos being within 2 ulp rather than glibc's. The KV-cache write is a bit-exact copy. Ops
 // documented as in place (rmsnorm, add, swiglu, rope) read each element before any thread
-// writes it.
+// writes it. The activation quantization is bit-exact with the CPU (a max, one IEEE division,
+// the e4m3 rounding, one product).
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <math.h>
 
 #include "dequant.cuh"
 #include "kernels.h"
+#include "reduce.cuh"
 
 // Threads per block of every kernel here (8 warps).
 #define EW_THREADS 256
@@ -319,5 +323,72 @@ extern "C" int kern_round_bf16(float *x, int64_t stride, int n_rows, int64_t n_c
         blocks = (int64_t)1 << 20;
     dim3 grid((unsigned)blocks, grid_y(n_rows));
     round_bf16_kernel<<<grid, EW_THREADS, 0, stream>>>(x, stride, n_rows, n_cols);
+    return (int)cudaGetLastError();
+}
+
+// ---- W8A8 activation quantization ------------------------------------------------------------
+
+// e4m3's largest finite value: the scale is max|x| / 448, as HF's act_quant and the CPU.
+#define ACT_E4M3_MAX 448.0f
+
+// The scale of columns [c0, c1) of row xr: max |x| / 448, by one warp (every lane gets it). A
+// max is exact in any order and fmaxf skips NaN as the CPU's loop does; the division is IEEE
+// (nvcc's default -prec-div=true), so the scale is the CPU's bit for bit.
+static __device__ __forceinline__ float act_group_scale(const float *xr, int64_t c0, int64_t c1,
+                                                        int lane)
+{
+    float m = 0.0f;
+    for (int64_t c = c0 + lane; c < c1; c += 32)
+        m = fmaxf(m, fabsf(xr[c]));
+    return warp_max(m) / ACT_E4M3_MAX;
+}
+
+// Grid min(n_rows, 2^20), block EW_THREADS (8 warps), rows strided by gridDim.x; warp w owns
+// the row's groups w, w + 8, ... Pass 1: does any group have scale 0 (then the whole row is
+// +0, HF's nan_to_num; __syncthreads_or gives every thread the answer, and orders pass 1's reads
+// of the row before pass 2's writes). Pass 2: each warp recomputes its group's scale (the same
+// value) and writes f32(e4m3(x / s)) * s, the e4m3 rounding being cuda_fp8.h's saturating
+// round-to-nearest-even conversion (cvt.rn.satfinite.e4m3x2.f32 on sm_89+, the same rounding in
+// software before), which equals engine/quantize.c's eng_f32_to_fp8_e4m3 for every non-NaN
+// input. In place (out == x) is safe: a warp reads its whole group for the scale (warp_max
+// synchronises the warp) before any lane writes into it, and each element is read and then
+// written by the same lane.
+static __global__ void __launch_bounds__(EW_THREADS)
+quant_act_fp8_kernel(const float *x, int64_t x_stride, float *out, int64_t out_stride, int n_rows,
+                     int64_t n_cols, int group)
+{
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t n_groups = (n_cols + group - 1) / group;
+    for (int64_t r = blockIdx.x; r < n_rows; r += gridDim.x) {
+        const float *xr = x + r * x_stride;
+        float *o = out + r * out_stride;
+        int zero = 0;
+        for (int64_t g = warp; g < n_groups; g += EW_THREADS / 32) {
+            int64_t c0 = g * group, c1 = c0 + group < n_cols ? c0 + group : n_cols;
+            zero |= act_group_scale(xr, c0, c1, lane) == 0.0f;
+        }
+        const bool zero_row = __syncthreads_or(zero) != 0;
+        for (int64_t g = warp; g < n_groups; g += EW_THREADS / 32) {
+            int64_t c0 = g * group, c1 = c0 + group < n_cols ? c0 + group : n_cols;
+            float s = act_group_scale(xr, c0, c1, lane);
+            for (int64_t c = c0 + lane; c < c1; c += 32) {
+                uint8_t q = (uint8_t)__nv_cvt_float_to_fp8(xr[c] / s, __NV_SATFINITE, __NV_E4M3);
+                o[c] = zero_row ? 0.0f : dq_e4m3(q) * s;
+            }
+        }
+    }
+}
+
+extern "C" int kern_quant_act_fp8(const float *x, int64_t x_stride, float *out, int64_t out_stride,
+                                  int n_rows, int64_t n_cols, int group, kern_stream stream)
+{
+    if (!x || !out || n_rows < 0 || n_cols < 0 || group < 1)
+        return (int)cudaErrorInvalidValue;
+    if (n_rows == 0 || n_cols == 0)
+        return 0;
+    // 2^20 blocks cover 2^20 rows per step; more rows loop in the kernel
+    unsigned blocks = (unsigned)(n_rows < (1 << 20) ? n_rows : (1 << 20));
+    quant_act_fp8_kernel<<<blocks, EW_THREADS, 0, stream>>>(x, x_stride, out, out_stride, n_rows,
+                                                             n_cols, group);
     return (int)cudaGetLastError();
 }

@@ -140,9 +140,26 @@ int kern_swiglu(const float *gate, int64_t gate_stride, const float *up, int64_t
  * with their low 16 bits zero: rows [n_rows][n_cols], row r at x + r * stride (stride >= 0;
  * rows may overlap: the rounding is idempotent). Bit-exact with engine/common.h's
  * eng_round_bf16. One thread per element, grid (ceil(n_cols / 256) capped at 2^20,
- * min(n_rows, 65535)), loops beyond. This is the bf16 compute mode's only kernel; no f32 op
- * rounds. */
+ * min(n_rows, 65535)), loops beyond. With kern_quant_act_fp8 below, the only kernels of the
+ * bf16 compute mode; no f32 op rounds or quantizes activations. */
 int kern_round_bf16(float *x, int64_t stride, int n_rows, int64_t n_cols, kern_stream stream);
+
+/* W8A8 activation quantization (the bf16 mode over FP8_BLOCK weights; engine/backend.h's
+ * quant_act_fp8, Hugging Face's act_quant): for each row r < n_rows and each group of `group`
+ * columns (the row's last group may be shorter) of its n_cols,
+ *   s = max |x| / 448 (f32, fmaxf: NaN never raises it),
+ *   out = f32(e4m3(x / s)) * s   (e4m3: cuda_fp8.h's __nv_cvt_float_to_fp8 with __NV_SATFINITE,
+ *                                 nearest even, saturating at +-448, which is engine/quantize.c's
+ *                                 eng_f32_to_fp8_e4m3 for every non-NaN f32)
+ * and a row with any group of s == 0 is written as +0 throughout (HF's nan_to_num of the NaN
+ * row its 0 / 0 makes). Bit-exact with the CPU reference for finite x (a NaN comes out NaN,
+ * of either sign). out may be x with the same stride (in place); otherwise the two must not
+ * overlap, nor may rows. One block of 8 warps per row (rows
+ * strided by gridDim.x, at most 2^20 blocks); warp w owns the row's groups w, w + 8, ...: a
+ * first pass finds a zero scale (__syncthreads_or), a second recomputes each group's scale and
+ * writes it. cudaErrorInvalidValue for group < 1. */
+int kern_quant_act_fp8(const float *x, int64_t x_stride, float *out, int64_t out_stride,
+                       int n_rows, int64_t n_cols, int group, kern_stream stream);
 
 /* ---- matmul (kernels/matmul.cu) -------------------------------------------------------------- */
 
@@ -257,7 +274,10 @@ int kern_moe_route(const kern_route_args *args, kern_stream stream);
 /* Routed experts: out[t] = sum_i weight[t][i] * down_e(silu(gate_e(x[t])) * up_e(x[t])),
  * e = idx[t][i] (every idx must be in [0, n_expert)). gate/up/down are DEVICE arrays of
  * n_expert kern_weight each (descriptors uploaded once by the caller). Accumulation in f32; the
- * combine adds the n_expert_used products of a token in slot order i = 0, 1, ... */
+ * combine adds the n_expert_used products of a token in slot order i = 0, 1, ...
+ * act_quant_group > 0 (the bf16 mode over FP8 experts): x[t] and each pair's silu(g) * u are
+ * quantized as kern_quant_act_fp8 does, in groups of that many columns, before the expert
+ * matmuls read them (x into the workspace, the pairs' rows in place). */
 typedef struct kern_moe_args {
     int n_tokens, d_model, d_ff_expert, n_expert, n_expert_used;
     const float *x;              /* [n_tokens][d_model] */
@@ -267,6 +287,7 @@ typedef struct kern_moe_args {
     const int32_t *idx;          /* [n_tokens][n_expert_used] */
     const float *weight;         /* [n_tokens][n_expert_used] */
     float *out;                  /* [n_tokens][d_model], overwritten */
+    int act_quant_group;         /* 0: no activation quantization; > 0: its group (columns) */
 } kern_moe_args;
 
 size_t kern_moe_workspace_bytes(const kern_moe_args *args);

@@ -79,6 +79,20 @@ else
     echo "FAIL --dtype bf16: $(head -c 400 "$tmp/err")"
     fails=$((fails + 1))
 fi
+expect_fail "act-quant without bf16" "part of the bf16 compute mode" logits --model "$tiny" --ids 1 --act-quant fp8
+expect_fail "unknown act-quant" "--act-quant.*none or fp8" logits --model "$tiny" --ids 1 --dtype bf16 --act-quant int4
+# --act-quant fp8 on a stored-FP8 model: the load line says so, and the logits differ from the
+# plain bf16 run's (its inputs to the fp8 weights are quantized)
+fp8dir="$(dirname "$tiny")/kimi_k2_fp8_tiny"
+if "$bin" logits --model "$fp8dir" --ids 1,2,3 --backend cpu --dtype bf16 >"$tmp/a.json" 2>"$tmp/err" &&
+    "$bin" logits --model "$fp8dir" --ids 1,2,3 --backend cpu --dtype bf16 --act-quant fp8 >"$tmp/w8a8.json" 2>"$tmp/err" &&
+    grep -q "bf16 compute with fp8 activations for fp8 weights" "$tmp/err" &&
+    ! cmp -s "$tmp/a.json" "$tmp/w8a8.json"; then
+    echo "ok   --act-quant fp8: $(grep -o 'bf16 compute with[^,]*' "$tmp/err"); logits differ from bf16 alone"
+else
+    echo "FAIL --act-quant fp8: $(head -c 400 "$tmp/err")"
+    fails=$((fails + 1))
+fi
 expect_fail "not a model dir" "config.json" logits --model "$tmp" --ids 1
 expect_fail "nonexistent dir" "config.json|not found|no such" logits --model "$tmp/nope" --ids 1
 

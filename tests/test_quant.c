@@ -10,12 +10,21 @@
  *     through eng_weight_row_f32 over partial ranges agree with whole rows.
  *   - bad input: NaN in a weight (BAD_FORMAT), an already-quantized weight (UNSUPPORTED), an
  *     unknown name (INVALID_ARG).
+ *   - W8A8 activation quantization (quant_act_fp8 on the CPU reference, the bf16 mode's op):
+ *     exact e4m3 codes of chosen values (ties to even in the normal and subnormal ranges, the
+ *     amax mapping to 448, a quotient just above 448 saturating), an all-zero group (or one of
+ *     -0) zeroing its whole row, a partial last group with its own scale, strided rows with
+ *     their gaps untouched, in place equal to out of place, random rows within half a step;
+ *     then the bf16 decorator: an FP8 matmul equals the inner matmul of the quantized input,
+ *     rounded (a row with a zero group gives a zero row), other formats are not quantized, and
+ *     FP8 routed experts quantize both inputs (the experts op against the same steps by hand).
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "quantize.h"
 
 static int failures;
@@ -218,11 +227,290 @@ static void test_bad_input(void)
     check(eng_load_quant_parse("int4", &lq, &err) == PP_STATUS_OK && lq == ENG_LOADQ_INT4, "int4 parses");
 }
 
+/* ---- W8A8 activation quantization ------------------------------------------------------------ */
+
+static uint32_t bits_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+/* Runs the CPU backend's quant_act_fp8 over rows [n_rows][n_cols] of x (x_stride apart) into a
+ * buffer of out_stride rows filled with a sentinel, and checks the gaps kept it. */
+#define SENTINEL_BITS 0xffbadbadu
+static float *quant_rows(eng_backend *cpu, const float *x, int64_t x_stride, int64_t out_stride, int n_rows,
+                         int64_t n_cols, int group)
+{
+    size_t n = (size_t)(out_stride * n_rows);
+    float *out = malloc(n * sizeof *out);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = SENTINEL_BITS;
+        memcpy(&out[i], &u, 4);
+    }
+    check(cpu->ops->quant_act_fp8(cpu, x, x_stride, out, out_stride, n_rows, n_cols, group) == PP_STATUS_OK,
+          "quant_act_fp8 returns OK");
+    int bad = 0;
+    for (int r = 0; r < n_rows; r++)
+        for (int64_t c = n_cols; c < out_stride; c++)
+            bad += bits_of(out[r * out_stride + c]) != SENTINEL_BITS;
+    check(bad == 0, "quant_act_fp8 writes nothing between rows");
+    return out;
+}
+
+static void test_quant_act_codes(eng_backend *cpu)
+{
+    /* group 8, amax 448 in each group: s = 1 exactly, so out = the e4m3 value of x */
+    const float x[16] = {
+        448.0f, 17.0f, 19.0f, -17.0f, 0x1p-10f, 3 * 0x1p-10f, 1.0f + 0x1p-4f, 0.0f, /* ties */
+        -448.0f, 1.0f + 3 * 0x1p-4f, 240.0f, 232.0f, 0x1p-9f, 0x1p-10f + 0x1p-30f, 5 * 0x1p-10f, -0.0f,
+    };
+    const float want[16] = {
+        448.0f, 16.0f, 20.0f, -16.0f, 0.0f, 0x1p-8f, 1.0f, 0.0f,          /* to even: 16, 20, 0, 2^-8, 1 */
+        -448.0f, 1.25f, 240.0f, 224.0f, 0x1p-9f, 0x1p-9f, 0x1p-8f, -0.0f, /* 232 ties to 224, 5*2^-10 to 4*2^-10 */
+    };
+    float *out = quant_rows(cpu, x, 16, 16, 1, 16, 8);
+    int bad = 0;
+    for (int i = 0; i < 16; i++)
+        if (bits_of(out[i]) != bits_of(want[i])) {
+            fprintf(stderr, "  quant_act_fp8 code: x = %a gives %a, want %a\n", (double)x[i], (double)out[i],
+                    (double)want[i]);
+            bad++;
+        }
+    check(bad == 0, "quant_act_fp8: exact e4m3 values, ties to even (normal and subnormal)");
+    free(out);
+
+    /* a scale that is not a power of two: the amax maps to 448 * s, every value to code * s */
+    const float y[5] = {3.0f, -1.0f, 0.1f, 2.9f, 0.0f};
+    out = quant_rows(cpu, y, 5, 5, 1, 5, 5);
+    float s = 3.0f / 448.0f;
+    bad = 0;
+    for (int i = 0; i < 5; i++)
+        bad += bits_of(out[i]) != bits_of(eng_fp8_e4m3_to_f32(eng_f32_to_fp8_e4m3(y[i] / s)) * s);
+    check(bad == 0 && out[0] == 448.0f * s && eng_f32_to_fp8_e4m3(y[0] / s) == 0x7e,
+          "quant_act_fp8: out = e4m3(x / s) * s with s = amax / 448, the amax at code 0x7e");
+    free(out);
+
+    /* saturation: an amax whose quotient amax / (amax / 448) rounds above 448 still gets 448 */
+    float a = 1.0f;
+    for (int i = 0; i < 1 << 20 && a / (a / 448.0f) <= 448.0f; i++)
+        a = nextafterf(a, 2.0f);
+    check(a / (a / 448.0f) > 448.0f, "found an amax whose quotient exceeds 448");
+    float z[2] = {a, -a};
+    out = quant_rows(cpu, z, 2, 2, 1, 2, 2);
+    check(out[0] == 448.0f * (a / 448.0f) && out[1] == -out[0], "quant_act_fp8 saturates at +-448");
+    free(out);
+}
+
+static void test_quant_act_rows(eng_backend *cpu)
+{
+    /* 4 rows of 10 columns, group 4: groups [0,4) [4,8) [8,10) (partial), rows 13 apart in and
+     * 11 apart out. Row 1's middle group is zero, row 2's last group is -0 only: both rows come
+     * out +0 throughout (HF's nan_to_num); rows 0 and 3 are quantized group by group. */
+    enum { R = 4, C = 10, XS = 13, OS = 11, G = 4 };
+    float x[R * XS];
+    for (int i = 0; i < R * XS; i++)
+        x[i] = NAN; /* gaps: never read */
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            x[r * XS + c] = frand() * (c >= 8 ? 0.01f : 3.0f); /* the last group much smaller */
+    for (int c = 4; c < 8; c++)
+        x[1 * XS + c] = 0.0f;
+    x[2 * XS + 8] = x[2 * XS + 9] = -0.0f;
+    float *out = quant_rows(cpu, x, XS, OS, R, C, G);
+    int bad = 0, zeros = 0;
+    for (int r = 0; r < R; r++)
+        for (int c0 = 0; c0 < C; c0 += G) {
+            int c1 = c0 + G < C ? c0 + G : C;
+            float m = 0.0f;
+            for (int c = c0; c < c1; c++)
+                m = fmaxf(m, fabsf(x[r * XS + c]));
+            float s = m / 448.0f;
+            for (int c = c0; c < c1; c++) {
+                float got = out[r * OS + c];
+                if (r == 1 || r == 2) {
+                    zeros += bits_of(got) == 0u;
+                    continue;
+                }
+                bad += bits_of(got) != bits_of(eng_fp8_e4m3_to_f32(eng_f32_to_fp8_e4m3(x[r * XS + c] / s)) * s);
+            }
+        }
+    check(bad == 0, "quant_act_fp8: each group (the partial last one too) with its own scale");
+    check(zeros == 2 * C, "quant_act_fp8: a row with an all-zero (or -0) group is +0 throughout");
+
+    /* in place, same stride: the same bits */
+    float *inplace = malloc(sizeof x);
+    memcpy(inplace, x, sizeof x);
+    check(cpu->ops->quant_act_fp8(cpu, inplace, XS, inplace, XS, R, C, G) == PP_STATUS_OK, "in place runs");
+    bad = 0;
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++)
+            bad += bits_of(inplace[r * XS + c]) != bits_of(out[r * OS + c]);
+    check(bad == 0, "quant_act_fp8 in place equals out of place");
+    free(inplace);
+    free(out);
+    check(cpu->ops->quant_act_fp8(cpu, x, XS, x, XS, R, C, 0) == PP_STATUS_INVALID_ARG, "group 0 is INVALID_ARG");
+
+    /* random rows, group 128 with a ragged end: within half a step of e4m3 (2^-4 relative, or
+     * 2^-10 of the scale among subnormals), the group's largest element exact */
+    enum { RR = 5, CC = 300 };
+    float *v = malloc(RR * CC * sizeof *v);
+    for (int i = 0; i < RR * CC; i++)
+        v[i] = frand() * (float)(1 + i % 7) * ((i / CC) % 2 ? 1e-3f : 10.0f);
+    out = quant_rows(cpu, v, CC, CC, RR, CC, 128);
+    double worst = 0.0;
+    int exact_max = 1;
+    for (int r = 0; r < RR; r++)
+        for (int c0 = 0; c0 < CC; c0 += 128) {
+            int c1 = c0 + 128 < CC ? c0 + 128 : CC;
+            float m = 0.0f;
+            for (int c = c0; c < c1; c++)
+                m = fmaxf(m, fabsf(v[r * CC + c]));
+            float s = m / 448.0f;
+            for (int c = c0; c < c1; c++) {
+                float a = v[r * CC + c], b = out[r * CC + c];
+                double step = fmax(fabs((double)a) * 0x1p-3, (double)s * 0x1p-9);
+                worst = fmax(worst, fabs((double)a - (double)b) / step);
+                if (fabsf(a) == m)
+                    exact_max &= fabsf(b) == 448.0f * s;
+            }
+        }
+    printf("%-32s worst error %.4f of a step\n", "quant_act_fp8 [5 x 300] g128", worst);
+    check(worst <= 0.5 * (1 + 1e-5), "quant_act_fp8: error within half a step");
+    check(exact_max, "quant_act_fp8: a group's largest element becomes 448 * s");
+    free(out);
+    free(v);
+}
+
+/* A random f32 weight quantized to FP8_BLOCK (on-load quantization); *owned frees both. */
+static void fp8_weight(int64_t n_out, int64_t n_in, eng_weight *q, void **owned, void **data)
+{
+    eng_weight w;
+    *data = random_weight(ENG_WFMT_F32, n_out, n_in, &w);
+    eng_err err = {{0}};
+    check(eng_weight_quantize(&w, ENG_LOADQ_FP8, "fp8 test weight", q, owned, &err) == PP_STATUS_OK, err.msg);
+}
+
+static int n_bits_differ(const float *a, const float *b, size_t n)
+{
+    int d = 0;
+    for (size_t i = 0; i < n; i++)
+        d += bits_of(a[i]) != bits_of(b[i]);
+    return d;
+}
+
+static void test_bf16_decorator(void)
+{
+    eng_backend *cpu = NULL, *bf = NULL, *inner = NULL;
+    eng_err err = {{0}};
+    if (eng_backend_cpu_create(2, &inner, &err) != PP_STATUS_OK ||
+        eng_backend_bf16_wrap(inner, true, &bf, &err) != PP_STATUS_OK || eng_backend_cpu_create(2, &cpu, &err) != PP_STATUS_OK) {
+        check(0, err.msg);
+        return;
+    }
+    /* matmul: [3 tokens][300] x FP8 [70][300]^T; token 1 has its second 128-group zero */
+    enum { T = 3, N_IN = 300, N_OUT = 70 };
+    eng_weight q;
+    void *owned = NULL, *data = NULL;
+    fp8_weight(N_OUT, N_IN, &q, &owned, &data);
+    float x[T * N_IN], xq[T * N_IN], want[T * N_OUT], got[T * N_OUT];
+    for (int i = 0; i < T * N_IN; i++)
+        x[i] = eng_round_bf16(frand() * 2.0f);
+    for (int c = 128; c < 256; c++)
+        x[1 * N_IN + c] = 0.0f;
+    check(cpu->ops->quant_act_fp8(cpu, x, N_IN, xq, N_IN, T, N_IN, 128) == PP_STATUS_OK &&
+              cpu->ops->matmul(cpu, xq, N_IN, &q, want, N_OUT, T) == PP_STATUS_OK &&
+              cpu->ops->round_bf16(cpu, want, N_OUT, T, N_OUT) == PP_STATUS_OK &&
+              bf->ops->matmul(bf, x, N_IN, &q, got, N_OUT, T) == PP_STATUS_OK,
+          "bf16 decorator FP8 matmul runs");
+    check(n_bits_differ(got, want, T * N_OUT) == 0, "bf16 mode FP8 matmul = round(matmul(quant_act_fp8(x)))");
+    int zero_row = 1;
+    for (int n = 0; n < N_OUT; n++)
+        zero_row &= bits_of(got[1 * N_OUT + n]) == 0u;
+    check(zero_row, "bf16 mode FP8 matmul: a token with an all-zero group gets a +0 output row");
+    /* the same weight unquantized (f32): no activation quantization */
+    eng_weight wf;
+    void *fdata = random_weight(ENG_WFMT_F32, N_OUT, N_IN, &wf);
+    check(cpu->ops->matmul(cpu, x, N_IN, &wf, want, N_OUT, T) == PP_STATUS_OK &&
+              cpu->ops->round_bf16(cpu, want, N_OUT, T, N_OUT) == PP_STATUS_OK &&
+              bf->ops->matmul(bf, x, N_IN, &wf, got, N_OUT, T) == PP_STATUS_OK &&
+              n_bits_differ(got, want, T * N_OUT) == 0,
+          "bf16 mode f32 matmul: activations not quantized");
+    free(fdata);
+    free(owned);
+    free(data);
+
+    /* routed experts: 4 FP8 experts [d_ff 136][d_model 200] / [200][136], 3 tokens, 2 each;
+     * token 2's first group is zero (its expert outputs, hence its row, are zero) */
+    enum { E = 4, K = 2, D = 200, F = 136 };
+    eng_weight gate[E], up[E], down[E];
+    void *bufs[6 * E];
+    for (int e = 0; e < E; e++) {
+        fp8_weight(F, D, &gate[e], &bufs[6 * e], &bufs[6 * e + 1]);
+        fp8_weight(F, D, &up[e], &bufs[6 * e + 2], &bufs[6 * e + 3]);
+        fp8_weight(D, F, &down[e], &bufs[6 * e + 4], &bufs[6 * e + 5]);
+    }
+    float mx[T * D], mxq[T * D], out[T * D], ref[T * D], g[F], u[F], y[D];
+    for (int i = 0; i < T * D; i++)
+        mx[i] = eng_round_bf16(frand());
+    for (int c = 0; c < 128; c++)
+        mx[2 * D + c] = 0.0f;
+    const int32_t idx[T * K] = {0, 3, 2, 0, 1, 3};
+    const float wts[T * K] = {0.7f, 0.3f, 0.55f, 0.45f, 0.9f, 0.1f};
+    eng_moe_args ma = {
+        .n_tokens = T, .d_model = D, .d_ff_expert = F, .n_expert = E, .n_expert_used = K,
+        .x = mx, .gate = gate, .up = up, .down = down, .idx = idx, .weight = wts, .out = out,
+    };
+    /* by hand, in the CPU experts' order: out[t] = (0 + w0 y0) + w1 y1 */
+    bool ok = cpu->ops->quant_act_fp8(cpu, mx, D, mxq, D, T, D, 128) == PP_STATUS_OK;
+    memset(ref, 0, sizeof ref);
+    for (int e = 0; e < E && ok; e++)
+        for (int t = 0; t < T; t++)
+            for (int i = 0; i < K; i++) {
+                if (idx[t * K + i] != e)
+                    continue;
+                ok = ok && cpu->ops->matmul(cpu, mxq + t * D, D, &gate[e], g, F, 1) == PP_STATUS_OK &&
+                     cpu->ops->matmul(cpu, mxq + t * D, D, &up[e], u, F, 1) == PP_STATUS_OK &&
+                     cpu->ops->swiglu(cpu, g, F, u, F, g, F, 1, F) == PP_STATUS_OK &&
+                     cpu->ops->quant_act_fp8(cpu, g, F, g, F, 1, F, 128) == PP_STATUS_OK &&
+                     cpu->ops->matmul(cpu, g, F, &down[e], y, D, 1) == PP_STATUS_OK;
+                for (int d = 0; d < D; d++)
+                    ref[t * D + d] += wts[t * K + i] * y[d];
+            }
+    ma.act_quant_group = 128;
+    check(ok && cpu->ops->moe_experts(cpu, &ma) == PP_STATUS_OK && n_bits_differ(out, ref, T * D) == 0,
+          "experts with act_quant_group 128 = quantized x, gate/up, SwiGLU, quantized h, down, by hand");
+    int zero = 1;
+    for (int d = 0; d < D; d++)
+        zero &= out[2 * D + d] == 0.0f;
+    check(zero, "experts: a token with an all-zero group of x gets a zero row");
+    check(cpu->ops->round_bf16(cpu, ref, D, T, D) == PP_STATUS_OK, "round");
+    ma.act_quant_group = 0; /* the decorator sets it for FP8 experts */
+    check(bf->ops->moe_experts(bf, &ma) == PP_STATUS_OK && n_bits_differ(out, ref, T * D) == 0,
+          "bf16 mode FP8 experts = round(experts with act_quant_group 128)");
+    check(cpu->ops->moe_experts(cpu, &ma) == PP_STATUS_OK && n_bits_differ(out, ref, T * D) > T * D / 2,
+          "experts without act_quant_group differ (f32 mode: no quantization)");
+    for (int i = 0; i < 6 * E; i++)
+        free(bufs[i]);
+    eng_backend_destroy(bf);
+    eng_backend_destroy(cpu);
+}
+
 int main(void)
 {
     test_e4m3();
     test_weights();
     test_bad_input();
+    eng_backend *cpu = NULL;
+    eng_err err = {{0}};
+    if (eng_backend_cpu_create(1, &cpu, &err) == PP_STATUS_OK) {
+        test_quant_act_codes(cpu);
+        test_quant_act_rows(cpu);
+        eng_backend_destroy(cpu);
+    } else {
+        check(0, err.msg);
+    }
+    test_bf16_decorator();
     printf("quant: %s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;
 }

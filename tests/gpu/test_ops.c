@@ -12,9 +12,10 @@
  *      expf / cosf / sinf):
  *        BOUND_ELEMENTWISE 1e-5  embedding, rmsnorm, add, rope, swiglu, moe_route's weights
  *        BOUND_REDUCTION   1e-4  matmul, attention, MLA, MoE experts
- *      (the issue's bounds: they are not to be widened to make a case pass); round_bf16 and
- *      kv_write must match bit for bit (bound 0, reported as the fraction of differing elements;
- *      kv_write compares the whole cache, the rows it must not touch included);
+ *      (the issue's bounds: they are not to be widened to make a case pass); round_bf16,
+ *      quant_act_fp8 and kv_write must match bit for bit (bound 0, reported as the fraction of
+ *      differing elements; kv_write compares the whole cache, the rows it must not touch
+ *      included);
  *   3. guard bands: every output buffer has GUARD extra elements on both sides (and, for strided
  *      rows, gaps between rows) filled with SENTINEL, which must come back bit for bit. Inputs
  *      hold NaN there instead, so a kernel reading outside its inputs shows up in check 1.
@@ -1633,6 +1634,78 @@ static void case_round_bf16(harness *h, int n_rows, int64_t n_cols, int64_t stri
     case_end(&tc);
 }
 
+/* quant_act_fp8 (the bf16 mode's W8A8 input quantization) over [n_rows][n_cols] rows in groups
+ * of `group`, x rows n_cols + x_pad apart, out rows n_cols + out_pad apart (in_place: out is x).
+ * Bit-exact. Row r's values are uniform in +-10^(r % 7 - 3) (e4m3 subnormals, many binades);
+ * every third row has one group zeroed (-0 in half of them: the whole row must come out +0);
+ * row 1 holds 448 and e4m3 ties at scale 1 (17, 19, 3 * 2^-10, ...); row 2 has a tiny amax
+ * (1e-44: its scale underflows to 0, a zero row too) when there are rows enough. */
+static void case_quant_act(harness *h, int n_rows, int64_t n_cols, int group, int x_pad, int out_pad, bool in_place)
+{
+    static const float ties[] = {448.0f, 17.0f, 19.0f, -17.0f, 0x1p-10f, 3 * 0x1p-10f, 5 * 0x1p-10f, 232.0f,
+                                 1.0f + 0x1p-4f, 1.0f + 3 * 0x1p-4f, -0.0f, 0x1p-10f + 0x1p-30f};
+    tcase tc;
+    if (!case_begin(h, &tc, "quant_act_fp8", 0.0, "n_rows=%d n_cols=%lld group=%d x_stride=%lld out_stride=%lld%s",
+                    n_rows, (long long)n_cols, group, (long long)(n_cols + x_pad),
+                    (long long)(in_place ? n_cols + x_pad : n_cols + out_pad), in_place ? " in place" : ""))
+        return;
+    layout lx = rows(n_rows, n_cols, n_cols + x_pad), lo = in_place ? lx : rows(n_rows, n_cols, n_cols + out_pad);
+    size_t nx = layout_extent(&lx);
+    uint32_t *bits = xmalloc(nx * 4);
+    for (size_t i = 0; i < nx; i++)
+        bits[i] = NAN_BITS;
+    int64_t n_groups = ceil_div(n_cols, group);
+    for (int64_t r = 0; r < n_rows; r++) {
+        float mag = powf(10.0f, (float)(r % 7 - 3));
+        for (int64_t c = 0; c < n_cols; c++) {
+            float v = rng_f(&tc.r, -mag, mag);
+            if (r == 1)
+                v = c < (int64_t)(sizeof ties / sizeof ties[0]) ? ties[c] : rng_f(&tc.r, -448.0f, 448.0f);
+            if (r == 2 && n_rows > 2)
+                v = rng_f(&tc.r, -1e-44f, 1e-44f);
+            bits[layout_at(&lx, r, 0, c)] = f32_bits(v);
+        }
+        if (r % 3 == 0 && n_cols > 1) {
+            int64_t g = r % n_groups, c1 = (g + 1) * group < n_cols ? (g + 1) * group : n_cols;
+            for (int64_t c = g * group; c < c1; c++)
+                bits[layout_at(&lx, r, 0, c)] = r % 2 ? 0x80000000u : 0u;
+        }
+    }
+    gbuf x = {0}, o = {0};
+    bool ok = gbuf_make(&tc, &x, nx, bits, NAN_BITS) && (in_place || gbuf_output(&tc, &o, layout_extent(&lo)));
+    gbuf *out = in_place ? &x : &o;
+    if (ok &&
+        op_ok(&tc, h->cpu->ops->quant_act_fp8(h->cpu, x.cpu, lx.row_stride, out->cpu, lo.row_stride, n_rows, n_cols,
+                                              group), true, "quant_act_fp8") &&
+        op_ok(&tc, tc.dut->ops->quant_act_fp8(tc.dut, x.dut, lx.row_stride, out->dut, lo.row_stride, n_rows, n_cols,
+                                              group), false, "quant_act_fp8")) {
+        uint32_t *got = gbuf_fetch(&tc, out);
+        if (got) {
+            const uint32_t *want = out->cpu;
+            size_t n_diff = 0, n_nonfinite = 0;
+            for (int64_t r = 0; r < n_rows; r++)
+                for (int64_t c = 0; c < n_cols; c++) {
+                    size_t i = layout_at(&lo, r, 0, c);
+                    n_nonfinite += !isfinite(bits_f32(want[i]));
+                    if (got[GUARD + i] != want[i] && n_diff++ < MAX_FAIL_LINES)
+                        fail(&tc, "element [%lld][%lld] (index %zu): 0x%08x, cpu 0x%08x (x 0x%08x)", (long long)r,
+                             (long long)c, i, got[GUARD + i], want[i], bits[layout_at(&lx, r, 0, c)]);
+                }
+            if (n_nonfinite)
+                fail(&tc, "the CPU reference wrote %zu non-finite values from finite inputs", n_nonfinite);
+            tc.max_rel = (double)n_diff / (double)(n_rows * n_cols); /* the fraction of differing bits */
+            uint8_t *mask = layout_mask(&lo, out->n);
+            check_guards(&tc, out, got, mask, in_place ? "x" : "out");
+            free(mask);
+            free(got);
+        }
+    }
+    gbuf_free(&tc, &x);
+    gbuf_free(&tc, &o);
+    free(bits);
+    case_end(&tc);
+}
+
 static void run_elementwise(harness *h)
 {
     static const int rms_d[] = {1, 7, 64, 128, 1000, 2051, 7168};
@@ -1700,6 +1773,21 @@ static void run_elementwise(harness *h)
     for (size_t i = 0; i < sizeof rb / sizeof rb[0]; i++)
         if (!h->small || !rb[i].big)
             case_round_bf16(h, rb[i].n_rows, rb[i].n_cols, rb[i].stride);
+
+    /* quant_act_fp8 (the bf16 mode over FP8 weights): one element, a decode row of Kimi K2's
+     * width and its widest input, a ragged last group, strided rows, in place (the experts' h;
+     * DeepSeek's c_kv inside its c_kv | k_pe rows, Kimi's and ds_fp8_ragged's), groups of 1 and
+     * of an odd width, more groups than warps, more rows than blocks (2^20) */
+    static const struct { int n_rows; int64_t n_cols; int group, x_pad, out_pad; bool in_place, big; } qa[] = {
+        {1, 1, 128, 0, 0, false, false}, {1, 7168, 128, 0, 0, false, false}, {5, 300, 128, 0, 0, false, false},
+        {17, 2048 + 3, 128, 5, 3, false, false}, {16, 136, 128, 0, 0, true, false}, {3, 100, 1, 0, 0, false, false},
+        {7, 1000, 7, 2, 0, false, false}, {6, 512, 128, 64, 0, true, false}, {5, 72, 128, 16, 0, true, false},
+        {133, 18432, 128, 0, 0, false, true},
+        {64, 7168, 128, 3, 0, true, true}, {(1 << 20) + 3, 2, 128, 0, 0, false, true},
+    };
+    for (size_t i = 0; i < sizeof qa / sizeof qa[0]; i++)
+        if (!h->small || !qa[i].big)
+            case_quant_act(h, qa[i].n_rows, qa[i].n_cols, qa[i].group, qa[i].x_pad, qa[i].out_pad, qa[i].in_place);
 }
 
 /* kv_write: K of a fused q|k|v row into a [n_head_kv][d_head] cache row, V of odd width, k_pe
