@@ -553,15 +553,22 @@ static void request_done(worker *w, request *r, bool alive)
     pthread_mutex_unlock(&w->pool->mu);
 }
 
-/* Removes b->run[i] (its generation ended: the final chunk or an error went to its stream). */
-static void batch_remove(worker *w, batch *b, int i)
+/* Gives an ended generation's stream its terminal item when the final chunk was not it: an
+ * error (on_chunk does not push ERROR chunks) or a push that failed. */
+static void running_end_stream(running *x)
 {
-    running *x = b->run[i];
     pp_status st = eng_gen_status(x->gen);
     if (x->g.push_failed)
         stream_fail(x->r->stream, PP_STATUS_OUT_OF_MEMORY, "out of memory while streaming");
     else if (st != PP_STATUS_OK)
         stream_fail(x->r->stream, st, x->g.err.msg);
+}
+
+/* Removes b->run[i] (its generation ended: the final chunk or an error went to its stream). */
+static void batch_remove(worker *w, batch *b, int i)
+{
+    running *x = b->run[i];
+    running_end_stream(x);
     eng_gen_free(x->gen);
     b->reserved -= x->blocks;
     request_done(w, x->r, true);
@@ -734,7 +741,9 @@ static void *worker_main(void *arg)
         bool finished[MAX_BATCH_LIMIT]; /* its final chunk went out before the death */
         for (int i = 0; i < b.n; i++) {
             finished[i] = eng_gen_done(b.run[i]->gen) && !b.run[i]->g.killed;
-            if (!finished[i])
+            if (finished[i])
+                running_end_stream(b.run[i]);
+            else
                 stream_fail(b.run[i]->r->stream, PP_STATUS_WORKER_DIED, msg);
         }
         pthread_mutex_unlock(&pool->mu);
