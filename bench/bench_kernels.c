@@ -1182,6 +1182,19 @@ static int32_t *block_table_make(devlist *dl, int n_seq, int max_blocks, bool sh
 /* Uploads the batch arrays of n_seq sequences of n_tok tokens each, all at position pos0:
  * seq_start = {0, n_tok, 2 n_tok, ...} [n_seq + 1] and seq_pos0 [n_seq]. Their prefixes serve
  * any smaller batch of the same sequences. Returns 0 or -1 (reported). */
+/* The batch of n_seq sequences of n_tok tokens each, all at context ctx (seqs_make's arrays),
+ * sequence s reading row s of table (max_blocks ids apart). */
+static kern_kv_batch kv_batch_uniform(int n_seq, int n_tok, int ctx, int block_size, int max_blocks,
+                                      const int32_t *seq_start, const int32_t *seq_pos0, const int32_t *table)
+{
+    kern_kv_batch kb = {
+        .n_seq = n_seq, .n_tokens = n_seq * n_tok, .max_seq_tokens = n_tok, .max_ctx = ctx,
+        .block_size = block_size, .max_blocks = max_blocks,
+        .seq_start = seq_start, .seq_pos0 = seq_pos0, .block_table = table,
+    };
+    return kb;
+}
+
 static int seqs_make(devlist *dl, int n_seq, int n_tok, int pos0, int32_t **seq_start,
                      int32_t **seq_pos0)
 {
@@ -1260,15 +1273,8 @@ static int run_attn_decode(bench *b, const attn_cfg *cfg, const char *name)
             for (int i = 0; i < n_copies; i++) {
                 kern_attn_args *a = &args[i];
                 memset(a, 0, sizeof *a);
-                a->batch.n_seq = batch;
-                a->batch.n_tokens = batch;
-                a->batch.max_seq_tokens = 1;
-                a->batch.max_ctx = ctx;
-                a->batch.block_size = ATTN_BLOCK;
-                a->batch.max_blocks = max_blocks;
-                a->batch.seq_start = seq_start;
-                a->batch.seq_pos0 = seq_pos0;
-                a->batch.block_table = table + (size_t)i * batch * max_blocks;
+                a->batch = kv_batch_uniform(batch, 1, ctx, ATTN_BLOCK, max_blocks, seq_start, seq_pos0,
+                                            table + (size_t)i * batch * max_blocks);
                 a->n_head = cfg->n_head;
                 a->n_head_kv = cfg->n_head_kv;
                 a->d_qk = a->d_v = d;
@@ -1361,15 +1367,8 @@ static int run_mla(bench *b, const fmt_spec *f, const char *name)
             for (int i = 0; i < n_copies; i++) {
                 kern_mla_args *a = &args[i];
                 memset(a, 0, sizeof *a);
-                a->batch.n_seq = batch;
-                a->batch.n_tokens = batch;
-                a->batch.max_seq_tokens = 1;
-                a->batch.max_ctx = ctx;
-                a->batch.block_size = MLA_BLOCK;
-                a->batch.max_blocks = max_blocks;
-                a->batch.seq_start = seq_start;
-                a->batch.seq_pos0 = seq_pos0;
-                a->batch.block_table = table + (size_t)i * batch * max_blocks;
+                a->batch = kv_batch_uniform(batch, 1, ctx, MLA_BLOCK, max_blocks, seq_start, seq_pos0,
+                                            table + (size_t)i * batch * max_blocks);
                 a->n_head = MLA_HEADS;
                 a->d_nope = MLA_NOPE;
                 a->d_rope = MLA_ROPE;
@@ -1449,15 +1448,7 @@ static int run_attn_prefill(bench *b, const char *name)
             seqs_make(&dl, 1, n, 0, &seq_start, &seq_pos0))
             goto done;
         memset(&a, 0, sizeof a);
-        a.batch.n_seq = 1;
-        a.batch.n_tokens = n;
-        a.batch.max_seq_tokens = n;
-        a.batch.max_ctx = n;
-        a.batch.block_size = ATTN_BLOCK;
-        a.batch.max_blocks = max_blocks;
-        a.batch.seq_start = seq_start;
-        a.batch.seq_pos0 = seq_pos0;
-        a.batch.block_table = table;
+        a.batch = kv_batch_uniform(1, n, n, ATTN_BLOCK, max_blocks, seq_start, seq_pos0, table);
         a.n_head = cfg->n_head;
         a.n_head_kv = cfg->n_head_kv;
         a.d_qk = a.d_v = d;

@@ -287,8 +287,6 @@ static bool kern_dtype_of(eng_dtype d, kern_dtype *out)
     }
 }
 
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 /* Bytes of a weight's data as stored (eng_weight_bytes without the scales). */
 static size_t weight_data_bytes(const eng_weight *w)
 {
@@ -309,7 +307,7 @@ static size_t weight_scale_bytes(const eng_weight *w)
 {
     size_t size = eng_dtype_size(w->scale_dtype);
     switch (w->fmt) {
-    case ENG_WFMT_FP8_BLOCK: return (size_t)(ceil_div(w->n_out, w->block_out) * w->scale_cols) * size;
+    case ENG_WFMT_FP8_BLOCK: return (size_t)(eng_ceil_div(w->n_out, w->block_out) * w->scale_cols) * size;
     case ENG_WFMT_INT4_GROUP: return (size_t)(w->n_out * w->scale_cols) * size;
     case ENG_WFMT_INT8_CHANNEL: return (size_t)w->n_out * size;
     default: return 0;

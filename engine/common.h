@@ -58,6 +58,9 @@ typedef enum eng_dtype {
     ENG_DTYPE_BOOL,
 } eng_dtype;
 
+/* ceil(a / b) for a >= 0, b > 0. */
+static inline int64_t eng_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 /* Bytes per element (0 for UNKNOWN). */
 size_t eng_dtype_size(eng_dtype dtype);
 /* The safetensors spelling ("BF16", "F8_E4M3", ...). */

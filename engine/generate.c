@@ -175,6 +175,13 @@ struct eng_gen {
     pp_status status;    /* what eng_generate returns for it */
 };
 
+int eng_gen_context(const eng_model *model, const eng_gen_params *p, size_t n_prompt)
+{
+    long long limit = p->n_ctx > 0 ? p->n_ctx : eng_model_config(model)->max_position_embeddings;
+    long long want = (long long)n_prompt + p->max_tokens;
+    return (int)(want < limit ? want : limit);
+}
+
 pp_status eng_gen_create(eng_model *model, eng_kv_cache *kv, const eng_tokenizer *tok, const int32_t *prompt_ids,
                          size_t n_prompt, const eng_gen_params *p, eng_chunk_fn fn, void *user, eng_gen **out,
                          eng_err *err)
@@ -196,7 +203,6 @@ pp_status eng_gen_create(eng_model *model, eng_kv_cache *kv, const eng_tokenizer
         return eng_fail(err, PP_STATUS_INVALID_ARG,
                         "the prompt has %zu tokens, which leaves no room in the context of %lld "
                         "(prompts are not truncated)", n_prompt, limit);
-    long long want = (long long)n_prompt + p->max_tokens;
     eng_gen *g = calloc(1, sizeof *g);
     if (!g)
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
@@ -204,7 +210,7 @@ pp_status eng_gen_create(eng_model *model, eng_kv_cache *kv, const eng_tokenizer
     g->p = p;
     g->fn = fn;
     g->user = user;
-    g->n_ctx = (int)(want < limit ? want : limit);
+    g->n_ctx = eng_gen_context(model, p, n_prompt);
     g->n_prompt = n_prompt;
     g->n_text_vocab = eng_tokenizer_n_vocab(tok);
     if ((st = kv ? eng_session_create_in(kv, g->n_ctx, &g->sess, err) : eng_session_create(model, g->n_ctx, &g->sess, err)) !=
@@ -226,7 +232,6 @@ pp_status eng_gen_create(eng_model *model, eng_kv_cache *kv, const eng_tokenizer
 }
 
 eng_session *eng_gen_session(eng_gen *g) { return g->sess; }
-int eng_gen_n_ctx(const eng_gen *g) { return g->n_ctx; }
 bool eng_gen_prefilling(const eng_gen *g) { return g->prefilled < g->n_prompt; }
 pp_status eng_gen_status(const eng_gen *g) { return g->status; }
 bool eng_gen_done(const eng_gen *g) { return g->done; }

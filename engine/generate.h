@@ -80,6 +80,10 @@ pp_status eng_generate(eng_model *model, const eng_tokenizer *tok, const int32_t
  * chunks, the final chunk and the status are exactly eng_generate's. */
 typedef struct eng_gen eng_gen;
 
+/* The context a generation of n_prompt tokens with p takes: prompt + max_tokens, within p->n_ctx
+ * (or the model's max_position_embeddings); what eng_gen_create makes its session for. */
+int eng_gen_context(const eng_model *model, const eng_gen_params *p, size_t n_prompt);
+
 /* Validates as eng_generate (INVALID_ARG before any chunk) and makes the generation's session:
  * in the shared cache kv (eng_session_create_in; the session then takes blocks as it grows), or
  * in a private cache of its own when kv is NULL. p, tok and the prompt's copy are used until
@@ -91,8 +95,6 @@ pp_status eng_gen_create(eng_model *model, eng_kv_cache *kv, const eng_tokenizer
  * the token sampled last. Valid until the next eng_gen_advance. */
 void eng_gen_input(const eng_gen *g, const int32_t **ids, int *n_tokens);
 eng_session *eng_gen_session(eng_gen *g);
-/* The context the session was made for (prompt + max_tokens, within the limit). */
-int eng_gen_n_ctx(const eng_gen *g);
 /* True while prompt chunks remain to be run. */
 bool eng_gen_prefilling(const eng_gen *g);
 /* After a successful forward of eng_gen_input's tokens: logits [n_vocab] of their last token

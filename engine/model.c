@@ -456,8 +456,6 @@ pp_status eng_ffn_forward(eng_model *m, const eng_ffn *ffn, const float *x, int 
 
 /* ---- KV caches and sessions ----------------------------------------------------------------- */
 
-static int ceil_div_int(int a, int b) { return (a + b - 1) / b; }
-
 pp_status eng_session_bytes(const eng_config *c, eng_mla_mode mla, int n_ctx, int n_batch,
                             uint64_t *kv_bytes, uint64_t *scratch_bytes)
 {
@@ -466,11 +464,11 @@ pp_status eng_session_bytes(const eng_config *c, eng_mla_mode mla, int n_ctx, in
         return PP_STATUS_INVALID_ARG;
     int64_t kw, vw;
     f->kv_widths(c, mla, &kw, &vw);
-    uint64_t rows = (uint64_t)ceil_div_int(n_ctx, ENG_KV_BLOCK_SIZE) * ENG_KV_BLOCK_SIZE;
+    uint64_t rows = (uint64_t)eng_ceil_div(n_ctx, ENG_KV_BLOCK_SIZE) * ENG_KV_BLOCK_SIZE;
     *kv_bytes = rows * (uint64_t)c->n_layer * (uint64_t)(kw + vw) * sizeof(float);
     /* one forward of n_batch tokens: its tables, hidden state, logits of every row, the
      * family's scratch */
-    size_t floats = 4096 + (size_t)ceil_div_int(n_ctx, ENG_KV_BLOCK_SIZE) + 2 * (size_t)n_batch +
+    size_t floats = 4096 + (size_t)eng_ceil_div(n_ctx, ENG_KV_BLOCK_SIZE) + 2 * (size_t)n_batch +
                     (size_t)n_batch * (size_t)c->d_model + (size_t)n_batch * (size_t)c->n_vocab +
                     f->scratch_floats(c, n_batch);
     *scratch_bytes = (uint64_t)floats * sizeof(float);
@@ -565,7 +563,7 @@ pp_status eng_session_create_in(eng_kv_cache *kv, int n_ctx, eng_session **out, 
     s->m = kv->m;
     s->kv = kv;
     s->n_ctx = n_ctx;
-    s->max_blocks = ceil_div_int(n_ctx, kv->block_size);
+    s->max_blocks = (int)eng_ceil_div(n_ctx, kv->block_size);
     s->blocks = malloc((size_t)s->max_blocks * sizeof *s->blocks);
     if (!s->blocks) {
         free(s);
@@ -582,7 +580,7 @@ pp_status eng_session_create(eng_model *m, int n_ctx, eng_session **out, eng_err
     if (!m || n_ctx <= 0)
         return eng_fail(err, PP_STATUS_INVALID_ARG, "session: n_ctx must be positive (got %d)", n_ctx);
     eng_kv_cache *kv;
-    pp_status st = eng_kv_cache_create(m, ceil_div_int(n_ctx, ENG_KV_BLOCK_SIZE), ENG_KV_BLOCK_SIZE, &kv, err);
+    pp_status st = eng_kv_cache_create(m, (int)eng_ceil_div(n_ctx, ENG_KV_BLOCK_SIZE), ENG_KV_BLOCK_SIZE, &kv, err);
     if (st != PP_STATUS_OK) {
         eng_err_prefix(err, "session of %d positions", n_ctx);
         return st;
@@ -686,7 +684,7 @@ static pp_status batch_check(const eng_batch_seq *seqs, int n_seq, int *blocks_n
             if (seqs[i].ids[t] < 0 || seqs[i].ids[t] >= c->n_vocab)
                 return eng_fail(err, PP_STATUS_INVALID_ARG, "token id %d at index %d is outside [0, %d)",
                                 seqs[i].ids[t], t, c->n_vocab);
-        int want = ceil_div_int(s->pos + n, kv->block_size);
+        int want = (int)eng_ceil_div(s->pos + n, kv->block_size);
         need += want > s->n_blocks ? want - s->n_blocks : 0;
     }
     if (need > kv->n_free)
@@ -716,7 +714,7 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
     for (int i = 0; i < n_seq; i++) {
         eng_session *s = seqs[i].session;
         int ctx = s->pos + seqs[i].n_tokens;
-        while (s->n_blocks < ceil_div_int(ctx, bs))
+        while (s->n_blocks < (int)eng_ceil_div(ctx, bs))
             s->blocks[s->n_blocks++] = kv->free_ids[--kv->n_free];
         n_tokens += seqs[i].n_tokens;
         max_seq_tokens = seqs[i].n_tokens > max_seq_tokens ? seqs[i].n_tokens : max_seq_tokens;

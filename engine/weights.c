@@ -3,8 +3,6 @@
 
 #include <stdio.h>
 
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 static bool is_float_dtype(eng_dtype d)
 {
     return d == ENG_DTYPE_F32 || d == ENG_DTYPE_BF16 || d == ENG_DTYPE_F16;
@@ -25,7 +23,7 @@ size_t eng_weight_bytes(const eng_weight *w)
     case ENG_WFMT_F16: data_bytes = (size_t)(w->n_out * w->n_in) * 2; break;
     case ENG_WFMT_FP8_BLOCK:
         data_bytes = (size_t)(w->n_out * w->n_in);
-        scale_bytes = (size_t)(ceil_div(w->n_out, w->block_out) * w->scale_cols) *
+        scale_bytes = (size_t)(eng_ceil_div(w->n_out, w->block_out) * w->scale_cols) *
                       eng_dtype_size(w->scale_dtype);
         break;
     case ENG_WFMT_INT4_GROUP:
@@ -131,7 +129,7 @@ pp_status eng_weight_bind(const eng_st_set *set, const eng_config *cfg, const ch
         if (!s)
             return eng_fail(err, PP_STATUS_BAD_FORMAT, "F8_E4M3 tensor %s.weight has no %s", prefix,
                             name);
-        int64_t sr = ceil_div(n_out, bo), sc = ceil_div(n_in, bi);
+        int64_t sr = eng_ceil_div(n_out, bo), sc = eng_ceil_div(n_in, bi);
         if (!is_float_dtype(s->dtype) || !shape_is(s, sr, sc))
             return eng_fail(err, PP_STATUS_BAD_FORMAT,
                             "tensor %s: expected F32/BF16/F16 [%lld, %lld] for %dx%d blocks, found %s %d-d",
@@ -155,7 +153,7 @@ pp_status eng_weight_bind(const eng_st_set *set, const eng_config *cfg, const ch
                         "tensor %s found but config.json has no compressed-tensors int4 quantization_config",
                         name);
     int g = cfg->quant_group;
-    int64_t pc = ceil_div(n_in, 8), sc = ceil_div(n_in, g);
+    int64_t pc = eng_ceil_div(n_in, 8), sc = eng_ceil_div(n_in, g);
     if (t->dtype != ENG_DTYPE_I32 || !shape_is(t, n_out, pc))
         return eng_fail(err, PP_STATUS_BAD_FORMAT, "tensor %s: expected I32 [%lld, %lld], found %s %d-d",
                         name, (long long)n_out, (long long)pc, eng_dtype_name(t->dtype), t->n_dim);

@@ -524,20 +524,17 @@ typedef struct batch {
     running *run[MAX_BATCH_LIMIT];
     int n;
     eng_kv_cache *kv;
+    int kv_blocks;      /* its size: blocks for the model's context */
     int reserved;       /* blocks reserved by the running requests */
     int cap;            /* most running requests (the worker's batch bound) */
     float *logits;      /* [cap][n_vocab], host */
     bool last_was_prefill;
 } batch;
 
-static int ceil_div_i(int a, int b) { return (a + b - 1) / b; }
-
-/* Blocks a request's whole context takes (prompt + max_tokens within the model's context). */
-static int request_blocks(const model_slot *slot, const request *r)
+/* Blocks a request's whole context takes (eng_gen_create's session for it). */
+static int request_blocks(const worker *w, const request *r)
 {
-    long long want = (long long)r->n_ids + r->gp.max_tokens;
-    int ctx = (int)(want < slot->desc.n_ctx ? want : slot->desc.n_ctx);
-    return ceil_div_i(ctx, ENG_KV_BLOCK_SIZE);
+    return (int)eng_ceil_div(eng_gen_context(w->model, &r->gp, r->n_ids), ENG_KV_BLOCK_SIZE);
 }
 
 /* Bookkeeping of a request that reached its terminal item (alive) or whose worker died; no lock
@@ -592,15 +589,14 @@ static void batch_admit(worker *w, batch *b, request *r)
     if (!x)
         eng_msgf(err.msg, sizeof err.msg, "out of memory");
     if (st == PP_STATUS_OK && !b->kv)
-        st = eng_kv_cache_create(w->model, ceil_div_i(w->slot->desc.n_ctx, ENG_KV_BLOCK_SIZE), ENG_KV_BLOCK_SIZE,
-                                 &b->kv, &err);
+        st = eng_kv_cache_create(w->model, b->kv_blocks, ENG_KV_BLOCK_SIZE, &b->kv, &err);
     if (st == PP_STATUS_OK && !b->logits &&
         !(b->logits = malloc((size_t)b->cap * (size_t)c->n_vocab * sizeof(float))))
         st = eng_fail(&err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
     if (st == PP_STATUS_OK) {
         x->r = r;
         x->g = (gen_ctx){w, r->stream, false, false, {{0}}};
-        x->blocks = request_blocks(w->slot, r);
+        x->blocks = request_blocks(w, r);
         st = eng_gen_create(w->model, b->kv, w->slot->tok, r->ids, r->n_ids, &r->gp, on_chunk, &x->g, &x->gen, &err);
     }
     if (st != PP_STATUS_OK) {
@@ -690,7 +686,7 @@ static void *worker_main(void *arg)
     worker *w = arg;
     pp_pool *pool = w->pool;
     batch b = {0};
-    int kv_blocks = ceil_div_i(w->slot->desc.n_ctx, ENG_KV_BLOCK_SIZE);
+    b.kv_blocks = (int)eng_ceil_div(w->slot->desc.n_ctx, ENG_KV_BLOCK_SIZE);
     /* a decode step runs one token per request: within the prefill chunk the scratch was sized
      * for */
     int max_batch = (int)pool->max_batch;
@@ -709,8 +705,8 @@ static void *worker_main(void *arg)
         int n_admit = 0;
         int reserved = b.reserved;
         while (!w->stop && w->head && b.n + n_admit < max_batch) {
-            int need = request_blocks(w->slot, w->head);
-            if (b.n + n_admit > 0 && reserved + need > kv_blocks)
+            int need = request_blocks(w, w->head);
+            if (b.n + n_admit > 0 && reserved + need > b.kv_blocks)
                 break; /* it waits, in order, for running requests to give blocks back */
             request *r = w->head;
             w->head = r->next;
