@@ -59,8 +59,8 @@ static void usage(FILE *f)
             "  paraphym detokenize [--model DIR]   read a JSON array of ids on stdin, print the text\n"
             "  paraphym info [--model DIR]         print the model's configuration as JSON\n"
             "\n"
-            "--backend picks where the forward pass runs: cpu, cuda (CUDA device 0) or auto (the\n"
-            "default: cuda when a CUDA device is present, else cpu). --dtype picks the compute mode on\n"
+            "--backend picks where the forward pass runs: cpu, cuda or auto (the default: cuda when a\n"
+            "CUDA device is present, else cpu); --device N picks the CUDA device (default 0). --dtype picks the compute mode on\n"
             "either: f32 (the default: f32 activations, the reference) or bf16 (Hugging Face's bf16\n"
             "path emulated: every op's output rounded to bf16, accumulation in f32).\n"
             "--quant none|fp8|int8|int4 (run, logits, perplexity) converts the decoder layers' bf16/f16/f32\n"
@@ -78,6 +78,7 @@ typedef struct cli_opts {
     const char *model;
     const char *ids;
     const char *backend;
+    int device; /* --device: the CUDA device */
     const char *mla;
     const char *quant;
     const char *dtype;
@@ -150,6 +151,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
             o->ids = v;
         else if (strcmp(a, "--backend") == 0)
             o->backend = v;
+        else if (strcmp(a, "--device") == 0)
+            rc = parse_int(v, a, 0, &o->device);
         else if (strcmp(a, "--mla") == 0)
             o->mla = v;
         else if (strcmp(a, "--quant") == 0)
@@ -254,6 +257,7 @@ static int load_model(const cli_opts *o, eng_model **model)
     eng_model_opts_default(&mo);
     mo.backend = o->backend ? o->backend : "auto";
     mo.n_threads = o->threads;
+    mo.device = o->device;
     if (o->mla) {
         if (strcmp(o->mla, "naive") == 0)
             mo.mla = ENG_MLA_NAIVE;
@@ -291,8 +295,11 @@ static int load_model(const cli_opts *o, eng_model **model)
     if (mo.quant != ENG_LOADQ_NONE)
         snprintf(quant, sizeof quant, "%zu decoder weights quantized to %s at load (%.1f MiB)", n_quant,
                  eng_load_quant_name(mo.quant), (double)quant_bytes / (1 << 20));
-    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s, %s compute%s, %s\n",
-            o->model, c->model_type, c->n_layer, c->d_model, c->n_vocab, eng_model_backend_name(*model),
+    char device[32] = "";
+    if (eng_model_device(*model) >= 0)
+        snprintf(device, sizeof device, " (device %d)", eng_model_device(*model));
+    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s%s, %s compute%s, %s\n",
+            o->model, c->model_type, c->n_layer, c->d_model, c->n_vocab, eng_model_backend_name(*model), device,
             strcmp(mo.backend, "auto") == 0 ? " (picked by --backend auto)" : "", eng_model_dtype_name(*model),
             mo.fp8_act_quant ? " with fp8 activations for fp8 weights" : "", quant);
     return 0;

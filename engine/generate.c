@@ -167,6 +167,7 @@ struct eng_gen {
     int32_t *history;    /* [n_ctx]: the prompt, then every sampled id */
     size_t n_hist, n_prompt, n_new_ids, completion;
     size_t prefilled;    /* prompt tokens run so far */
+    int chunk_limit;     /* most prompt tokens per chunk besides p->n_batch; 0: none */
     int n_ctx;
     int32_t n_text_vocab;
     text_buf pending, out;
@@ -240,6 +241,8 @@ void eng_gen_input(const eng_gen *g, const int32_t **ids, int *n_tokens)
 {
     if (g->prefilled < g->n_prompt) {
         size_t step = g->p->n_batch > 0 ? (size_t)g->p->n_batch : g->n_prompt;
+        if (g->chunk_limit > 0 && (size_t)g->chunk_limit < step)
+            step = (size_t)g->chunk_limit;
         size_t left = g->n_prompt - g->prefilled;
         *ids = g->history + g->prefilled;
         *n_tokens = (int)(left < step ? left : step);
@@ -248,6 +251,8 @@ void eng_gen_input(const eng_gen *g, const int32_t **ids, int *n_tokens)
         *n_tokens = 1;
     }
 }
+
+void eng_gen_set_chunk_limit(eng_gen *g, int max_tokens) { g->chunk_limit = max_tokens > 0 ? max_tokens : 0; }
 
 /* Hands out the final chunk: the held text (after a last look for stop strings when the
  * generation ended normally) with the finish reason. */

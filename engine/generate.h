@@ -91,9 +91,14 @@ int eng_gen_context(const eng_model *model, const eng_gen_params *p, size_t n_pr
 pp_status eng_gen_create(eng_model *model, eng_kv_cache *kv, const eng_tokenizer *tok, const int32_t *prompt_ids,
                          size_t n_prompt, const eng_gen_params *p, eng_chunk_fn fn, void *user, eng_gen **out,
                          eng_err *err);
-/* The tokens the next forward must run: the next prompt chunk (at most p->n_batch tokens), or
- * the token sampled last. Valid until the next eng_gen_advance. */
+/* The tokens the next forward must run: the next prompt chunk (at most p->n_batch tokens, and
+ * at most the chunk limit), or the token sampled last. Valid until the next eng_gen_advance. */
 void eng_gen_input(const eng_gen *g, const int32_t **ids, int *n_tokens);
+/* Limits the prompt chunks eng_gen_input hands out to max_tokens (<= 0: no limit beyond
+ * p->n_batch), so that a caller can fit a chunk beside other sequences' tokens in one forward.
+ * It must not change between eng_gen_input and the eng_gen_advance of that forward (advance
+ * counts the chunk it consumed the same way). */
+void eng_gen_set_chunk_limit(eng_gen *g, int max_tokens);
 eng_session *eng_gen_session(eng_gen *g);
 /* True while prompt chunks remain to be run. */
 bool eng_gen_prefilling(const eng_gen *g);

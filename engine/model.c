@@ -97,8 +97,9 @@ pp_status eng_bind_layer_vec(eng_model *m, int layer, const char *suffix, int64_
 
 typedef enum backend_kind { BACKEND_CPU, BACKEND_CUDA } backend_kind;
 
-/* Resolves a backend name ("cpu", "cuda", "auto"; NULL is "cpu") to the backend to create. */
-static pp_status backend_pick(const char *name, backend_kind *kind, eng_err *err)
+/* Resolves a backend name ("cpu", "cuda", "auto"; NULL is "cpu") and a device index to the
+ * backend to create. */
+static pp_status backend_pick(const char *name, int device, backend_kind *kind, eng_err *err)
 {
     *kind = BACKEND_CPU;
     if (!name || strcmp(name, "cpu") == 0)
@@ -108,7 +109,11 @@ static pp_status backend_pick(const char *name, backend_kind *kind, eng_err *err
         return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown backend '%s' (choose cpu, cuda or auto)", name);
 #ifdef PP_HAVE_CUDA
     char why[256];
-    if (eng_backend_cuda_device_count(why, sizeof why) > 0) {
+    int n = eng_backend_cuda_device_count(why, sizeof why);
+    if (n > 0) {
+        if (device < 0 || device >= n)
+            return eng_fail(err, PP_STATUS_INVALID_ARG, "backend '%s': no CUDA device %d (%d found)", name,
+                            device, n);
         *kind = BACKEND_CUDA;
         return PP_STATUS_OK;
     }
@@ -116,6 +121,7 @@ static pp_status backend_pick(const char *name, backend_kind *kind, eng_err *err
         return eng_fail(err, PP_STATUS_UNSUPPORTED, "backend 'cuda': no CUDA device found (%s)",
                         why[0] ? why : "cudaGetDeviceCount found none");
 #else
+    (void)device;
     if (want_cuda)
         return eng_fail(err, PP_STATUS_UNSUPPORTED,
                         "backend 'cuda' is not available: this build has no CUDA support (available: cpu)");
@@ -124,26 +130,27 @@ static pp_status backend_pick(const char *name, backend_kind *kind, eng_err *err
 }
 
 /* Creates a backend of `kind`; a CUDA one shares the weight cache of `share` (a fork's source)
- * when given, and runs on device 0 otherwise. */
-static pp_status backend_create_f32(backend_kind kind, int n_threads, eng_backend *share, eng_backend **out,
-                                    eng_err *err)
+ * and runs on its device when share is given, and runs on `device` otherwise. */
+static pp_status backend_create_f32(backend_kind kind, int n_threads, int device, eng_backend *share,
+                                    eng_backend **out, eng_err *err)
 {
 #ifdef PP_HAVE_CUDA
     if (kind == BACKEND_CUDA)
-        return eng_backend_cuda_create(share ? -1 : 0, share, out, err);
+        return eng_backend_cuda_create(share ? -1 : device, share, out, err);
 #endif
     (void)kind;
+    (void)device;
     (void)share;
     return eng_backend_cpu_create(n_threads, out, err);
 }
 
 /* backend_create_f32 in the compute mode `dtype`: for bf16, wrapped in the bf16 decorator. share
  * may be a decorated backend (a bf16 model's); its inner backend is what is shared. */
-static pp_status backend_create(backend_kind kind, int n_threads, eng_backend *share, eng_dtype_mode dtype,
-                                bool fp8_act_quant, eng_backend **out, eng_err *err)
+static pp_status backend_create(backend_kind kind, int n_threads, int device, eng_backend *share,
+                                eng_dtype_mode dtype, bool fp8_act_quant, eng_backend **out, eng_err *err)
 {
     eng_backend *be = NULL;
-    pp_status st = backend_create_f32(kind, n_threads, eng_backend_bf16_inner(share), &be, err);
+    pp_status st = backend_create_f32(kind, n_threads, device, eng_backend_bf16_inner(share), &be, err);
     if (st != PP_STATUS_OK || dtype == ENG_DTYPE_MODE_F32) {
         *out = be;
         return st;
@@ -181,7 +188,7 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
                         "fp8 activation quantization is part of the bf16 compute mode (the f32 mode "
                         "is the exact reference)");
     backend_kind kind;
-    pp_status st = backend_pick(opts->backend, &kind, err);
+    pp_status st = backend_pick(opts->backend, opts->device, &kind, err);
     if (st != PP_STATUS_OK)
         return st;
     eng_model *m = calloc(1, sizeof *m);
@@ -189,6 +196,7 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
     m->opts = *opts;
     m->opts.backend = kind == BACKEND_CUDA ? "cuda" : "cpu";
+    m->opts.device = kind == BACKEND_CUDA ? opts->device : -1;
     /* config and safetensors errors name their file; later ones are prefixed with the dir */
     st = eng_config_load(dir, &m->cfg, err);
     if (st != PP_STATUS_OK) {
@@ -221,7 +229,7 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
     }
     if ((st = eng_bind_vec(m, "model.norm.weight", c->d_model, &m->final_norm, err)) != PP_STATUS_OK)
         goto fail;
-    if ((st = backend_create(kind, opts->n_threads, NULL, opts->dtype, opts->fp8_act_quant, &m->be, err)) != PP_STATUS_OK)
+    if ((st = backend_create(kind, opts->n_threads, opts->device, NULL, opts->dtype, opts->fp8_act_quant, &m->be, err)) != PP_STATUS_OK)
         goto fail;
     if ((st = m->family->bind(m, err)) != PP_STATUS_OK)
         goto fail;
@@ -245,7 +253,7 @@ pp_status eng_model_fork(const eng_model *src, int n_threads, eng_model **out, e
     m->weights_owner = src->weights_owner ? src->weights_owner : src;
     m->be = NULL;
     backend_kind kind = strcmp(src->opts.backend, "cuda") == 0 ? BACKEND_CUDA : BACKEND_CPU;
-    pp_status st = backend_create(kind, n_threads, src->be, src->opts.dtype, src->opts.fp8_act_quant, &m->be, err);
+    pp_status st = backend_create(kind, n_threads, src->opts.device, src->be, src->opts.dtype, src->opts.fp8_act_quant, &m->be, err);
     if (st != PP_STATUS_OK) {
         free(m);
         return st;
@@ -278,6 +286,8 @@ void eng_model_quant_stats(const eng_model *m, size_t *n_tensors, size_t *bytes)
     *n_tensors = owner->n_quant;
     *bytes = owner->quant_bytes;
 }
+int eng_model_device(const eng_model *m) { return m->opts.device; }
+
 const char *eng_model_backend_name(const eng_model *m) { return eng_backend_bf16_inner(m->be)->ops->name; }
 const char *eng_model_dtype_name(const eng_model *m) { return eng_dtype_mode_name(m->opts.dtype); }
 size_t eng_model_weight_bytes(const eng_model *m) { return eng_st_total_bytes(m->st); }

@@ -42,9 +42,11 @@ pp_status eng_dtype_mode_parse(const char *name, eng_dtype_mode *out, eng_err *e
 const char *eng_dtype_mode_name(eng_dtype_mode mode);
 
 typedef struct eng_model_opts {
-    const char *backend; /* "cpu" (default), "cuda" (device 0; UNSUPPORTED in a build without
-                            CUDA or when there is no device) or "auto" (cuda when a device is
-                            present, else cpu); eng_model_backend_name says which one runs */
+    const char *backend; /* "cpu" (default), "cuda" (UNSUPPORTED in a build without CUDA or
+                            when there is no device) or "auto" (cuda when a device is present,
+                            else cpu); eng_model_backend_name says which one runs */
+    int device;          /* the CUDA device of "cuda" and "auto" (default 0; INVALID_ARG when
+                            there is no such device); eng_model_device says which one runs */
     int n_threads;       /* CPU threads; <= 0: one per core */
     eng_mla_mode mla;    /* DeepSeek-V3 attention form; default ENG_MLA_ABSORBED */
     eng_load_quant quant; /* on-load quantization of the decoder layers' F32/BF16/F16 linear
@@ -78,6 +80,8 @@ const eng_config *eng_model_config(const eng_model *model);
 void eng_model_quant_stats(const eng_model *model, size_t *n_tensors, size_t *bytes);
 /* "cpu" or "cuda": the backend that runs the ops (under the bf16 decorator in bf16 mode). */
 const char *eng_model_backend_name(const eng_model *model);
+/* The CUDA device the model runs on; -1 for the cpu backend. */
+int eng_model_device(const eng_model *model);
 /* The compute mode: "f32" or "bf16" (eng_dtype_mode_name of opts.dtype). */
 const char *eng_model_dtype_name(const eng_model *model);
 /* Bytes of weights as stored (what the model maps). */

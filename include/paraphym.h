@@ -74,10 +74,15 @@ typedef struct pp_memory_estimate {
     uint64_t weights_mb;            /* weights as stored (one copy per model, shared by workers) */
     uint64_t kv_cache_mb;           /* one worker's KV cache for context_tokens positions */
     uint64_t activations_mb;        /* one worker's scratch for a prefill of batch_tokens */
-    uint64_t first_worker_host_mb;  /* host RAM the first worker adds (CPU workers: everything) */
+    /* CPU workers (no GPU, or PARAPHYM_WORKER_BACKEND=cpu): host RAM only */
+    uint64_t first_worker_host_mb;  /* host RAM the first worker adds: everything */
     uint64_t second_worker_host_mb; /* the second worker: everything but the shared weights */
-    uint64_t first_worker_vram_mb;  /* VRAM per worker; 0 for CPU workers */
+    /* GPU workers (the pool's choice when the build has CUDA and a device is present): VRAM of
+     * the first worker on a device (weights, KV cache, scratch, kernel workspace, the CUDA
+     * context), of the second (no weights, no context), and the host RAM either takes */
+    uint64_t first_worker_vram_mb;
     uint64_t second_worker_vram_mb;
+    uint64_t gpu_worker_host_mb;
 } pp_memory_estimate;
 
 typedef struct pp_model_info {
@@ -225,6 +230,7 @@ typedef struct pp_worker_stats {
     size_t queued;        /* requests waiting */
     size_t served;        /* requests finished */
     size_t max_batch;     /* most requests one decode step has generated together */
+    size_t mixed_steps;   /* forwards that ran a prompt chunk beside decoding requests */
     bool busy;
     bool alive;           /* false between a worker's death and its replacement */
     size_t restarts;      /* times this worker was replaced after dying */
@@ -234,8 +240,10 @@ typedef struct pp_pool_stats {
     size_t n_workers;
     pp_worker_stats workers[PP_POOL_STATS_MAX_WORKERS];
     uint64_t host_total_mb, host_limit_mb, host_reserved_mb;
-    int n_devices;
+    int n_devices;        /* GPUs the pool runs workers on (0: CPU workers) */
     uint64_t vram_limit_mb[16], vram_reserved_mb[16];
+    uint64_t vram_used_mb[16]; /* device memory in use, measured (all processes), for each
+                                  device the pool holds a reservation on; 0 for the others */
 } pp_pool_stats;
 
 /* Snapshot of the pool (strings valid until the pool shuts down). Thread-safe. */

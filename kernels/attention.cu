@@ -20,18 +20,21 @@
 
 #include "kernels.h"
 #include "reduce.cuh"
+#include "workspace.h"
 
 #define ATTN_WARPS 4
 #define ATTN_THREADS (ATTN_WARPS * 32)
 #define ATTN_ROWS_PER_WARP 4
 #define ATTN_ROWS (ATTN_WARPS * ATTN_ROWS_PER_WARP) // query rows per CTA
+static_assert(ATTN_ROWS == KERN_ATTN_ROWS, "workspace.h's bound assumes these rows per CTA");
 #define ATTN_KEYS 32                                // keys per tile: one per lane
 #define ATTN_MAX_D 256
 
 // Split heuristic: aim for 4 CTAs on each of the 132 SMs of an H100/H200
-// (shared/docs/PERFORMANCE.md); a split keeps at least 256 keys (8 tiles) so its fixed cost
-// (query tile load, partial write, combine read) stays small beside its key reads.
-#define ATTN_TARGET_CTAS (4 * 132)
+// (shared/docs/PERFORMANCE.md; the number is workspace.h's, which bounds the split workspace
+// by it); a split keeps at least 256 keys (8 tiles) so its fixed cost (query tile load, partial
+// write, combine read) stays small beside its key reads.
+#define ATTN_TARGET_CTAS KERN_ATTN_TARGET_CTAS
 #define ATTN_MIN_SPLIT_KEYS 256
 #define ATTN_MAX_SPLIT 128
 

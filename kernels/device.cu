@@ -46,6 +46,25 @@ extern "C" int kern_device_info_get(int device, kern_device_info *info, char *er
     return 0;
 }
 
+extern "C" int kern_device_mem_used(int device, size_t *used, char *err, size_t err_len)
+{
+    int current = 0;
+    cudaError_t e = cudaGetDevice(&current);
+    size_t free_b = 0, total_b = 0;
+    if (e == cudaSuccess && (e = cudaSetDevice(device)) == cudaSuccess) {
+        e = cudaMemGetInfo(&free_b, &total_b);
+        cudaError_t back = cudaSetDevice(current);
+        if (e == cudaSuccess)
+            e = back;
+    }
+    if (e != cudaSuccess) {
+        set_err(err, err_len, "cudaMemGetInfo", e);
+        return -1;
+    }
+    *used = total_b - free_b;
+    return 0;
+}
+
 extern "C" int kern_device_total_mem(int device, size_t *bytes, char *err, size_t err_len)
 {
     cudaDeviceProp p;

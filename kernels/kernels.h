@@ -48,6 +48,12 @@ int kern_device_info_get(int device, kern_device_info *info, char *err, size_t e
  * VRAM is taken by asking); returns 0, or -1 with the CUDA error text in err. */
 int kern_device_total_mem(int device, size_t *bytes, char *err, size_t err_len);
 
+/* Device memory in use on `device`, by every process (total - free as cudaMemGetInfo reports
+ * them); returns 0, or -1 with the CUDA error text in err. Creates the device's context when this
+ * process has none (hundreds of MiB: ask only about devices in use); the calling thread's
+ * current device is left as it was. */
+int kern_device_mem_used(int device, size_t *used, char *err, size_t err_len);
+
 /* Runs a trivial kernel (out[i] = a * i + b over n elements) on device 0 and checks the result;
  * returns 0 when the device computes correctly, -1 with a message otherwise. */
 int kern_device_selftest(int n, char *err, size_t err_len);

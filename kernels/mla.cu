@@ -22,6 +22,7 @@
 #include "dequant.cuh"
 #include "kernels.h"
 #include "reduce.cuh"
+#include "workspace.h"
 
 #define MLA_MAX_RANK 1024
 #define MLA_MAX_ROPE 256
@@ -32,16 +33,16 @@
 
 #define MLA_WARPS 8
 #define MLA_THREADS (MLA_WARPS * 32)
-#define MLA_ROWS 16 // (token, head) rows per CTA: two per warp in the score step
+#define MLA_ROWS KERN_MLA_ROWS // (token, head) rows per CTA: two per warp in the score step
 #define MLA_KEYS 16 // keys per tile: one per lane of a half warp
 #define MLA_LOAD_COLS (MLA_THREADS / MLA_KEYS) // tile load: threads per key row
 
 #define MLA_MAX_GRID_YZ 65535 // CUDA's limit on gridDim.y and gridDim.z
 
 // Split heuristic: two 8-warp CTAs on each of the 132 SMs of an H100/H200
-// (shared/docs/PERFORMANCE.md); a split keeps at least 256 keys so its fixed cost (query tile
+// (shared/docs/PERFORMANCE.md; workspace.h's number, which bounds the split workspace); a split keeps at least 256 keys so its fixed cost (query tile
 // load, partial write, combine read of rank floats per row) stays small beside its key reads.
-#define MLA_TARGET_CTAS (2 * 132)
+#define MLA_TARGET_CTAS KERN_MLA_TARGET_CTAS
 #define MLA_MIN_SPLIT_KEYS 256
 #define MLA_MAX_SPLIT 128
 

@@ -157,8 +157,20 @@ pp_status pool_governor_create_system(pool_governor **out, char *msg, size_t msg
         }
     }
 
+    /* PARAPHYM_WORKER_BACKEND: "cpu" counts no device, so every worker is a CPU worker; "auto"
+     * (the default) counts the CUDA devices there are. */
+    const char *backend = getenv("PARAPHYM_WORKER_BACKEND");
+    bool use_devices = true;
+    if (backend && backend[0]) {
+        if (strcmp(backend, "cpu") == 0) {
+            use_devices = false;
+        } else if (strcmp(backend, "auto") != 0) {
+            eng_msgf(msg, msg_len, "PARAPHYM_WORKER_BACKEND must be cpu or auto, not '%s'", backend);
+            return PP_STATUS_INVALID_ARG;
+        }
+    }
 #ifdef PP_HAVE_CUDA
-    {
+    if (use_devices) {
         char err[256] = "";
         int n = kern_device_count(err, sizeof err);
         /* More devices than POOL_MAX_DEVICES: the governor manages the first ones only. With
@@ -177,6 +189,8 @@ pp_status pool_governor_create_system(pool_governor **out, char *msg, size_t msg
             }
         }
     }
+#else
+    (void)use_devices;
 #endif
     for (int d = 0; d < n_devices; d++)
         if (vram_set)

@@ -49,7 +49,9 @@ pp_status pool_governor_create(uint64_t host_total_mb, const uint64_t *vram_tota
 
 /* Host RAM from the OS (sysconf physical pages), VRAM per device from CUDA when built with it;
  * PARAPHYM_HOST_MEM_MB and PARAPHYM_VRAM_MB (applied to each detected GPU; no effect without
- * one) override them. A malformed override is INVALID_ARG with a message in msg. */
+ * one) override them, and PARAPHYM_WORKER_BACKEND=cpu counts no device (the pool's workers are
+ * then CPU workers on a GPU machine too; "auto", the default, counts them). A malformed value is
+ * INVALID_ARG with a message in msg. */
 pp_status pool_governor_create_system(pool_governor **out, char *msg, size_t msg_len);
 
 void pool_governor_free(pool_governor *g); /* NULL-safe */

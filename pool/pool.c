@@ -3,8 +3,8 @@
  * One process-wide pool. Per model (registry key) a slot holds the loaded weights, the tokenizer
  * and one or two workers; each worker is a thread with its own request queue, its own backend
  * (eng_model_fork shares the weights) and a paged KV cache, generating up to PARAPHYM_MAX_BATCH
- * requests at once (continuous batching: their decode steps run as one eng_forward_batch; a new
- * request's prompt runs between them) and pushing chunks into each request's stream. The governor decides how many workers a cold start gets and holds their
+ * requests at once (continuous batching: each step is one eng_forward_batch of every decoding
+ * request's next token and, in the room left under the prefill step, newcomers' prompt chunks) and pushing chunks into each request's stream. The governor decides how many workers a cold start gets and holds their
  * memory until the slot is evicted. A maintenance thread evicts idle slots and replaces workers
  * that died (a device fault, or the fault-injection hook: PARAPHYM_FAULT_SPAWN_FAIL,
  * PARAPHYM_FAULT_KILL_AFTER_TOKENS).
@@ -19,6 +19,7 @@
 #include "pool.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <json-c/json.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -31,6 +32,9 @@
 
 #include "chat.h"
 #include "generate.h"
+#ifdef PP_HAVE_CUDA
+#include "kernels.h"
+#endif
 #include "model.h"
 #include "tokenizer.h"
 
@@ -368,6 +372,7 @@ typedef struct worker {
     request *head, *tail;
     size_t queued, served;
     size_t max_batch;    /* most requests one decode step has run together */
+    size_t mixed_steps;  /* steps that ran prompt chunks beside decoding requests */
     bool busy;
     bool dead;           /* its thread has exited after a fault; the maintenance thread replaces it */
     size_t restarts;
@@ -399,6 +404,7 @@ struct pp_pool {
     double idle_timeout_s;
     size_t max_queue;            /* requests waiting per worker before QUEUE_FULL */
     size_t max_batch;            /* requests a worker generates together (PARAPHYM_MAX_BATCH) */
+    bool gpu_workers;            /* the governor counts devices: workers run on CUDA */
     /* fault injection (PARAPHYM_FAULT_SPAWN_FAIL, PARAPHYM_FAULT_KILL_AFTER_TOKENS) */
     long fault_spawn_fail;       /* the n-th worker start fails; 0: never */
     atomic_long spawn_count;     /* worker starts attempted so far */
@@ -527,8 +533,9 @@ typedef struct batch {
     int kv_blocks;      /* its size: blocks for the model's context */
     int reserved;       /* blocks reserved by the running requests */
     int cap;            /* most running requests (the worker's batch bound) */
+    int n_batch;        /* most tokens one forward runs (the model's prefill step; the
+                           scratch is sized for it) */
     float *logits;      /* [cap][n_vocab], host */
-    bool last_was_prefill;
 } batch;
 
 /* Blocks a request's whole context takes (eng_gen_create's session for it). */
@@ -613,7 +620,13 @@ static void batch_admit(worker *w, batch *b, request *r)
  * or the next token of every request past its prompt. Returns false when the worker died
  * (an injected kill, or a device fault that leaves its backend unusable); why then says why.
  * No lock held. */
-static bool batch_step(worker *w, batch *b, size_t *max_batch, char *why, size_t why_len)
+/* What one step ran, for the worker's stats. */
+typedef struct step_info {
+    size_t n_decode; /* requests that generated a token */
+    bool mixed;      /* prompt chunks ran beside them */
+} step_info;
+
+static bool batch_step(worker *w, batch *b, step_info *step, char *why, size_t why_len)
 {
     /* a cancelled request, or a stopping worker, ends before its next step */
     for (int i = 0; i < b->n; i++)
@@ -621,23 +634,25 @@ static bool batch_step(worker *w, batch *b, size_t *max_batch, char *why, size_t
             eng_gen_cancel(b->run[i]->gen);
             batch_remove(w, b, i--);
         }
-    int idx[MAX_BATCH_LIMIT], n = 0, prefill = -1, decoding = 0;
-    for (int i = 0; i < b->n; i++) {
-        if (eng_gen_prefilling(b->run[i]->gen)) {
-            if (prefill < 0)
-                prefill = i;
-        } else {
-            idx[decoding++] = i;
-        }
+    /* One forward: every decoding request's token, then prompt chunks of the requests still
+     * prefilling, in batch order, in the room left under n_batch tokens (the first one always
+     * gets at least one token: the batch holds at most n_batch requests) */
+    int idx[MAX_BATCH_LIMIT], n = 0, n_tokens = 0, n_decode = 0;
+    for (int i = 0; i < b->n; i++)
+        if (!eng_gen_prefilling(b->run[i]->gen))
+            idx[n++] = i;
+    n_decode = n_tokens = n;
+    for (int i = 0; i < b->n && n_tokens < b->n_batch; i++) {
+        eng_gen *g = b->run[i]->gen;
+        if (!eng_gen_prefilling(g))
+            continue;
+        eng_gen_set_chunk_limit(g, b->n_batch - n_tokens);
+        const int32_t *ids;
+        int len;
+        eng_gen_input(g, &ids, &len);
+        idx[n++] = i;
+        n_tokens += len;
     }
-    bool do_prefill = prefill >= 0 && (decoding == 0 || !b->last_was_prefill);
-    if (do_prefill) {
-        idx[0] = prefill;
-        n = 1;
-    } else {
-        n = decoding;
-    }
-    b->last_was_prefill = do_prefill;
     if (n == 0)
         return true;
     eng_batch_seq seqs[MAX_BATCH_LIMIT];
@@ -648,8 +663,8 @@ static bool batch_step(worker *w, batch *b, size_t *max_batch, char *why, size_t
         seqs[k].session = eng_gen_session(x->gen);
         seqs[k].logits = b->logits + (size_t)k * (size_t)c->n_vocab;
     }
-    if (!do_prefill && (size_t)n > *max_batch)
-        *max_batch = (size_t)n;
+    step->n_decode = (size_t)n_decode;
+    step->mixed = n_decode > 0 && n > n_decode;
     eng_err err = {{0}};
     pp_status st = eng_forward_batch(seqs, n, &err);
     if (st == PP_STATUS_DEVICE) {
@@ -693,6 +708,7 @@ static void *worker_main(void *arg)
     if (w->slot->desc.n_batch > 0 && max_batch > w->slot->desc.n_batch)
         max_batch = w->slot->desc.n_batch;
     b.cap = max_batch;
+    b.n_batch = w->slot->desc.n_batch > 0 ? w->slot->desc.n_batch : INT_MAX;
     bool alive = true;
     char why[512] = "";
     pthread_mutex_lock(&pool->mu);
@@ -721,10 +737,11 @@ static void *worker_main(void *arg)
         pthread_mutex_unlock(&pool->mu);
         for (int i = 0; i < n_admit; i++)
             batch_admit(w, &b, admit[i]);
-        size_t step_batch = 0;
-        alive = batch_step(w, &b, &step_batch, why, sizeof why);
+        step_info step = {0, false};
+        alive = batch_step(w, &b, &step, why, sizeof why);
         pthread_mutex_lock(&pool->mu);
-        w->max_batch = step_batch > w->max_batch ? step_batch : w->max_batch;
+        w->max_batch = step.n_decode > w->max_batch ? step.n_decode : w->max_batch;
+        w->mixed_steps += step.mixed;
         w->busy = b.n > 0;
         if (!alive)
             break;
@@ -842,6 +859,27 @@ static pp_status worker_start(model_slot *slot, worker *w, bool use_base, char *
     return PP_STATUS_OK;
 }
 
+/* Makes a CUDA model's weights resident before its first request: one forward of one token
+ * uploads every tensor a forward reads (the CUDA backend uploads on first use, a layer's whole
+ * expert array at once), so the upload's time and failures belong to the cold start (a failure
+ * is the spawn's) and the VRAM is taken when the governor has counted it. */
+static pp_status upload_weights(eng_model *model, eng_err *err)
+{
+    eng_session *s = NULL;
+    float *logits = malloc((size_t)eng_model_config(model)->n_vocab * sizeof *logits);
+    pp_status st = logits ? eng_session_create(model, 1, &s, err)
+                          : eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    if (st == PP_STATUS_OK) { /* the logits' download waits for the forward: a fault shows here */
+        int32_t id = 0;
+        st = eng_session_forward(s, &id, 1, logits, false, err);
+    }
+    eng_session_free(s);
+    free(logits);
+    if (st != PP_STATUS_OK)
+        eng_err_prefix(err, "uploading the weights to the GPU");
+    return st;
+}
+
 /* Loads the model and starts grant->n_workers workers. When the first worker starts and a
  * second does not, the model runs with one and the second's memory goes back to the governor.
  * No lock held. */
@@ -851,7 +889,16 @@ static pp_status slot_spawn(pp_pool *pool, model_slot *slot, char *msg, size_t m
     pp_status st = fault_spawn(pool, slot, 1, msg, msg_len);
     if (st != PP_STATUS_OK)
         return st;
-    st = eng_model_load(slot->dir, NULL, &slot->base, &err);
+    eng_model_opts opts;
+    eng_model_opts_default(&opts);
+    if (slot->grant.device >= 0) { /* a GPU worker: the CUDA backend on the granted device */
+        opts.backend = "cuda";
+        opts.device = slot->grant.device;
+    }
+    double t0 = now_s();
+    st = eng_model_load(slot->dir, &opts, &slot->base, &err);
+    if (st == PP_STATUS_OK && slot->grant.device >= 0)
+        st = upload_weights(slot->base, &err);
     if (st == PP_STATUS_OK)
         st = eng_tokenizer_load(slot->dir, &slot->tok, &err);
     if (st != PP_STATUS_OK) {
@@ -878,7 +925,11 @@ static pp_status slot_spawn(pp_pool *pool, model_slot *slot, char *msg, size_t m
             break;
         }
         slot->workers[slot->n_workers++] = w;
-        pool_log("Spawned worker %d for %s (%s)", i + 1, slot->key, slot->grant.device < 0 ? "CPU" : "GPU");
+        if (slot->grant.device < 0)
+            pool_log("Spawned worker %d for %s (CPU)", i + 1, slot->key);
+        else
+            pool_log("Spawned worker %d for %s (GPU %d; weights uploaded, %.1f s since the load began)", i + 1,
+                     slot->key, slot->grant.device, now_s() - t0);
     }
     if (st != PP_STATUS_OK && slot->n_workers == 1) {
         pool_log("warning: %s; %s runs with 1 worker", msg, slot->key);
@@ -1024,6 +1075,9 @@ pp_pool *pp_text_to_text_pool(void)
         pthread_mutex_unlock(&global_mu);
         return NULL;
     }
+    pool_governor_stats gs;
+    pool_governor_get_stats(pool->gov, &gs);
+    pool->gpu_workers = gs.n_devices > 0;
     pthread_mutex_init(&pool->mu, NULL);
     cond_init_monotonic(&pool->maint_cv);
     pool->idle_timeout_s = env_seconds("PARAPHYM_IDLE_TIMEOUT_S", IDLE_TIMEOUT_S);
@@ -1142,6 +1196,12 @@ void pp_pool_get_stats(pp_pool *pool, pp_pool_stats *out)
     for (int i = 0; i < out->n_devices; i++) {
         out->vram_limit_mb[i] = gs.vram_limit_mb[i];
         out->vram_reserved_mb[i] = gs.vram_reserved_mb[i];
+#ifdef PP_HAVE_CUDA
+        size_t used = 0; /* only where the pool has workers: asking creates a context */
+        char why[256];
+        if (gs.vram_reserved_mb[i] > 0 && kern_device_mem_used(i, &used, why, sizeof why) == 0)
+            out->vram_used_mb[i] = used >> 20;
+#endif
     }
     pthread_mutex_lock(&pool->mu);
     for (model_slot *s = pool->slots; s; s = s->next) {
@@ -1156,6 +1216,7 @@ void pp_pool_get_stats(pp_pool *pool, pp_pool_stats *out)
             ws->served = s->workers[i]->served;
             ws->busy = s->workers[i]->busy;
             ws->max_batch = s->workers[i]->max_batch;
+            ws->mixed_steps = s->workers[i]->mixed_steps;
             ws->alive = !s->workers[i]->dead;
             ws->restarts = s->workers[i]->restarts;
         }
@@ -1330,6 +1391,14 @@ static pp_status ensure_workers(pp_pool *pool, model_slot *slot, char *msg, size
     return st;
 }
 
+/* The slot's worker costs (slot->desc.first / second, what the governor counts): the GPU ones
+ * when the pool's workers run on CUDA. */
+static void slot_costs(const pp_pool *pool, model_slot *slot, const pool_model_desc *model)
+{
+    slot->desc.first = pool->gpu_workers ? model->gpu_first : model->first;
+    slot->desc.second = pool->gpu_workers ? model->gpu_second : model->second;
+}
+
 pp_stream *pool_prompt(pp_pool *pool, const pool_model_desc *model, const pp_prompt *prompt,
                        const pp_completion_params *params)
 {
@@ -1360,13 +1429,13 @@ pp_stream *pool_prompt(pp_pool *pool, const pool_model_desc *model, const pp_pro
         slot->desc = *model;
         slot->desc.key = slot->key;
         slot->desc.model_dir = slot->dir;
+        slot_costs(pool, slot, model);
         cond_init_monotonic(&slot->state_cv);
         slot->next = pool->slots;
         pool->slots = slot;
     }
     if (slot->state == SLOT_EMPTY) { /* the next cold start uses the model's current settings */
-        slot->desc.first = model->first;
-        slot->desc.second = model->second;
+        slot_costs(pool, slot, model);
         slot->desc.n_ctx = model->n_ctx;
         slot->desc.n_batch = model->n_batch;
     }

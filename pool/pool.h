@@ -18,8 +18,10 @@
 typedef struct pool_model_desc {
     const char *key;       /* registry key, the pool's identity for the model */
     const char *model_dir; /* checkpoint directory */
-    pool_cost first;       /* first worker's cost (weights included) */
-    pool_cost second;      /* second worker's cost (weights shared, excluded) */
+    pool_cost first;       /* a CPU worker's cost, the first (weights included) */
+    pool_cost second;      /* the second CPU worker's (weights shared, excluded) */
+    pool_cost gpu_first;   /* the same for GPU workers (used when the governor has devices) */
+    pool_cost gpu_second;
     int n_ctx;             /* positions of each worker's context */
     int n_batch;           /* most prompt tokens one prefill step runs */
 } pool_model_desc;

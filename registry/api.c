@@ -60,8 +60,9 @@ static void fill_info(pp_model *m, int n_ctx, int n_batch)
     i->memory.activations_mb = (m->est.act_bytes + mib - 1) / mib;
     i->memory.first_worker_host_mb = m->est.cpu_first.host_mb;
     i->memory.second_worker_host_mb = m->est.cpu_second.host_mb;
-    i->memory.first_worker_vram_mb = m->est.cpu_first.vram_mb;
-    i->memory.second_worker_vram_mb = m->est.cpu_second.vram_mb;
+    i->memory.first_worker_vram_mb = m->est.gpu_first.vram_mb;
+    i->memory.second_worker_vram_mb = m->est.gpu_second.vram_mb;
+    i->memory.gpu_worker_host_mb = m->est.gpu_first.host_mb;
 }
 
 /* Creates a model for (key, dir); registry_mu held. */
@@ -179,6 +180,8 @@ pp_stream *pp_model_prompt(pp_model *model, const pp_prompt *prompt, const pp_co
         .model_dir = model->dir,
         .first = {model->est.cpu_first.host_mb, model->est.cpu_first.vram_mb},
         .second = {model->est.cpu_second.host_mb, model->est.cpu_second.vram_mb},
+        .gpu_first = {model->est.gpu_first.host_mb, model->est.gpu_first.vram_mb},
+        .gpu_second = {model->est.gpu_second.host_mb, model->est.gpu_second.vram_mb},
         .n_ctx = model->info.context_tokens,
         .n_batch = model->info.batch_tokens,
     };

@@ -16,6 +16,7 @@
 
 #include "model.h"
 #include "safetensors.h"
+#include "workspace.h"
 
 /* ---- built-in keys --------------------------------------------------------------------------- */
 
@@ -440,8 +441,26 @@ static uint64_t backend_scratch_bytes(const eng_config *c, int n_ctx, int n_batc
     return floats * sizeof(float);
 }
 
-pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, int n_ctx, int n_batch,
-                              int n_threads, reg_model_info *out)
+/* The most device workspace the CUDA backend grows to for forwards of up to n_tokens tokens: it
+ * keeps one buffer, sized for the largest of its ops' needs (kernels/workspace.h). */
+static uint64_t cuda_workspace_bytes(const eng_config *c, int n_tokens)
+{
+    uint64_t ws = 0;
+    if (c->arch == ENG_ARCH_DEEPSEEK_V3) /* absorbed MLA (the pool's form) */
+        ws = kern_mla_workspace_max(n_tokens, c->n_head, c->kv_lora_rank);
+    else
+        ws = kern_attention_workspace_max(c->d_v);
+    bool any_moe = false;
+    for (int l = 0; l < c->n_layer; l++)
+        any_moe = any_moe || eng_config_layer_is_moe(c, l);
+    if (any_moe)
+        ws = max_u64(ws, kern_moe_workspace_max(n_tokens, c->d_model, c->d_ff_expert, c->n_expert,
+                                                c->n_expert_used, 0));
+    return ws;
+}
+
+pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, uint64_t n_tensors, int n_ctx,
+                              int n_batch, int n_threads, reg_model_info *out)
 {
     memset(out, 0, sizeof *out);
     if (!cfg || n_ctx <= 0 || n_batch <= 0)
@@ -472,11 +491,16 @@ pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, int 
     out->cpu_first.host_mb = ceil_mib(weight_bytes + kv + out->act_bytes + out->overhead_bytes);
     out->cpu_second.host_mb = ceil_mib(kv + out->act_bytes + out->overhead_bytes);
 
-    out->gpu_kv_bytes = kv / 2;
-    out->gpu_act_bytes = out->act_bytes / 2;
-    out->gpu_first.vram_mb = ceil_mib(weight_bytes + out->gpu_kv_bytes + out->gpu_act_bytes);
-    out->gpu_second.vram_mb = ceil_mib(out->gpu_kv_bytes + out->gpu_act_bytes);
-    out->gpu_first.host_mb = ceil_mib(out->overhead_bytes);
+    out->n_tensors = n_tensors;
+    out->gpu_kv_bytes = kv;
+    out->gpu_workspace_bytes = cuda_workspace_bytes(cfg, n_batch > REG_MAX_BATCH ? n_batch : REG_MAX_BATCH);
+    out->gpu_act_bytes = scratch + out->gpu_workspace_bytes;
+    out->gpu_first.vram_mb = ceil_mib(weight_bytes + n_tensors * REG_CUDA_ALLOC_ROUND + kv + out->gpu_act_bytes +
+                                      REG_CUDA_DEVICE_RESERVE_BYTES);
+    out->gpu_second.vram_mb = ceil_mib(kv + out->gpu_act_bytes);
+    out->gpu_first.host_mb = ceil_mib(REG_WORKER_OVERHEAD_BYTES + (uint64_t)REG_MAX_BATCH * (uint64_t)cfg->n_vocab *
+                                                                      sizeof(float) +
+                                      REG_CUDA_HOST_RESERVE_BYTES);
     out->gpu_second.host_mb = out->gpu_first.host_mb;
     return PP_STATUS_OK;
 }
@@ -529,11 +553,11 @@ pp_status reg_estimate(const char *model_dir, int n_ctx, int n_batch, int n_thre
         eng_msgf(msg, msg_len, "%s", err.msg);
         return st;
     }
-    uint64_t weight_bytes = eng_st_total_bytes(set);
+    uint64_t weight_bytes = eng_st_total_bytes(set), n_tensors = eng_st_count(set);
     char dtypes[sizeof out->weight_dtypes];
     describe_dtypes(set, dtypes, sizeof dtypes);
     eng_st_set_close(set);
-    st = reg_estimate_config(&cfg, weight_bytes, n_ctx, n_batch, n_threads, out);
+    st = reg_estimate_config(&cfg, weight_bytes, n_tensors, n_ctx, n_batch, n_threads, out);
     if (st != PP_STATUS_OK) {
         eng_msgf(msg, msg_len, "estimate for %s failed (%s)", model_dir, pp_status_str(st));
         return st;

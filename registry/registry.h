@@ -128,6 +128,17 @@ void reg_count_params(const eng_config *cfg, reg_params *out);
 /* backend_cpu.c's MATMUL_ROWS: rows of a weight each thread dequantizes to f32 at once. */
 #define REG_CPU_MATMUL_ROWS 16
 
+/* GPU workers. backend_cuda.c rounds every device allocation up to this many bytes. */
+#define REG_CUDA_ALLOC_ROUND 256
+/* VRAM the first GPU worker of a model reserves beyond its tensors, cache and scratch: the CUDA
+ * context (a few hundred MiB on a Hopper card), the rope and expert descriptor tables. An
+ * allowance, not yet measured: tests/test_pool.c --gpu prints the device's measured use beside
+ * the estimate. */
+#define REG_CUDA_DEVICE_RESERVE_BYTES (1024ull << 20)
+/* Host memory a GPU worker takes besides REG_WORKER_OVERHEAD_BYTES and its logits: the CUDA
+ * runtime's own host allocations and library pages (an allowance, not yet measured). */
+#define REG_CUDA_HOST_RESERVE_BYTES (512ull << 20)
+
 /* One worker's reservation, in the units the pool's governor counts (MiB, rounded up). */
 typedef struct reg_cost {
     uint64_t host_mb;
@@ -160,26 +171,35 @@ typedef struct reg_model_info {
     uint64_t overhead_bytes; /* REG_WORKER_OVERHEAD_BYTES + n_threads REG_THREAD_OVERHEAD_BYTES
                                 + the batch's host logits, REG_MAX_BATCH * n_vocab floats */
 
-    /* CPU workers (the only backend in this build): host RAM only, vram_mb 0.
+    /* CPU workers (a build without CUDA, a machine without a GPU, or PARAPHYM_WORKER_BACKEND=cpu):
+     * host RAM only, vram_mb 0.
      *   cpu_first.host_mb  = ceil((weights + kv + act + overhead) / MiB)
      *   cpu_second.host_mb = ceil((kv + act + overhead) / MiB): a second worker of the same model
      *                        shares the first one's copy of the weights (the same mapped files) */
     reg_cost cpu_first, cpu_second;
 
-    /* The GPU plan, for the CUDA backend to come (not used by CPU workers): weights uploaded in
-     * their stored dtype, KV cache and activations in bf16 (half the f32 figures above).
-     *   gpu_first.vram_mb  = ceil((weights + kv/2 + act/2) / MiB)
-     *   gpu_second.vram_mb = ceil((kv/2 + act/2) / MiB) (weights shared on one device)
-     *   host_mb of either  = ceil(overhead / MiB) */
-    uint64_t gpu_kv_bytes, gpu_act_bytes;
+    /* GPU workers (the CUDA backend in f32 mode, as the pool runs it): weights uploaded in their
+     * stored dtype (each of the n_tensors device copies rounded up to REG_CUDA_ALLOC_ROUND),
+     * the f32 KV cache (kv_bytes), the session scratch, the kernels' workspace (the largest of
+     * kernels/workspace.h's attention, MLA and MoE bounds for forwards of
+     * max(n_batch, REG_MAX_BATCH) tokens: the backend keeps one workspace, grown to the largest
+     * op) and REG_CUDA_DEVICE_RESERVE_BYTES for the first worker of a model.
+     *   gpu_act_bytes      = session scratch + kernel workspace
+     *   gpu_first.vram_mb  = ceil((weights + n_tensors * 256 + kv + gpu_act + device reserve) / MiB)
+     *   gpu_second.vram_mb = ceil((kv + gpu_act) / MiB) (weights and context shared on one device)
+     *   host_mb of either  = ceil((overhead + REG_CUDA_HOST_RESERVE_BYTES) / MiB): the weights'
+     *                        mapped file pages are read once for the upload and are then page
+     *                        cache the kernel may reclaim, so they are not counted */
+    uint64_t n_tensors;
+    uint64_t gpu_kv_bytes, gpu_act_bytes, gpu_workspace_bytes;
     reg_cost gpu_first, gpu_second;
 } reg_model_info;
 
-/* Estimates from a parsed config and the stored weight bytes (no I/O). weight_dtypes is left
- * empty. INVALID_ARG when n_ctx or n_batch is not positive (out is then zeroed). n_threads <= 0
- * means one per online core, as the CPU backend does. */
-pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, int n_ctx, int n_batch,
-                              int n_threads, reg_model_info *out);
+/* Estimates from a parsed config, the stored weight bytes and the number of tensors (no I/O).
+ * weight_dtypes is left empty. INVALID_ARG when n_ctx or n_batch is not positive (out is then
+ * zeroed). n_threads <= 0 means one per online core, as the CPU backend does. */
+pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, uint64_t n_tensors, int n_ctx,
+                              int n_batch, int n_threads, reg_model_info *out);
 
 /* Reads model_dir/config.json (and generation_config.json) and the safetensors headers (mapped
  * with eng_st_open_dir, closed before returning; no weight page is read) and fills out as

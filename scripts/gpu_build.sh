@@ -12,16 +12,16 @@ build=$root/build-gpu
 jobs=$(nproc)
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPP_CUDA=ON -DPP_CUDA_ARCHITECTURES=90a \
     -DPP_WERROR=ON -DPP_KERNELS_SHARED=ON >/dev/null
-targets="test_gpu_device test_ops test_fixtures test_batch test_nano test_perplexity paraphym bench_kernels"
+targets="test_gpu_device test_ops test_fixtures test_batch test_nano test_perplexity test_pool paraphym bench_kernels"
 cmake --build "$build" -j"$jobs" --target $targets
 # only what the check runs travels: drop objects, static libraries, CMake's compiler probes
 find "$build" \( -name '*.o' -o -name '*.a' \) -delete
 rm -rf "$build"/CMakeFiles/*/CompilerId*
 for exe in tests/test_gpu_device tests/test_ops tests/test_fixtures tests/test_batch tests/test_nano tests/test_perplexity \
-    paraphym bench/bench_kernels; do
+    tests/test_pool paraphym bench/bench_kernels; do
     strip "$build/$exe"
 done
-strip "$build"/libpp_kernels.so
+strip "$build"/libpp_kernels.so "$build"/libparaphym.so.*.*
 mkdir -p "$build/devlibs"
 for lib in libjson-c.so libpcre2-8.so libutf8proc.so; do
     path=$(ldd "$build/paraphym" | awk -v l="$lib" 'index($1, l) == 1 { print $3 }')

@@ -81,6 +81,7 @@ else
 fi
 expect_fail "act-quant without bf16" "part of the bf16 compute mode" logits --model "$tiny" --ids 1 --act-quant fp8
 expect_fail "unknown act-quant" "--act-quant.*none or fp8" logits --model "$tiny" --ids 1 --dtype bf16 --act-quant int4
+expect_fail "negative device" "--device expects an integer >= 0" logits --model "$tiny" --ids 1 --device -1
 # --act-quant fp8 on a stored-FP8 model: the load line says so, and the logits differ from the
 # plain bf16 run's (its inputs to the fp8 weights are quantized)
 fp8dir="$(dirname "$tiny")/kimi_k2_fp8_tiny"

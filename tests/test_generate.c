@@ -174,6 +174,33 @@ int main(int argc, char **argv)
         st = gen(m, tok, ids, n, &cp, c, &err);
         CHECK(st == PP_STATUS_OK && strcmp(whole, c->text) == 0, "case %zu: chunked prefill changed the text", ci);
 
+        /* step by step, the chunk limit changing before every step (as the pool fits chunks
+         * beside decoding requests): the same text, the prompt consumed in the chunks handed out */
+        memset(c, 0, sizeof *c);
+        eng_gen *g = NULL;
+        float *logits = malloc((size_t)eng_model_config(m)->n_vocab * sizeof *logits);
+        st = eng_gen_create(m, NULL, tok, ids, n, &gp, on_chunk, c, &g, &err);
+        size_t consumed = 0;
+        int steps = 0;
+        for (bool more = st == PP_STATUS_OK; more; steps++) {
+            bool pre = eng_gen_prefilling(g);
+            eng_gen_set_chunk_limit(g, 1 + steps % 3);
+            const int32_t *in;
+            int n_in;
+            eng_gen_input(g, &in, &n_in);
+            CHECK(!pre || (n_in >= 1 && n_in <= 1 + steps % 3 && consumed + (size_t)n_in <= n &&
+                           memcmp(in, ids + consumed, (size_t)n_in * sizeof *in) == 0),
+                  "case %zu: chunk of %d at step %d", ci, n_in, steps);
+            consumed += pre ? (size_t)n_in : 0;
+            if ((st = eng_session_forward(eng_gen_session(g), in, n_in, logits, false, &err)) != PP_STATUS_OK)
+                break;
+            more = eng_gen_advance(g, logits, &err);
+        }
+        CHECK(st == PP_STATUS_OK && consumed == n && strcmp(whole, c->text) == 0,
+              "case %zu: chunk limits changed the text (consumed %zu of %zu): %s", ci, consumed, n, c->text);
+        eng_gen_free(g);
+        free(logits);
+
         /* seeded sampling is reproducible */
         eng_gen_params rp = gp;
         rp.sampling.temperature = 0.9f;

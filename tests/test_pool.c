@@ -1,7 +1,10 @@
 /* test_pool.c: the registry, the worker pool and the stream API end to end, written only
  * against paraphym.h, on the committed Qwen3-Coder nano model.
  *
- *   test_pool MODELS_DIR (the directory holding qwen3_coder_nano)
+ *   test_pool MODELS_DIR         (the directory holding qwen3_coder_nano): CPU workers
+ *                                (PARAPHYM_WORKER_BACKEND=cpu, also on a GPU machine)
+ *   test_pool --gpu MODELS_DIR   GPU workers (test_gpu below); exit 77 when the pool finds no
+ *                                CUDA device
  *
  * Memory totals are simulated with PARAPHYM_HOST_MEM_MB, faults with the fault-injection
  * variables (PARAPHYM_FAULT_SPAWN_FAIL, PARAPHYM_FAULT_KILL_AFTER_TOKENS) and the queue bound
@@ -11,6 +14,7 @@
  * under ThreadSanitizer, which is ~20x slower, run it with PP_TEST_POOL_PER_THREAD=2.
  */
 #include <math.h>
+#include <stdbool.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -287,9 +291,12 @@ static void test_faults(pp_model *a, const pp_model_info *info)
     check(right == 6, "six prompts batched on one worker each equal the greedy reference", NULL);
     check(st.n_workers == 1 && st.workers[0].max_batch >= 2 && st.workers[0].served == 6,
           "the worker generated several of them in one decode step", NULL);
+    check(st.n_workers == 1 && st.workers[0].mixed_steps > 0,
+          "later prompts were prefilled in the same forwards as the earlier ones' decoding", NULL);
     if (st.n_workers != 1 || st.workers[0].served != 6)
         fprintf(stderr, "  workers %zu, served %zu\n", st.n_workers, st.n_workers ? st.workers[0].served : 0);
-    printf("batching: one worker, 6 prompts, largest decode step %zu requests\n", st.n_workers ? st.workers[0].max_batch : 0);
+    printf("batching: one worker, 6 prompts, largest decode step %zu requests, %zu mixed steps\n",
+           st.n_workers ? st.workers[0].max_batch : 0, st.n_workers ? st.workers[0].mixed_steps : 0);
     pp_pool_shutdown(pool);
 
     /* a worker killed with several requests in its batch: each ends with WORKER_DIED after a
@@ -332,16 +339,114 @@ static void test_faults(pp_model *a, const pp_model_info *info)
     check(pp_model_set_context(a, 4096, 256) == PP_STATUS_OK, "default context", NULL);
 }
 
+/* GPU workers: the pool counts the device, loads the model onto it (the weights uploaded during
+ * the cold start), serves greedy prompts equal to the references (the f32 CUDA path), concurrent
+ * ones too, replaces a killed worker on the device, and its VRAM reservation covers what the
+ * device has in use (measured device-wide: the GPU machine runs nothing else). */
+static int test_gpu(const char *nano)
+{
+    unsetenv("PARAPHYM_WORKER_BACKEND");
+    unsetenv("PARAPHYM_VRAM_MB");
+    pp_pool *pool = fresh_pool(1 << 20, 0, 0, 0, 0);
+    pp_pool_stats st;
+    pp_pool_get_stats(pool, &st);
+    if (!pool || st.n_devices == 0) {
+        printf("skipped: the pool found no CUDA device (%s)\n", pool ? "a build without CUDA or no GPU" : pp_last_error());
+        pp_pool_shutdown(pool);
+        return 77;
+    }
+    pp_model *a = NULL;
+    check(pp_registry_register("gpu/nano", nano, &a) == PP_STATUS_OK, "register", pp_last_error());
+    if (!a)
+        return 1;
+    const pp_model_info *info = pp_model_info_get(a);
+    printf("estimate: first GPU worker %llu MB VRAM, second %llu MB, %llu MB host each\n",
+           (unsigned long long)info->memory.first_worker_vram_mb, (unsigned long long)info->memory.second_worker_vram_mb,
+           (unsigned long long)info->memory.gpu_worker_host_mb);
+    pp_stream *s = greedy_prompt(a, 0, 48);
+    result r;
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && strcmp(r.text, greedy[0]) == 0, "greedy on a GPU worker equals the reference",
+          r.status == PP_STATUS_END ? r.text : r.error);
+    pp_pool_get_stats(pool, &st);
+    int on_gpu = 0;
+    for (size_t i = 0; i < st.n_workers; i++)
+        on_gpu += st.workers[i].device >= 0;
+    check(st.n_workers >= 1 && on_gpu == (int)st.n_workers, "the workers run on a GPU", NULL);
+    int dev = st.n_workers ? st.workers[0].device : 0;
+    if (dev < 0)
+        dev = 0;
+    printf("device %d: %llu MB reserved for %zu worker(s), %llu MB in use (device-wide), limit %llu MB\n", dev,
+           (unsigned long long)st.vram_reserved_mb[dev], st.n_workers, (unsigned long long)st.vram_used_mb[dev],
+           (unsigned long long)st.vram_limit_mb[dev]);
+    check(st.vram_reserved_mb[dev] == info->memory.first_worker_vram_mb +
+                                          (st.n_workers == 2 ? info->memory.second_worker_vram_mb : 0),
+          "the governor holds the estimate", NULL);
+    check(st.vram_used_mb[dev] > 0 && st.vram_used_mb[dev] <= st.vram_reserved_mb[dev],
+          "the device's memory in use stays within the reservation", NULL);
+
+    enum { N_THREADS = 8 };
+    pthread_t th[N_THREADS];
+    load_arg la[N_THREADS];
+    int bad = 0;
+    for (int i = 0; i < N_THREADS; i++) {
+        la[i] = (load_arg){{a, a}, i, 4, 0};
+        pthread_create(&th[i], NULL, load_thread, &la[i]);
+    }
+    for (int i = 0; i < N_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        bad += la[i].bad;
+    }
+    printf("gpu load: %d prompts from %d threads, %d wrong\n", N_THREADS * 4, N_THREADS, bad);
+    check(bad == 0, "concurrent prompts on GPU workers equal the references", NULL);
+    pp_pool_get_stats(pool, &st);
+    printf("after the load: %llu MB in use on device %d (reserved %llu MB)\n", (unsigned long long)st.vram_used_mb[dev],
+           dev, (unsigned long long)st.vram_reserved_mb[dev]);
+    check(st.vram_used_mb[dev] <= st.vram_reserved_mb[dev], "still within the reservation after batched decoding",
+          NULL);
+    pp_pool_shutdown(pool);
+
+    /* a GPU worker killed mid-stream is replaced on the device and serves again */
+    pool = fresh_pool(1 << 20, 0, 6, 0, 0);
+    s = greedy_prompt(a, 0, 48);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_WORKER_DIED && strncmp(r.text, greedy[0], r.len) == 0,
+          "a killed GPU worker's stream ends with WORKER_DIED after a correct prefix", r.error);
+    pp_pool_get_stats(pool, &st);
+    size_t n_workers = st.n_workers;
+    check(wait_workers(pool, "gpu/nano", n_workers), "the dead GPU worker is replaced", NULL);
+    s = greedy_prompt(a, 1, 32);
+    drain(s, &r);
+    pp_stream_free(s);
+    check(r.status == PP_STATUS_END && strncmp(r.text, greedy[1], r.len) == 0 && r.len > 0,
+          "the replacement serves", r.error);
+    pp_pool_shutdown(pool);
+    pool = pp_text_to_text_pool();
+    check(pp_pool_total_memory_mb(pool) == 0, "a fresh pool holds nothing", NULL);
+    pp_pool_shutdown(pool);
+    printf(failures ? "gpu pool: %d failure(s)\n" : "gpu pool: ok\n", failures);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: test_pool MODELS_DIR\n");
+    bool gpu = argc > 1 && strcmp(argv[1], "--gpu") == 0;
+    if (argc < 2 + gpu) {
+        fprintf(stderr, "usage: test_pool [--gpu] MODELS_DIR\n");
         return 2;
     }
     char nano[4096];
-    snprintf(nano, sizeof nano, "%s/qwen3_coder_nano", argv[1]);
+    snprintf(nano, sizeof nano, "%s/qwen3_coder_nano", argv[1 + gpu]);
     pp_set_log_callback(on_log, NULL);
     setenv("PARAPHYM_IDLE_TIMEOUT_S", "3600", 1);
+    if (gpu)
+        return test_gpu(nano);
+    setenv("PARAPHYM_WORKER_BACKEND", "gpu", 1); /* not a choice: no pool, a message naming it */
+    check(pp_text_to_text_pool() == NULL && strstr(pp_last_error(), "PARAPHYM_WORKER_BACKEND"),
+          "a bad PARAPHYM_WORKER_BACKEND is refused", pp_last_error());
+    setenv("PARAPHYM_WORKER_BACKEND", "cpu", 1); /* the scenarios below count host RAM */
 
     /* unknown key: NOT_FOUND with a message */
     pp_model *m = NULL;

@@ -460,15 +460,15 @@ static void test_full_size(void)
         reg_model_info a, b;
         uint64_t w = 123456789;
         /* the cache is allocated in whole blocks: one block's worth per block of positions */
-        CHECK(reg_estimate_config(&cfg, w, ENG_KV_BLOCK_SIZE, 1, 4, &a) == PP_STATUS_OK, "estimate");
-        CHECK(a.gpu_kv_bytes / ENG_KV_BLOCK_SIZE == models[i].kv_bf16_per_token, "%s KV/token bf16 %" PRIu64
-              ", MODELS.md %" PRIu64, models[i].name, a.gpu_kv_bytes / ENG_KV_BLOCK_SIZE,
+        CHECK(reg_estimate_config(&cfg, w, 1000, ENG_KV_BLOCK_SIZE, 1, 4, &a) == PP_STATUS_OK, "estimate");
+        CHECK(a.kv_bytes / 2 / ENG_KV_BLOCK_SIZE == models[i].kv_bf16_per_token, "%s KV/token bf16 %" PRIu64
+              ", MODELS.md %" PRIu64, models[i].name, a.kv_bytes / 2 / ENG_KV_BLOCK_SIZE,
               models[i].kv_bf16_per_token);
         uint64_t kv_one = 0, scratch_one = 0;
         CHECK(eng_session_bytes(&cfg, ENG_MLA_ABSORBED, 1, 1, &kv_one, &scratch_one) == PP_STATUS_OK &&
-                  kv_one == 2 * a.gpu_kv_bytes,
+                  kv_one == a.kv_bytes,
               "%s: one position takes a whole block", models[i].name);
-        CHECK(reg_estimate_config(&cfg, w, 4096, 256, 4, &b) == PP_STATUS_OK, "estimate");
+        CHECK(reg_estimate_config(&cfg, w, 1000, 4096, 256, 4, &b) == PP_STATUS_OK, "estimate");
         CHECK(b.kv_bytes == 4096 * 2 * models[i].kv_bf16_per_token, "%s f32 KV of 4096", models[i].name);
         uint64_t mib = 1u << 20;
         CHECK(b.cpu_first.host_mb == (w + b.kv_bytes + b.act_bytes + b.overhead_bytes + mib - 1) / mib,
@@ -476,14 +476,26 @@ static void test_full_size(void)
         CHECK(b.cpu_second.host_mb == (b.kv_bytes + b.act_bytes + b.overhead_bytes + mib - 1) / mib,
               "cpu_second");
         CHECK(b.cpu_first.vram_mb == 0 && b.cpu_second.vram_mb == 0, "CPU workers use no VRAM");
-        CHECK(b.gpu_first.vram_mb == (w + b.gpu_kv_bytes + b.gpu_act_bytes + mib - 1) / mib, "gpu_first");
+        /* GPU workers: f32 KV as the CUDA backend keeps it; scratch plus the kernels' workspace */
+        uint64_t kv_b = 0, scratch_b = 0;
+        CHECK(eng_session_bytes(&cfg, ENG_MLA_ABSORBED, 4096, 256, &kv_b, &scratch_b) == PP_STATUS_OK &&
+                  b.gpu_kv_bytes == kv_b && b.gpu_act_bytes == scratch_b + b.gpu_workspace_bytes &&
+                  b.gpu_workspace_bytes > 0 && b.n_tensors == 1000,
+              "%s: GPU KV, scratch and workspace", models[i].name);
+        CHECK(b.gpu_first.vram_mb == (w + 1000 * REG_CUDA_ALLOC_ROUND + b.gpu_kv_bytes + b.gpu_act_bytes +
+                                      REG_CUDA_DEVICE_RESERVE_BYTES + mib - 1) / mib,
+              "gpu_first");
         CHECK(b.gpu_second.vram_mb == (b.gpu_kv_bytes + b.gpu_act_bytes + mib - 1) / mib, "gpu_second");
+        CHECK(b.gpu_first.host_mb == b.gpu_second.host_mb &&
+                  b.gpu_first.host_mb * mib >= REG_CUDA_HOST_RESERVE_BYTES + (uint64_t)REG_MAX_BATCH * cfg.n_vocab * 4 &&
+                  b.gpu_first.host_mb < b.cpu_second.host_mb + (REG_CUDA_HOST_RESERVE_BYTES >> 20) + 1,
+              "gpu host: the logits and the CUDA allowance, no weights");
         CHECK(b.n_threads == 4 && b.overhead_bytes == REG_WORKER_OVERHEAD_BYTES + 4 * REG_THREAD_OVERHEAD_BYTES +
                                                         (uint64_t)REG_MAX_BATCH * (uint64_t)cfg.n_vocab * 4,
               "overhead: structures, threads, the batch's host logits");
         CHECK(b.arch == cfg.arch && strcmp(b.family, eng_arch_name(cfg.arch)) == 0, "family");
-        CHECK(reg_estimate_config(&cfg, w, 0, 1, 4, &b) == PP_STATUS_INVALID_ARG, "n_ctx 0");
-        CHECK(reg_estimate_config(&cfg, w, 1, -1, 4, &b) == PP_STATUS_INVALID_ARG, "n_batch -1");
+        CHECK(reg_estimate_config(&cfg, w, 1000, 0, 1, 4, &b) == PP_STATUS_INVALID_ARG, "n_ctx 0");
+        CHECK(reg_estimate_config(&cfg, w, 1000, 1, -1, 4, &b) == PP_STATUS_INVALID_ARG, "n_batch -1");
     }
 }
 

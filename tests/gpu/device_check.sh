@@ -6,12 +6,13 @@
 # everything), or else builds it here (Release, PP_CUDA=ON, sm_90a). Then runs, each under its own
 # time limit and all within BUDGET_S seconds (default 470, about 8 minutes):
 #   build       cmake configure + build of test_gpu_device, test_ops, test_fixtures, test_batch, test_nano,
-#               bench_kernels (skipped for a prebuilt build-gpu)
+#               test_pool, bench_kernels (skipped for a prebuilt build-gpu)
 #   nvidia_smi  the device
 #   gpu_device  tests/gpu/test_gpu_device.c (a kernel runs)
 #   gpu_ops     tests/gpu/test_ops.c: every op of the CUDA backend against the CPU reference
 #   gpu_fixtures, gpu_batch, gpu_nano   ctest -L gpu: the end-to-end checks with
 #               PP_TEST_BACKEND=cuda (gpu_batch: batched sequences over the paged cache)
+#   gpu_pool    test_pool --gpu: the worker pool's GPU workers (VRAM reserved vs in use)
 #   bench       bench/bench_kernels: kernel rates beside the copy bandwidth and cuBLAS of the run
 #   memcheck, racecheck      compute-sanitizer on test_ops --small
 # Each step's output goes to $OUT/<step>.log (OUT defaults to ./device_out); a table of step,
@@ -104,7 +105,7 @@ else
     fi
     run_step build 240 bash -c "cmake -S '$root' -B '$build' -DCMAKE_BUILD_TYPE=Release -DPP_CUDA=ON \
         -DPP_CUDA_ARCHITECTURES=90a && cmake --build '$build' -j$jobs --target test_gpu_device test_ops \
-        test_fixtures test_batch test_nano test_perplexity paraphym bench_kernels"
+        test_fixtures test_batch test_nano test_perplexity test_pool paraphym bench_kernels"
     record build "$(grep -ciE 'warning' "$out/build.log") warning lines"
 fi
 built=$step_rc
@@ -128,6 +129,9 @@ else
 
     run_step gpu_batch 60 bash -c "cd '$build' && ctest -L gpu -R '^gpu_batch_' -j4 --output-on-failure"
     record gpu_batch "$(ctest_key "$out/gpu_batch.log")"
+
+    run_step gpu_pool 60 bash -c "cd '$build' && ctest -L gpu -R '^gpu_pool$' --output-on-failure -V"
+    record gpu_pool "$(ctest_key "$out/gpu_pool.log"); $(grep -m1 -o 'device [0-9]*: [0-9]* MB reserved.* MB in use' "$out/gpu_pool.log")"
 
     run_step gpu_nano 90 bash -c "cd '$build' && ctest -L gpu -R '^gpu_nano_' -j2 --output-on-failure"
     record gpu_nano "$(ctest_key "$out/gpu_nano.log")"
