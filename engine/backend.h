@@ -192,6 +192,16 @@ typedef struct eng_backend_ops {
      * bit for bit on every backend) for r < n_rows, c < n_cols, rows stride floats apart
      * (stride >= 0). The values stay f32. */
     pp_status (*round_bf16)(eng_backend *be, float *x, int64_t stride, int n_rows, int64_t n_cols);
+    /* Greedy pick, on the backend (so greedy decoding downloads one int32 per sequence, not a
+     * row of logits): for r < n_rows, out[r] (backend memory, int32) = the index c < n_cols
+     * that engine/sampler.h's eng_argmax (the sampler's greedy pick) takes from row r,
+     * x + r * stride (rows stride floats apart), the same on every backend: the lowest index of
+     * the largest value (ties to the lowest index; -0 == +0; +inf is the largest); a NaN at
+     * column 0 gives 0; a NaN elsewhere is never picked; a row all -inf or all NaN gives 0.
+     * INVALID_ARG for n_rows < 0, n_cols < 1, n_cols > INT32_MAX or stride < n_cols (out is
+     * not touched then); n_rows == 0 does nothing. */
+    pp_status (*argmax)(eng_backend *be, const float *x, int64_t stride, int n_rows, int64_t n_cols,
+                        int32_t *out);
 
     /* Optional (may be NULL): the backend's message for its last failed op, "" when the last op
      * succeeded (for CUDA: the call, the CUDA error's name and text, and whether the device is

@@ -12,7 +12,7 @@
  * them to bf16, `routing_weights.to(hidden_states.dtype)`).
  * Not rounded: DeepSeek-V3's combine weights (sigmoid router: fp32 in HF, and its router logits
  * are computed in fp32, which model.c does on eng_backend_bf16_inner), memory ops (copies and
- * KV-cache writes), and quant_act_fp8's output (below).
+ * KV-cache writes), quant_act_fp8's output (below), and argmax (its output is token ids).
  *
  * Quantized when the decorator is made with fp8_act_quant (`--act-quant fp8`; off by default:
  * the FP8 fixtures' references do not quantize activations, and no reference of HF's W8A8
@@ -270,6 +270,14 @@ static pp_status bf16_round_bf16(eng_backend *be, float *x, int64_t stride, int 
     return in->ops->round_bf16(in, x, stride, n_rows, n_cols);
 }
 
+/* not rounded: its output is token ids */
+static pp_status bf16_argmax(eng_backend *be, const float *x, int64_t stride, int n_rows, int64_t n_cols,
+                             int32_t *out)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->argmax(in, x, stride, n_rows, n_cols, out);
+}
+
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
 static const char *bf16_last_error(eng_backend *be)
@@ -310,6 +318,7 @@ static const eng_backend_ops bf16_ops = {
     .moe_experts = bf16_moe_experts,
     .quant_act_fp8 = bf16_quant_act_fp8,
     .round_bf16 = bf16_round_bf16,
+    .argmax = bf16_argmax,
     .last_error = bf16_last_error,
 };
 

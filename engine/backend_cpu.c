@@ -593,6 +593,20 @@ static pp_status cpu_round_bf16(eng_backend *be, float *x, int64_t stride, int n
     return PP_STATUS_OK;
 }
 
+/* ---- greedy argmax ----------------------------------------------------------------------------- */
+
+/* eng_argmax of each row (the rule lives in engine/sampler.c, shared with the sampler). */
+static pp_status cpu_argmax(eng_backend *be, const float *x, int64_t stride, int n_rows, int64_t n_cols,
+                            int32_t *out)
+{
+    (void)be;
+    if (n_rows < 0 || n_cols < 1 || n_cols > INT32_MAX || stride < n_cols)
+        return PP_STATUS_INVALID_ARG;
+    for (int r = 0; r < n_rows; r++)
+        out[r] = eng_argmax(x + (int64_t)r * stride, (int32_t)n_cols);
+    return PP_STATUS_OK;
+}
+
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
 /* The CPU backend fails only for host memory, which its ops' statuses already say. */
@@ -636,6 +650,7 @@ static const eng_backend_ops cpu_ops = {
     .moe_experts = cpu_moe_experts,
     .quant_act_fp8 = cpu_quant_act_fp8,
     .round_bf16 = cpu_round_bf16,
+    .argmax = cpu_argmax,
     .last_error = cpu_last_error,
 };
 

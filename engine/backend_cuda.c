@@ -809,6 +809,22 @@ static pp_status cuda_round_bf16(eng_backend *be, float *x, int64_t stride, int 
     return PP_STATUS_OK;
 }
 
+static pp_status cuda_argmax(eng_backend *be, const float *x, int64_t stride, int n_rows, int64_t n_cols,
+                             int32_t *out)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK)
+        return st;
+    if (n_rows < 0 || n_cols < 1 || n_cols > INT32_MAX || stride < n_cols)
+        return set_fail(cb, PP_STATUS_INVALID_ARG, "argmax: n_rows %d, n_cols %lld, stride %lld (want n_rows >= 0, "
+                        "1 <= n_cols <= INT32_MAX, stride >= n_cols)", n_rows, (long long)n_cols, (long long)stride);
+    if (n_rows == 0)
+        return PP_STATUS_OK;
+    CUDA_TRY(cb, kern_argmax(x, stride, n_rows, n_cols, out, cb->stream));
+    return PP_STATUS_OK;
+}
+
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
 static const char *cuda_last_error(eng_backend *be) { return as_cuda(be)->msg; }
@@ -857,6 +873,7 @@ static const eng_backend_ops cuda_ops = {
     .moe_experts = cuda_moe_experts,
     .quant_act_fp8 = cuda_quant_act_fp8,
     .round_bf16 = cuda_round_bf16,
+    .argmax = cuda_argmax,
     .last_error = cuda_last_error,
 };
 

@@ -105,6 +105,15 @@ void eng_sampler_free(eng_sampler *sp)
     free(sp);
 }
 
+int32_t eng_argmax(const float *x, int32_t n)
+{
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
 /* Sort context: qsort has no user pointer, so candidates carry their logit. */
 typedef struct cand {
     float logit;
@@ -136,22 +145,12 @@ int32_t eng_sampler_sample(eng_sampler *sp, float *logits, const int32_t *histor
             if (history[i] >= 0 && history[i] < V)
                 sp->seen[history[i]] = 0;
     }
-    if (p->temperature == 0.0f || p->top_k == 1) {
-        int32_t best = 0;
-        for (int32_t i = 1; i < V; i++)
-            if (logits[i] > logits[best])
-                best = i;
-        return best;
-    }
+    if (p->temperature == 0.0f || p->top_k == 1)
+        return eng_argmax(logits, V);
     /* candidates sorted by logit, descending (ties: lower id first) */
     cand *c = malloc((size_t)V * sizeof *c);
-    if (!c) { /* no memory for sampling: fall back to the argmax rather than fail mid-stream */
-        int32_t best = 0;
-        for (int32_t i = 1; i < V; i++)
-            if (logits[i] > logits[best])
-                best = i;
-        return best;
-    }
+    if (!c) /* no memory for sampling: fall back to the argmax rather than fail mid-stream */
+        return eng_argmax(logits, V);
     for (int32_t i = 0; i < V; i++) {
         c[i].logit = logits[i] / p->temperature;
         c[i].id = i;

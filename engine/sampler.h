@@ -38,4 +38,13 @@ void eng_sampler_free(eng_sampler *sp); /* NULL-safe */
  * penalty applies to (prompt + generated so far). */
 int32_t eng_sampler_sample(eng_sampler *sp, float *logits, const int32_t *history, size_t n_history);
 
+/* The greedy pick of x[0 .. n) (n >= 1), defined by the scan
+ *   best = 0; for i = 1 .. n - 1: if (x[i] > x[best]) best = i;
+ * that is: the lowest index of the largest value (ties to the lowest index; -0 and +0 are
+ * equal); a NaN never compares greater, so a NaN at index 0 gives 0 whatever follows, and a NaN
+ * elsewhere is never picked; a row all -inf (or all NaN) gives 0; +inf is the largest value.
+ * eng_sampler_sample's greedy path (temperature 0 or top_k 1) and every backend's argmax op
+ * (backend.h) follow this rule. */
+int32_t eng_argmax(const float *x, int32_t n);
+
 #endif /* ENG_SAMPLER_H */

@@ -299,6 +299,20 @@ typedef struct kern_moe_args {
 size_t kern_moe_workspace_bytes(const kern_moe_args *args);
 int kern_moe_experts(const kern_moe_args *args, void *workspace, kern_stream stream);
 
+/* ---- sampling (kernels/sample.cu) ------------------------------------------------------------ */
+
+/* Greedy pick: out[r] (device int32 [n_rows]) = engine/sampler.c's eng_argmax of row r, x + r *
+ * stride ([n_rows][n_cols], rows stride floats apart), bit for bit: the lowest column of the
+ * largest value (-0 == +0, +inf largest, subnormals compared exactly); a NaN at column 0 gives
+ * 0, a NaN elsewhere is never picked; a row all -inf or all NaN gives 0. One block per row (rows
+ * strided by gridDim.x, at most 2^20 blocks) of 16 columns a thread in whole warps, 32 to 1024
+ * threads; float4 loads from the row's first 16-byte boundary on (any stride, any row base),
+ * then a warp-shuffle and shared-memory reduction. cudaErrorInvalidValue for n_rows < 0,
+ * n_cols < 1 (an empty row has no index to give: unlike other launchers', this empty dimension
+ * is an error), n_cols > INT32_MAX, stride < n_cols, or x not 4-byte aligned. */
+int kern_argmax(const float *x, int64_t stride, int n_rows, int64_t n_cols, int32_t *out,
+                kern_stream stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backend.h"
 #include "sampler.h"
 
 static int failures;
@@ -38,6 +39,111 @@ static void draw(const eng_sampling *s, const float *logits, int V, int n, doubl
     for (int i = 0; i < V; i++)
         freq[i] /= n;
     eng_sampler_free(sp);
+}
+
+/* splitmix64 for the random rows below */
+static uint64_t next_rand(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* The greedy rule as backend.h's argmax op states it, written independently of eng_argmax: a
+ * NaN at 0 gives 0, else the first column of the largest non-NaN value. */
+static int32_t argmax_as_documented(const float *x, int32_t n)
+{
+    if (isnan(x[0]))
+        return 0;
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (!isnan(x[i]) && x[i] > x[best])
+            best = i;
+    return best;
+}
+
+/* The backends' argmax op (the CPU backend here; tests/gpu/test_ops.c holds the others to it)
+ * picks what the sampler's greedy path picks (temperature 0, and top_k 1 at temperature 0.7;
+ * repetition penalty 1), and both follow the documented rule, on random rows made of few values
+ * (ties everywhere), NaN (often at column 0), +-inf, signed zeros and subnormals. */
+static void test_argmax_op(void)
+{
+    static const float pool[] = {1.0f, 2.0f, 3.0f, -1.0f, 0.0f, -0.0f, INFINITY, -INFINITY, NAN, 0x1p-149f,
+                                 -0x1p-149f, 0x1p-130f};
+    enum { N_POOL = sizeof pool / sizeof pool[0], MAX_V = 300, N_ROWS = 8 };
+    eng_backend *cpu = NULL;
+    eng_err err;
+    if (eng_backend_cpu_create(2, &cpu, &err) != PP_STATUS_OK) {
+        fprintf(stderr, "FAIL: %s\n", err.msg);
+        failures++;
+        return;
+    }
+    uint64_t seed = 12345;
+    static float x[N_ROWS * (MAX_V + 5)], row[MAX_V];
+    int n_rows_checked = 0, n_bad = 0;
+    for (int batch = 0; batch < 400; batch++) {
+        int32_t V = 1 + (int32_t)(next_rand(&seed) % MAX_V);
+        int64_t stride = V + (int64_t)(batch % 5);
+        int kinds = 1 + (int)(next_rand(&seed) % N_POOL); /* rows drawn from the first `kinds` values */
+        for (int r = 0; r < N_ROWS; r++)
+            for (int32_t c = 0; c < V; c++) {
+                uint64_t u = next_rand(&seed);
+                x[r * stride + c] = u % 4 == 0 ? (float)(int)(u >> 40 & 7) - 3.0f : pool[(u >> 8) % (uint64_t)kinds];
+                if (r == 1 && c == 0)
+                    x[r * stride + c] = NAN;
+                if (r == 2)
+                    x[r * stride + c] = c % 3 ? -INFINITY : NAN;
+            }
+        x[2 * stride] = -INFINITY;
+        int32_t out[N_ROWS];
+        check(cpu->ops->argmax(cpu, x, stride, N_ROWS, V, out) == PP_STATUS_OK, "argmax op");
+        for (int variant = 0; variant < 2; variant++) {
+            eng_sampling s;
+            eng_sampling_default(&s);
+            if (variant) {
+                s.temperature = 0.7f;
+                s.top_k = 1;
+            }
+            eng_sampler *sp = NULL;
+            check(eng_sampler_create(&s, V, &sp, &err) == PP_STATUS_OK, "create");
+            for (int r = 0; r < N_ROWS && sp; r++) {
+                memcpy(row, x + r * stride, (size_t)V * sizeof *row);
+                int32_t picked = eng_sampler_sample(sp, row, NULL, 0);
+                int32_t doc = argmax_as_documented(x + r * stride, V);
+                n_rows_checked++;
+                if (picked != out[r] || doc != out[r]) {
+                    if (n_bad++ < 5)
+                        fprintf(stderr, "FAIL: argmax batch %d row %d (V %d): op %d, sampler %d, documented rule %d\n",
+                                batch, r, V, out[r], picked, doc);
+                    failures++;
+                }
+            }
+            eng_sampler_free(sp);
+        }
+    }
+    /* hand-made rows */
+    static const struct { float v[4]; int32_t n, want; } hand[] = {
+        {{NAN, INFINITY, 5, 5}, 4, 0},           {{-INFINITY, -INFINITY, -INFINITY, -INFINITY}, 4, 0},
+        {{NAN, NAN, NAN, NAN}, 4, 0},            {{-0.0f, 0.0f, -1, -2}, 4, 0},
+        {{1, NAN, 2, 2}, 4, 2},                  {{-INFINITY, NAN, -INFINITY, -3e38f}, 4, 3},
+        {{INFINITY, INFINITY, NAN, 1}, 4, 0},    {{0x1p-149f, 0x1p-148f, 0x1p-148f, 0}, 4, 1},
+        {{7, 0, 0, 0}, 1, 0},                    {{-1, NAN, -1, -0.5f}, 4, 3},
+    };
+    for (size_t i = 0; i < sizeof hand / sizeof hand[0]; i++) {
+        int32_t out = -1;
+        check(cpu->ops->argmax(cpu, hand[i].v, 4, 1, hand[i].n, &out) == PP_STATUS_OK && out == hand[i].want,
+              "argmax op on a hand-made row");
+        check(eng_argmax(hand[i].v, hand[i].n) == hand[i].want, "eng_argmax on a hand-made row");
+    }
+    /* the argument checks */
+    int32_t untouched = -7;
+    check(cpu->ops->argmax(cpu, x, 4, -1, 4, &untouched) == PP_STATUS_INVALID_ARG, "argmax n_rows < 0");
+    check(cpu->ops->argmax(cpu, x, 4, 1, 0, &untouched) == PP_STATUS_INVALID_ARG, "argmax n_cols 0");
+    check(cpu->ops->argmax(cpu, x, 3, 1, 4, &untouched) == PP_STATUS_INVALID_ARG, "argmax stride < n_cols");
+    check(cpu->ops->argmax(cpu, x, 4, 0, 4, &untouched) == PP_STATUS_OK && untouched == -7, "argmax of 0 rows");
+    printf("argmax: %d rows, op = sampler = documented rule on %d\n", n_rows_checked, n_rows_checked - n_bad);
+    eng_backend_destroy(cpu);
 }
 
 int main(void)
@@ -129,6 +235,8 @@ int main(void)
     eng_sampling_default(&s);
     s.repetition_penalty = 0;
     check(eng_sampling_validate(&s, &err) == PP_STATUS_INVALID_ARG, "zero repetition penalty rejected");
+
+    test_argmax_op();
 
     printf("sampler: %s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;

@@ -27,7 +27,11 @@
  * (positions, slots, seq_start, seq_pos0, block_table) are uploaded to the backend under test;
  * the CPU reference gets host copies.
  * moe_route's expert ids must be identical (its logits are drawn without near-ties, see
- * route_logits). An op the backend under test refuses with PP_STATUS_UNSUPPORTED (a weight format
+ * route_logits), and so must argmax's (ties, NaN and infinities on purpose, see case_argmax).
+ * matmul_bf16 gets bf16-representable x (random values rounded to bf16, as the
+ * bf16 mode's activations are) and is checked against the CPU's matmul of the same x; a backend
+ * without the op (the CPU reference: ops->matmul_bf16 is NULL) reports it "unsup". An op the
+ * backend under test refuses with PP_STATUS_UNSUPPORTED (a weight format
  * without kernels) is reported as "unsup", not failed; any other error fails the case. Prints one line per case and a summary; exits 0 when every case passes, 1
  * otherwise, 77 without a CUDA device. --small runs only small shapes (for compute-sanitizer);
  * --op runs one op's cases; --backend cpu checks the CPU backend against itself, which tests the
@@ -1706,6 +1710,217 @@ static void case_quant_act(harness *h, int n_rows, int64_t n_cols, int group, in
     case_end(&tc);
 }
 
+/* ---- argmax ------------------------------------------------------------------------------------ */
+
+#define INF_BITS 0x7f800000u /* argmax's input gaps and guard bands (see case_argmax) */
+#define ARGMAX_PATTERNS 15
+
+/* Fills row v[0 .. n) with pattern `pattern`; returns the index the argmax rule picks (as the
+ * comments say), or -1 for the random patterns 0 and 12. */
+static int64_t argmax_row(rng *r, int pattern, float *v, int64_t n)
+{
+    int64_t p = rng_int(r, (int)n), q = rng_int(r, (int)n), pq = p < q ? p : q;
+    for (int64_t c = 0; c < n; c++)
+        v[c] = rng_f(r, -8.0f, 8.0f);
+    switch (pattern) {
+    case 0: /* random */
+        return -1;
+    case 1: /* the maximum at the first, middle and last columns: 0 */
+        v[0] = v[n / 2] = v[n - 1] = 9.0f;
+        return 0;
+    case 2: /* the maximum at p, then repeated at later columns and the last: p */
+        for (int64_t c = p; c < n; c += 1 + (n - p) / 3)
+            v[c] = 9.0f;
+        v[n - 1] = 9.0f;
+        return p;
+    case 3: /* NaN at column 0, +inf at p: 0 */
+        v[0] = NAN;
+        v[p] = p ? INFINITY : v[0];
+        return 0;
+    case 4: /* NaN every 7th column from 1, at the last, and beside a maximum at p (not at 0): p */
+        for (int64_t c = 1; c < n; c += 7)
+            v[c] = NAN;
+        if (n > 1)
+            v[n - 1] = NAN;
+        if (p + 1 < n)
+            v[p + 1] = NAN;
+        if (p > 1)
+            v[p - 1] = NAN;
+        v[p] = 9.0f;
+        return p;
+    case 5: /* -inf and NaN sprinkled, +inf at p and q: min(p, q) */
+        for (int64_t c = 3; c < n; c += 5)
+            v[c] = c % 2 ? -INFINITY : NAN;
+        v[p] = v[q] = INFINITY;
+        return pq;
+    case 6: /* all -inf: 0 */
+        for (int64_t c = 0; c < n; c++)
+            v[c] = -INFINITY;
+        return 0;
+    case 7: /* all NaN: 0 */
+        for (int64_t c = 0; c < n; c++)
+            v[c] = NAN;
+        return 0;
+    case 8: /* -inf with NaN at every odd column: 0 */
+        for (int64_t c = 0; c < n; c++)
+            v[c] = c % 2 ? NAN : -INFINITY;
+        return 0;
+    case 9: /* -inf but NaN at 1 and -1e30 at p > 1: p (0 for p <= 1) */
+        for (int64_t c = 0; c < n; c++)
+            v[c] = c == 1 ? NAN : -INFINITY;
+        if (p > 1)
+            v[p] = -1e30f;
+        return p > 1 ? p : 0;
+    case 10: /* negative values, -0 at p and +0 at q: min(p, q) (-0 == +0) */
+        for (int64_t c = 0; c < n; c++)
+            v[c] = -fabsf(v[c]) - 1.0f;
+        v[p] = -0.0f;
+        v[q] = 0.0f;
+        return pq;
+    case 11: /* subnormals of both signs, the largest at p and q: min(p, q) */
+        for (int64_t c = 0; c < n; c++)
+            v[c] = bits_f32((uint32_t)rng_int(r, 0x7fffff) | (rng_int(r, 2) ? 0x80000000u : 0u));
+        v[q] = v[p] = bits_f32(0x007fffffu);
+        return pq;
+    case 12: /* integers 0 .. 3: ties everywhere */
+        for (int64_t c = 0; c < n; c++)
+            v[c] = (float)rng_int(r, 4);
+        return -1;
+    case 13: /* ascending, the last 5 columns equal: max(n - 5, 0) */
+        for (int64_t c = 0; c < n; c++)
+            v[c] = (float)(c < n - 5 ? c : n - 5);
+        return n > 5 ? n - 5 : 0;
+    default: /* NaN but -inf at 0 and -5 at p > 0: p */
+        for (int64_t c = 1; c < n; c++)
+            v[c] = NAN;
+        v[0] = -INFINITY;
+        if (p)
+            v[p] = -5.0f;
+        return p;
+    }
+}
+
+/* argmax over [n_rows][n_cols], rows `stride` apart, the first at element `offset` of the
+ * buffer (an offset not a multiple of 4 starts the rows off a 16-byte boundary). Row r has
+ * pattern (r + pattern0) % ARGMAX_PATTERNS of argmax_row: ties at the first, last and other
+ * columns, NaN at column 0 and elsewhere, +-inf, all -inf, all NaN, signed zeros, subnormals.
+ * The CPU's picks must be the ones argmax_row expects (so the patterns test what they say, and
+ * --backend cpu catches a wrong rule), and the ids must be the CPU's exactly. The input's gaps
+ * and guard bands hold +inf, not NaN (which argmax never picks past column 0), so a read
+ * outside a row would win and show. */
+static void case_argmax(harness *h, int n_rows, int64_t n_cols, int64_t stride, int64_t offset, int pattern0)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "argmax", 0.0, "n_rows=%d n_cols=%lld stride=%lld offset=%lld pattern0=%d", n_rows,
+                    (long long)n_cols, (long long)stride, (long long)offset, pattern0))
+        return;
+    layout lx = rows(n_rows, n_cols, stride), lo = rows(n_rows, 1, 1);
+    lx.offset = offset;
+    size_t nx = layout_extent(&lx);
+    uint32_t *bits = xmalloc(nx * 4);
+    for (size_t i = 0; i < nx; i++)
+        bits[i] = INF_BITS;
+    float *row = xmalloc((size_t)n_cols * sizeof *row);
+    int64_t *expect = xmalloc((size_t)n_rows * sizeof *expect);
+    for (int r = 0; r < n_rows; r++) {
+        expect[r] = argmax_row(&tc.r, (r + pattern0) % ARGMAX_PATTERNS, row, n_cols);
+        memcpy(bits + layout_at(&lx, r, 0, 0), row, (size_t)n_cols * 4);
+    }
+    gbuf x = {0}, out = {0};
+    if (gbuf_make(&tc, &x, nx, bits, INF_BITS) && gbuf_output(&tc, &out, (size_t)n_rows) &&
+        op_ok(&tc, h->cpu->ops->argmax(h->cpu, (const float *)x.cpu + offset, stride, n_rows, n_cols, out.cpu), true,
+              "argmax") &&
+        op_ok(&tc, tc.dut->ops->argmax(tc.dut, (const float *)x.dut + offset, stride, n_rows, n_cols, out.dut), false,
+              "argmax")) {
+        const int32_t *want = out.cpu;
+        for (int r = 0; r < n_rows; r++)
+            if (want[r] < 0 || want[r] >= n_cols || (expect[r] >= 0 && want[r] != expect[r]))
+                fail(&tc, "the CPU reference picked %d for row %d (pattern %d), expected %lld", want[r], r,
+                     (r + pattern0) % ARGMAX_PATTERNS, (long long)expect[r]);
+        check_i32(&tc, &out, &lo, "out");
+        uint32_t *got = gbuf_fetch(&tc, &x);
+        if (got) {
+            uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, x.n);
+            check_guards(&tc, &x, got, none, "x"); /* the input is read only */
+            free(none);
+            free(got);
+        }
+    }
+    gbuf_free(&tc, &x);
+    gbuf_free(&tc, &out);
+    free(expect);
+    free(row);
+    free(bits);
+    case_end(&tc);
+}
+
+/* Bad arguments are refused with INVALID_ARG before anything is written, and n_rows == 0 writes
+ * nothing; both backends (the CPU checks them too), then a good call on the same backend. */
+static void case_argmax_bad_args(harness *h)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "argmax", 0.0, "n_rows < 0, n_cols < 1 or > INT32_MAX, stride < n_cols refused"))
+        return;
+    static const struct { int n_rows; int64_t n_cols, stride; } bad[] = {
+        {-1, 8, 8}, {2, 0, 8}, {2, -3, 8}, {2, 8, 7}, {1, (int64_t)INT32_MAX + 1, (int64_t)INT32_MAX + 1},
+    };
+    gbuf x = {0}, out = {0};
+    float vals[2][8] = {{1, 2, 3, 9, 4, 9, 0, -1}, {NAN, 5, 6, 7, 8, 9, 10, 11}};
+    layout lo = rows(2, 1, 1);
+    if (gbuf_values(&tc, &x, vals, 16) && gbuf_output(&tc, &out, 2)) {
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            pp_status sc = h->cpu->ops->argmax(h->cpu, x.cpu, bad[i].stride, bad[i].n_rows, bad[i].n_cols, out.cpu);
+            pp_status sd = tc.dut->ops->argmax(tc.dut, x.dut, bad[i].stride, bad[i].n_rows, bad[i].n_cols, out.dut);
+            if (sc != PP_STATUS_INVALID_ARG || sd != PP_STATUS_INVALID_ARG)
+                fail(&tc, "n_rows=%d n_cols=%lld stride=%lld: cpu %s, %s %s; expected INVALID_ARG", bad[i].n_rows,
+                     (long long)bad[i].n_cols, (long long)bad[i].stride, pp_status_str(sc), h->dut_name,
+                     pp_status_str(sd));
+        }
+        op_ok(&tc, tc.dut->ops->argmax(tc.dut, x.dut, 8, 0, 8, out.dut), false, "argmax of 0 rows");
+        uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, out.n);
+        uint32_t *got = gbuf_fetch(&tc, &out);
+        if (got)
+            check_guards(&tc, &out, got, none, "out after refused calls"); /* nothing written */
+        free(got);
+        free(none);
+        if (op_ok(&tc, h->cpu->ops->argmax(h->cpu, x.cpu, 8, 2, 8, out.cpu), true, "argmax") &&
+            op_ok(&tc, tc.dut->ops->argmax(tc.dut, x.dut, 8, 2, 8, out.dut), false, "argmax after refused calls")) {
+            const int32_t *want = out.cpu;
+            if (want[0] != 3 || want[1] != 0)
+                fail(&tc, "cpu picked %d and %d, expected 3 (the first of two 9s) and 0 (NaN at column 0)", want[0],
+                     want[1]);
+            check_i32(&tc, &out, &lo, "out");
+        }
+    }
+    gbuf_free(&tc, &x);
+    gbuf_free(&tc, &out);
+    case_end(&tc);
+}
+
+/* Greedy decoding's shapes: n_vocab from 1 to DeepSeek-V3's 129280 and beyond (Qwen3's 151936,
+ * 163840), n_seq 1 .. 64; rows contiguous, with an odd stride from an unaligned base, and with a
+ * stride that is a multiple of 4 from an unaligned base; more rows than blocks (2^20). --small:
+ * rows of at most 4097 columns, at most 16 rows. */
+static void run_argmax(harness *h)
+{
+    static const int64_t cols[] = {1, 2, 3, 31, 1000, 4097, 151936, 163840};
+    static const int n_rows[] = {1, 3, 16, 64};
+    int pattern0 = 0;
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        for (size_t j = 0; j < sizeof n_rows / sizeof n_rows[0]; j++) {
+            if (h->small && (cols[i] > 4097 || n_rows[j] > 16))
+                continue;
+            int64_t n = cols[i];
+            case_argmax(h, n_rows[j], n, n, 0, pattern0++ % ARGMAX_PATTERNS);
+            case_argmax(h, n_rows[j], n, n + 2 * (int64_t)j + 1, 1 + 2 * (int64_t)(j % 2),
+                        pattern0++ % ARGMAX_PATTERNS);
+            case_argmax(h, n_rows[j], n, (n + 3) / 4 * 4 + 4, 2, pattern0++ % ARGMAX_PATTERNS);
+        }
+    case_argmax_bad_args(h);
+    if (!h->small)
+        case_argmax(h, (1 << 20) + 3, 2, 3, 1, 0);
+}
+
 static void run_elementwise(harness *h)
 {
     static const int rms_d[] = {1, 7, 64, 128, 1000, 2051, 7168};
@@ -1985,6 +2200,7 @@ int main(int argc, char **argv)
     run_attention(&h);
     run_mla(&h);
     run_moe(&h);
+    run_argmax(&h);
     if (cuda)
         case_shared_cache(&h);
     eng_backend_destroy(h.cpu);
