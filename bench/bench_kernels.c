@@ -7,12 +7,14 @@
  * 8192^3 with f32 accumulation (the FLOP ceiling). Then, filtered by --only: cuBLAS bf16
  * decode-shaped products, kern_matmul at decode and prefill shapes, a whole Phi-4 layer at M = 1,
  * kern_moe_experts, kern_attention (decode at batch 1 and 16, and prefill) and kern_mla_absorbed
- * (decode at batch 1 and 16), at the shapes of Phi-4, Qwen3-Coder-30B-A3B and Kimi K2
- * (shared/docs/PERFORMANCE.md, KERNELS.md). Attention reads paged KV caches: decode through a
+ * (decode at batch 1 and 16), and the CUDA backend's matmul_bf16 op at prefill shapes (the bf16
+ * mode's products: x packed to bf16, then cuBLAS), at the shapes of Phi-4, Qwen3-Coder-30B-A3B
+ * and Kimi K2 (shared/docs/PERFORMANCE.md, KERNELS.md). Attention reads paged KV caches: decode through a
  * shuffled block table, so a sequence's keys are scattered blocks, never one stream.
  *
  * Invariant of every figure: the median over replays of one CUDA graph, timed with a pair of
- * events around each cudaGraphLaunch after warm-up replays; decode graphs cycle over distinct
+ * events around each cudaGraphLaunch after warm-up replays (save the matmul_bf16 op itself, which
+ * runs on its backend's stream and is host-timed between device synchronisations); decode graphs cycle over distinct
  * copies of the weights (or distinct sequences of a KV cache) that together exceed 4x the L2, so
  * the L2 cannot serve them, and rates count the bytes each call must read from memory. Data is
  * random and valid (finite bf16, e4m3 without the NaN codes 0x7f/0xff, positive scales), never
@@ -33,6 +35,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "backend.h"
 #include "kernels.h"
 
 /* Graph sizing, not timing: 3.0e6 bytes/us is the H100 copy bandwidth (PERFORMANCE.md) and
@@ -1547,6 +1550,140 @@ done:
     return rc;
 }
 
+/* kern_f32_to_bf16 over copies of x: call i packs copy i % n_x into the one bf16 buffer. */
+typedef struct pack_ctx {
+    float *const *x; /* [n_x] copies of [m][n_in] f32, device */
+    int n_x, n_calls, m;
+    int64_t n_in;
+    uint16_t *xb;    /* [m][n_in] bf16, device */
+} pack_ctx;
+
+static int pack_enqueue(void *p, cudaStream_t s)
+{
+    pack_ctx *c = p;
+    int rc = -1;
+    for (int i = 0; i < c->n_calls; i++)
+        CK(kern_f32_to_bf16(c->x[i % c->n_x], c->n_in, c->xb, c->n_in, c->m, c->n_in, s));
+    rc = 0;
+done:
+    return rc;
+}
+
+/* The CUDA backend's matmul_bf16 op (engine/backend.h: the bf16 mode's prefill products) at
+ * 7680x5120 (Phi-4 qkv), M = 512 and 2048, called through the op table as the engine calls it:
+ * kern_f32_to_bf16 packs the f32 x, then cublasGemmEx on the backend's handle, f32 out. Two rows
+ * per M: the packing alone (graph-timed over copies of x that exceed 4x L2; GB/s of f32 read +
+ * bf16 written, against the copy ceiling), then the whole op, whose vs_cublas is cuBLAS's raw bf16
+ * GEMM of the same shape (cublas_prefill_bf16: bf16 x and out, so without the packing and with
+ * half the output bytes) over it. The op runs on the backend's own stream, which a graph captured
+ * on the bench stream cannot hold, so it is host-timed: OP_CALLS back-to-back calls (on the x
+ * copies in turn) between two cudaDeviceSynchronize per replay, median over replays; the host
+ * enqueues a call in far less than its GPU time (tens of us against >= 60 us), so the GPU does
+ * not wait on it after the first. */
+#define OP_CALLS 20
+static int run_matmul_bf16_op(bench *b, const char *name)
+{
+    const mat_shape *sh = &PHI4_DECODE[0];
+    const int m_max = PREFILL_M[1];
+    const size_t x_bytes = (size_t)m_max * (size_t)sh->n_in * sizeof(float);
+    const size_t w_words = (size_t)(sh->n_out * sh->n_in) / 2; /* bf16 pairs */
+    const int n_x = copies_for(b, (double)PREFILL_M[0] * (double)sh->n_in * sizeof(float), 1);
+    int rc = -1;
+    devlist dl = {0};
+    eng_backend *be = NULL;
+    eng_err err = {{0}};
+    uint32_t *wh = malloc(w_words * sizeof(uint32_t)); /* host bf16 weight, as a mapping holds it */
+    float *x[MAX_COPIES];
+    float *y;
+    uint16_t *xb;
+    uint64_t seed = 701;
+    if (!wh) {
+        fprintf(stderr, "bench_kernels: [%s] out of host memory\n", g_measure);
+        goto done;
+    }
+    for (size_t i = 0; i < w_words; i++)
+        wh[i] = fill_word(FILL_BF16, rng_next(&seed));
+    const eng_weight w = {.fmt = ENG_WFMT_BF16, .n_out = sh->n_out, .n_in = sh->n_in, .data = wh};
+    for (int i = 0; i < n_x; i++) {
+        if (!(x[i] = dev_alloc(&dl, x_bytes)) || dev_fill(b, x[i], x_bytes, FILL_F32, 30 + (uint64_t)i))
+            goto done;
+        CK(kern_round_bf16(x[i], sh->n_in, m_max, sh->n_in, b->stream)); /* the op's promise */
+    }
+    if (!(y = dev_alloc(&dl, (size_t)m_max * (size_t)sh->n_out * sizeof(float))) ||
+        !(xb = dev_alloc(&dl, x_bytes / 2)))
+        goto done;
+    if (eng_backend_cuda_create(0, NULL, &be, &err) != PP_STATUS_OK) {
+        fprintf(stderr, "bench_kernels: [%s] eng_backend_cuda_create: %s\n", g_measure, err.msg);
+        goto done;
+    }
+    for (int mi = 0; mi < 2; mi++) {
+        const int m = PREFILL_M[mi];
+        const double flops = 2.0 * m * (double)sh->n_out * (double)sh->n_in;
+        const double pack_bytes = (double)m * (double)sh->n_in * 6.0;
+        pack_ctx pc = {x, n_x, calls_for(n_x, pack_bytes), m, sh->n_in, xb};
+        double us = 0.0, us_min = 0.0;
+        int reps = 0;
+        result r;
+        char shape[64];
+        shape_str(shape, sizeof shape, sh->n_out, sh->n_in);
+        if (graph_time(b, pack_enqueue, &pc, reps_default(b), &us, &us_min, &reps))
+            goto done;
+        result_init(&r, name, shape, "f32_to_bf16");
+        r.m = m;
+        r.us = us / pc.n_calls;
+        r.us_min = us_min / pc.n_calls;
+        r.gbs = pack_bytes / r.us / 1e3;
+        r.reps = reps;
+        r.calls = pc.n_calls;
+        snprintf(r.note, sizeof r.note, "kern_f32_to_bf16 of x alone (the op's packing), %d x copies", n_x);
+        result_pct(b, &r);
+        result_emit(b, &r);
+
+        /* the op: warm-up calls (the first uploads the weight and creates the cuBLAS handle) */
+        float t[MAX_REPS];
+        reps = reps_default(b);
+        for (int i = -3; i < reps; i++) {
+            CK(cudaDeviceSynchronize());
+            double t0 = now_s();
+            for (int c = 0; c < OP_CALLS; c++) {
+                pp_status st = be->ops->matmul_bf16(be, x[c % n_x], sh->n_in, &w, y, sh->n_out, m);
+                if (st != PP_STATUS_OK) {
+                    fprintf(stderr, "bench_kernels: [%s] matmul_bf16 returned %s: %s\n", g_measure,
+                            pp_status_str(st), be->ops->last_error(be));
+                    goto done;
+                }
+            }
+            CK(cudaDeviceSynchronize());
+            if (i >= 0)
+                t[i] = (float)((now_s() - t0) * 1e6 / OP_CALLS);
+        }
+        qsort(t, (size_t)reps, sizeof t[0], cmp_float);
+        result_init(&r, name, shape, "bf16");
+        r.m = m;
+        r.us = reps % 2 ? (double)t[reps / 2] : 0.5 * ((double)t[reps / 2 - 1] + t[reps / 2]);
+        r.us_min = t[0];
+        r.tflops = flops / r.us / 1e6;
+        r.reps = reps;
+        r.calls = OP_CALLS;
+        if (b->cublas_prefill_us[mi] > 0.0) {
+            r.vs_cublas = b->cublas_prefill_us[mi] / r.us;
+            snprintf(r.note, sizeof r.note, "engine op: f32 x packed + cublasGemmEx, f32 out; host-timed; "
+                     "cuBLAS raw %.1f TFLOP/s", flops / b->cublas_prefill_us[mi] / 1e6);
+        } else {
+            snprintf(r.note, sizeof r.note, "engine op: f32 x packed + cublasGemmEx, f32 out; host-timed");
+        }
+        result_pct(b, &r);
+        result_emit(b, &r);
+    }
+    rc = 0;
+done:
+    eng_backend_destroy(be);
+    free(wh);
+    if (devlist_free(&dl))
+        rc = -1;
+    return rc;
+}
+
 /* ---- driver ------------------------------------------------------------------------------- */
 
 /* Whether group `name` runs: it matches --only and the run is within its budget. */
@@ -1742,6 +1879,11 @@ int main(int argc, char **argv)
         t0 = now_s();
         alive = group_end(&b, "matmul_prefill_bf16",
                           run_matmul_prefill(&b, false, "matmul_prefill_bf16"), t0);
+    }
+    if (alive && group_begin(&b, "matmul_bf16_op_prefill")) {
+        t0 = now_s();
+        alive = group_end(&b, "matmul_bf16_op_prefill",
+                          run_matmul_bf16_op(&b, "matmul_bf16_op_prefill"), t0);
     }
 
     table_print(&b);

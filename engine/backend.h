@@ -9,7 +9,8 @@
  * Numeric contract of the CPU reference: f32 activations and accumulation, weights dequantized
  * exactly, no intermediate bf16 rounding (round_bf16 rounds only when called). The bf16 compute
  * mode is a decorator over any backend (eng_backend_bf16_wrap) that rounds each op's output to
- * bf16 and quantizes the activations entering FP8_BLOCK weights (quant_act_fp8). Every op
+ * bf16, quantizes the activations entering FP8_BLOCK weights (quant_act_fp8), and runs its
+ * other matmuls through matmul_bf16 where the backend has one (tensor cores on CUDA). Every op
  * returns PP_STATUS_OK or the backend's error (a device fault), never aborts.
  * Dimension names follow STYLE.md: n_tokens, n_head, n_head_kv, d_head, d_rope, d_ff, n_expert,
  * n_expert_used, n_vocab.
@@ -145,6 +146,19 @@ typedef struct eng_backend_ops {
     /* y[t] = x[t] W^T; x rows x_stride apart ([n_tokens][w->n_in]), y rows y_stride apart. */
     pp_status (*matmul)(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w,
                         float *y, int64_t y_stride, int n_tokens);
+    /* Optional (may be NULL: the CPU reference has none): matmul for inputs that are bf16
+     * already. Same arguments and result layout as matmul, but the caller promises that every
+     * x[t][k] (t < n_tokens, k < w->n_in) is bf16-representable (an f32 whose low 16 bits are
+     * zero, as round_bf16 leaves every value, NaN included), as the bf16 compute mode's
+     * activations are. The backend
+     * may then multiply in bf16 on tensor cores with f32 accumulation: with bf16 weights every
+     * product x * w is exact in f32, so y[t][n] is the f32 sum of the exact products in an
+     * unspecified order (the same numbers matmul adds, in another order), within matmul's
+     * reduction tolerance of it. For weights or shapes without such a fast path (CUDA: weights
+     * other than BF16, n_tokens below its threshold) it runs matmul. An x element that breaks
+     * the promise may be rounded to the nearest bf16 first (never a fault). */
+    pp_status (*matmul_bf16)(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w,
+                             float *y, int64_t y_stride, int n_tokens);
     /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, over n_rows rows of width d = w->n; rows
      * x_stride / out_stride apart (may alias). */
     pp_status (*rmsnorm)(eng_backend *be, const float *x, int64_t x_stride, const eng_vec *w,

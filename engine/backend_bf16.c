@@ -31,6 +31,15 @@
  * (W4A16 / W8A16, as compressed-tensors' Kimi-K2-Thinking runs); the router and lm_head are
  * never FP8.
  *
+ * Matmuls run the inner backend's matmul_bf16 when it has one (CUDA: BF16 weights on tensor
+ * cores through cuBLAS, backend.h), because every matmul input here is the rounded output of an
+ * op of this decorator (an RMSNorm, SwiGLU, attention or embedding row), so bf16-representable
+ * as matmul_bf16 requires; the sum of the same exact products, in another order. Not so the W8A8
+ * inputs above: quant_act_fp8's values (e4m3 * an f32 scale) are not bf16 values, so an FP8
+ * matmul under fp8_act_quant keeps the inner matmul. The experts and MLA ops run their products
+ * inside the inner op (no op-table matmul); DeepSeek-V3's router matmul runs on
+ * eng_backend_bf16_inner, f32. This decorator's own matmul_bf16 is NULL: its matmul is that.
+ *
  * Where HF rounds inside what is one op here, this mode rounds only the op's output:
  *   - RMSNorm: HF rounds x * rsqrt(var + eps) to bf16 before multiplying by the weight (two
  *     roundings); here x * inv * w is rounded once. Emulating the inner rounding needs an
@@ -147,7 +156,9 @@ static pp_status bf16_embedding(eng_backend *be, const eng_weight *table, const 
 /* y [n_tokens][w->n_out], rows y_stride apart. An FP8_BLOCK weight runs W8A8 as HF's FP8Linear:
  * x is quantized in groups of block_in columns (HF's act_quant(x, weight_block_size[1])) into
  * b->act [n_tokens][n_in], and the matmul reads that; a row of x with an all-zero group gives
- * a zero row there, hence a zero row of y (HF's nan_to_num). */
+ * a zero row there, hence a zero row of y (HF's nan_to_num); the inner matmul multiplies those
+ * values (not bf16 ones). Any other x is bf16 already and goes to the inner matmul_bf16 where
+ * there is one. */
 static pp_status bf16_matmul(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w, float *y,
                              int64_t y_stride, int n_tokens)
 {
@@ -161,8 +172,12 @@ static pp_status bf16_matmul(eng_backend *be, const float *x, int64_t x_stride, 
             return st;
         x = b->act;
         x_stride = w->n_in;
+        st = in->ops->matmul(in, x, x_stride, w, y, y_stride, n_tokens);
+    } else if (in->ops->matmul_bf16) {
+        st = in->ops->matmul_bf16(in, x, x_stride, w, y, y_stride, n_tokens);
+    } else {
+        st = in->ops->matmul(in, x, x_stride, w, y, y_stride, n_tokens);
     }
-    st = in->ops->matmul(in, x, x_stride, w, y, y_stride, n_tokens);
     return st != PP_STATUS_OK ? st : round_rows(in, y, y_stride, n_tokens, w->n_out);
 }
 

@@ -11,6 +11,7 @@
 
 #include "backend.h"
 #include "quantize.h"
+#include "sampler.h"
 #include "threadpool.h"
 
 /* Rows of a weight dequantized together by one matmul task: 16 rows of Kimi K2's widest input
@@ -639,6 +640,9 @@ static const eng_backend_ops cpu_ops = {
     .copy = cpu_copy,
     .embedding = cpu_embedding,
     .matmul = cpu_matmul,
+    /* .matmul_bf16 stays NULL: no faster product for bf16 inputs here, and this matmul is the
+     * oracle the other backends' matmul_bf16 is checked against (the bf16 mode falls back to
+     * it) */
     .rmsnorm = cpu_rmsnorm,
     .add = cpu_add,
     .rope = cpu_rope,

@@ -13,9 +13,15 @@
  *     (OUT_OF_MEMORY for an allocation) and keeps a message for last_error; a sticky error (an
  *     illegal address, a launch failure: the CUDA context is lost) marks the backend dead, and
  *     from then on every op returns PP_STATUS_DEVICE without touching the device.
+ *   - matmul_bf16 (the bf16 mode's products) runs BF16 weights at prefill sizes through cuBLAS
+ *     on tensor cores: one handle per backend, made on first use, bound to the backend's stream
+ *     with a workspace the backend allocated (cuBLAS allocates nothing while a product runs);
+ *     a cuBLAS failure is recorded as a CUDA one (its status name in last_error).
  * A backend is used by one thread at a time; backends sharing a cache may run on two threads.
  */
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,6 +37,25 @@
 
 /* Device copies of RoPE frequency tables a backend keeps (one per model and rope in practice). */
 #define ROPE_SLOTS 4
+
+/* matmul_bf16 takes cuBLAS from this many tokens on. Below it kern_matmul runs its GEMV
+ * (n_tokens <= 16, kernels/matmul.cu), which reads the weight once at memory speed: a product
+ * of 16 rows or fewer is bound by those reads whatever multiplies, so tensor cores gain nothing
+ * there and the conversion of x would be pure cost. From 17 tokens kern_matmul switches to its
+ * SIMT tiled GEMM (f32 FMA, 64 x 64 tiles, a small fraction of the bf16 tensor-core rate), which
+ * a tensor-core GEMM beats while still bound by the same weight reads. Set from the kernels'
+ * dispatch, not measured yet (bench_kernels' matmul_bf16_op rows do at 512 and 2048 tokens). */
+#define BF16_GEMM_MIN_TOKENS 17
+
+/* Columns of matmul_bf16's bf16 copy of x are padded to a multiple of 8 (16 bytes): cuBLAS's
+ * tensor-core kernels run best with every leading dimension and pointer 16-byte aligned (cuBLAS
+ * guide, "Tensor Core Usage"; others still run, on slower kernels). */
+#define BF16_LD_ALIGN 8
+
+/* cuBLAS workspace per backend, as the cuBLAS guide recommends for cublasSetWorkspace: 32 MiB on
+ * Hopper (compute capability 9.x) and later, 4 MiB before. */
+#define BLAS_WS_HOPPER ((size_t)32 << 20)
+#define BLAS_WS_OTHER ((size_t)4 << 20)
 
 static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
@@ -150,8 +175,12 @@ typedef struct cuda_backend {
     weight_cache *wc;
     bool dead;      /* a sticky CUDA error was seen: the context is unusable */
     char msg[512];  /* the last failure, "" after a successful op */
-    void *work;     /* kernel workspace (attention, MLA, MoE), work_bytes, device */
+    void *work;     /* kernel workspace (attention, MLA, MoE; matmul_bf16's bf16 copy of x),
+                       work_bytes, device; nothing in it outlives an op */
     size_t work_bytes;
+    cublasHandle_t blas; /* matmul_bf16's cuBLAS handle on stream, NULL until first used */
+    void *blas_ws;       /* [blas_ws_bytes] device: blas's workspace */
+    size_t blas_ws_bytes;
     int32_t *ids;   /* [ids_cap] device: embedding ids */
     size_t ids_cap;
     rope_slot rope[ROPE_SLOTS];
@@ -211,6 +240,31 @@ static pp_status cuda_fail(cuda_backend *cb, cudaError_t e, const char *what, in
         cudaError_t try_e_ = (cudaError_t)(call);                                                  \
         if (try_e_ != cudaSuccess)                                                                 \
             return cuda_fail((cb), try_e_, #call, __LINE__);                                       \
+    } while (0)
+
+/* Records a failed cuBLAS call (what: its text) as cuda_fail does a CUDA one: the status's name
+ * and text, and the CUDA error a failed launch inside cuBLAS left, if any (a sticky one marks
+ * the backend dead; any other is cleared). OUT_OF_MEMORY for CUBLAS_STATUS_ALLOC_FAILED, DEVICE
+ * otherwise. */
+static pp_status cublas_fail(cuda_backend *cb, cublasStatus_t s, const char *what, int line)
+{
+    cudaError_t e = cudaGetLastError();
+    bool sticky = error_is_sticky(e);
+    snprintf(cb->msg, sizeof cb->msg, "cuda backend (device %d): %.160s failed: %s (%s)%s%s at backend_cuda.c:%d%s",
+             cb->device, what, cublasGetStatusName(s), cublasGetStatusString(s),
+             e != cudaSuccess ? "; CUDA error " : "", e != cudaSuccess ? cudaGetErrorName(e) : "", line,
+             sticky ? "; the CUDA context is lost, the backend is dead" : "");
+    if (sticky)
+        cb->dead = true;
+    return s == CUBLAS_STATUS_ALLOC_FAILED ? PP_STATUS_OUT_OF_MEMORY : PP_STATUS_DEVICE;
+}
+
+/* Runs a cuBLAS call; on failure records it and returns its status from the enclosing function. */
+#define CUBLAS_TRY(cb, call)                                                                       \
+    do {                                                                                           \
+        cublasStatus_t try_s_ = (call);                                                            \
+        if (try_s_ != CUBLAS_STATUS_SUCCESS)                                                       \
+            return cublas_fail((cb), try_s_, #call, __LINE__);                                     \
     } while (0)
 
 /* Records a failure that is not a CUDA error (a bad argument, host memory) and returns st. */
@@ -612,6 +666,82 @@ static pp_status cuda_matmul(eng_backend *be, const float *x, int64_t x_stride, 
     return PP_STATUS_OK;
 }
 
+/* Makes cb->blas on first use: a cuBLAS handle on cb's stream, with a workspace from cb's own
+ * device memory (so cuBLAS never allocates while a product runs) and split-K reductions kept in
+ * the f32 compute type. Backends that never run a bf16 prefill product never load cuBLAS. On
+ * failure cb->blas stays NULL (the next call tries again); a workspace already made is kept. */
+static pp_status blas_ready(cuda_backend *cb)
+{
+    if (cb->blas)
+        return PP_STATUS_OK;
+    if (!cb->blas_ws) {
+        int major = 0;
+        CUDA_TRY(cb, cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, cb->device));
+        size_t bytes = major >= 9 ? BLAS_WS_HOPPER : BLAS_WS_OTHER;
+        pp_status st = dev_alloc(cb, bytes, &cb->blas_ws);
+        if (st != PP_STATUS_OK)
+            return st;
+        cb->blas_ws_bytes = bytes;
+    }
+    cublasHandle_t h = NULL;
+    CUBLAS_TRY(cb, cublasCreate(&h));
+    cublasStatus_t s = cublasSetStream(h, cb->stream);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasSetWorkspace(h, cb->blas_ws, cb->blas_ws_bytes);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = cublasSetMathMode(h, CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        cublasDestroy(h);
+        return cublas_fail(cb, s, "cublasSetStream + cublasSetWorkspace + cublasSetMathMode", __LINE__);
+    }
+    cb->blas = h;
+    return PP_STATUS_OK;
+}
+
+/* Whether matmul_bf16 has its cuBLAS path for these arguments: a BF16 weight, at least
+ * BF16_GEMM_MIN_TOKENS tokens, and every dimension cuBLAS takes as an int within range
+ * (ldc = y_stride >= n_out, as cuBLAS requires). */
+static bool bf16_gemm_fits(const eng_weight *w, int64_t y_stride, int n_tokens)
+{
+    int64_t ld = (w->n_in + BF16_LD_ALIGN - 1) / BF16_LD_ALIGN * BF16_LD_ALIGN;
+    return w->fmt == ENG_WFMT_BF16 && n_tokens >= BF16_GEMM_MIN_TOKENS && w->n_out >= 1 && w->n_in >= 1 &&
+           ld <= INT_MAX && w->n_out <= INT_MAX && y_stride >= w->n_out && y_stride <= INT_MAX;
+}
+
+/* y [n_tokens][n_out] (rows y_stride apart, f32) = x W^T with x bf16-representable (backend.h).
+ * x [n_tokens][n_in] (rows x_stride apart, f32) is packed by kern_f32_to_bf16 into work as
+ * xb [n_tokens][ld] bf16 (ld = n_in rounded up to BF16_LD_ALIGN; exact for bf16 values), then
+ * one cublasGemmEx, bf16 x bf16 on tensor cores, f32 accumulation and output. cuBLAS is
+ * column-major: a row-major [R][C] matrix with row stride s is a column-major C x R matrix with
+ * leading dimension s, so W (row-major [n_out][n_in]) is the n_in x n_out matrix W^T (lda n_in),
+ * xb is the n_in x n_tokens matrix x^T (ldb ld) and y is the n_out x n_tokens matrix y^T (ldc
+ * y_stride). y^T = W x^T = op_T(W^T) * op_N(x^T): transa T, transb N, m = n_out,
+ * n = n_tokens, k = n_in. beta = 0, so y is never read (the NaN guard bands of test_ops stay
+ * out of the sum). Other weights and small n_tokens run cuda_matmul. */
+static pp_status cuda_matmul_bf16(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w,
+                                  float *y, int64_t y_stride, int n_tokens)
+{
+    if (!bf16_gemm_fits(w, y_stride, n_tokens))
+        return cuda_matmul(be, x, x_stride, w, y, y_stride, n_tokens);
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK)
+        return st;
+    kern_weight kw;
+    if ((st = weight_resolve(cb, w, &kw)) != PP_STATUS_OK || (st = blas_ready(cb)) != PP_STATUS_OK)
+        return st;
+    int64_t ld = (w->n_in + BF16_LD_ALIGN - 1) / BF16_LD_ALIGN * BF16_LD_ALIGN;
+    if ((st = scratch_reserve(cb, &cb->work, &cb->work_bytes, (size_t)n_tokens * (size_t)ld * 2)) != PP_STATUS_OK)
+        return st;
+    uint16_t *xb = cb->work; /* [n_tokens][ld] bf16, device */
+    CUDA_TRY(cb, kern_f32_to_bf16(x, x_stride, xb, ld, n_tokens, w->n_in, cb->stream));
+    const float one = 1.0f, zero = 0.0f;
+    CUBLAS_TRY(cb, cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->n_out, n_tokens, (int)w->n_in, &one,
+                                kw.data, CUDA_R_16BF, (int)w->n_in, xb, CUDA_R_16BF, (int)ld, &zero, y, CUDA_R_32F,
+                                (int)y_stride, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return PP_STATUS_OK;
+}
+
 static pp_status cuda_rmsnorm(eng_backend *be, const float *x, int64_t x_stride, const eng_vec *w,
                               float eps, float *out, int64_t out_stride, int n_rows)
 {
@@ -839,6 +969,9 @@ static void cuda_destroy(eng_backend *be)
         cudaSetDevice(cb->device);
     if (cb->stream)
         cudaStreamSynchronize(cb->stream);
+    if (cb->blas)
+        cublasDestroy(cb->blas); /* before its workspace is freed */
+    cudaFree(cb->blas_ws);
     cudaFree(cb->work);
     cudaFree(cb->ids);
     for (int i = 0; i < ROPE_SLOTS; i++) {
@@ -862,6 +995,7 @@ static const eng_backend_ops cuda_ops = {
     .copy = cuda_copy,
     .embedding = cuda_embedding,
     .matmul = cuda_matmul,
+    .matmul_bf16 = cuda_matmul_bf16,
     .rmsnorm = cuda_rmsnorm,
     .add = cuda_add,
     .rope = cuda_rope,

@@ -1,6 +1,7 @@
 // elementwise.cu: embedding lookup, RMSNorm, residual add, RoPE, the KV-cache write and SwiGLU,
-// the memory-bound ops of a transformer layer, and the bf16 compute mode's two kernels: the bf16
-// rounding and the W8A8 activation quantization in front of FP8 weights.
+// the memory-bound ops of a transformer layer, and the bf16 compute mode's three kernels: the
+// bf16 rounding, its packing into bf16 storage for the tensor-core matmul (matmul_bf16), and the
+// W8A8 activation quantization in front of FP8 weights.
 //
 // Invariant: every kernel computes engine/backend_cpu.c's formula in the same f32 operation
 // order (RMSNorm's sum of squares in double, RoPE's cos/sin in double rounded to f32, as the
@@ -323,6 +324,44 @@ extern "C" int kern_round_bf16(float *x, int64_t stride, int n_rows, int64_t n_c
         blocks = (int64_t)1 << 20;
     dim3 grid((unsigned)blocks, grid_y(n_rows));
     round_bf16_kernel<<<grid, EW_THREADS, 0, stream>>>(x, stride, n_rows, n_cols);
+    return (int)cudaGetLastError();
+}
+
+// Grid (min(ceil(pairs / 256), 2^20), min(n_rows, 65535)): one thread per pair of columns
+// (2p, 2p + 1), pairs strided by gridDim.x * 256 and rows by gridDim.y; two f32 loads (x rows
+// may have any stride, so no vector load) and one 32-bit store of the two bf16 halves (low half
+// = the lower column, as bf16 storage is little-endian). round_bf16_bits keeps this bit-exact
+// with kern_round_bf16 for any input, and a plain copy of the high half for bf16 values.
+static __global__ void f32_to_bf16_kernel(const float *__restrict__ x, int64_t x_stride,
+                                          uint32_t *__restrict__ out, int64_t out_stride,
+                                          int n_rows, int64_t n_cols)
+{
+    const int64_t n_pairs = (n_cols + 1) / 2, step = (int64_t)gridDim.x * blockDim.x;
+    for (int r = blockIdx.y; r < n_rows; r += gridDim.y) {
+        const float *xr = x + (int64_t)r * x_stride;
+        uint32_t *o = out + (int64_t)r * (out_stride / 2);
+        for (int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; p < n_pairs; p += step) {
+            uint32_t lo = round_bf16_bits(__float_as_uint(xr[2 * p])) >> 16;
+            uint32_t hi = 2 * p + 1 < n_cols ? round_bf16_bits(__float_as_uint(xr[2 * p + 1])) : 0u;
+            o[p] = (hi & 0xffff0000u) | lo;
+        }
+    }
+}
+
+extern "C" int kern_f32_to_bf16(const float *x, int64_t x_stride, uint16_t *out,
+                                int64_t out_stride, int n_rows, int64_t n_cols, kern_stream stream)
+{
+    if (!x || !out || x_stride < 0 || n_rows < 0 || n_cols < 0 || out_stride % 2 != 0 ||
+        out_stride < n_cols || (uintptr_t)out % 4 != 0)
+        return (int)cudaErrorInvalidValue;
+    if (n_rows == 0 || n_cols == 0)
+        return 0;
+    int64_t blocks = ((n_cols + 1) / 2 + EW_THREADS - 1) / EW_THREADS;
+    if (blocks > ((int64_t)1 << 20))
+        blocks = (int64_t)1 << 20;
+    dim3 grid((unsigned)blocks, grid_y(n_rows));
+    f32_to_bf16_kernel<<<grid, EW_THREADS, 0, stream>>>(x, x_stride, (uint32_t *)out, out_stride,
+                                                        n_rows, n_cols);
     return (int)cudaGetLastError();
 }
 

@@ -146,9 +146,22 @@ int kern_swiglu(const float *gate, int64_t gate_stride, const float *up, int64_t
  * with their low 16 bits zero: rows [n_rows][n_cols], row r at x + r * stride (stride >= 0;
  * rows may overlap: the rounding is idempotent). Bit-exact with engine/common.h's
  * eng_round_bf16. One thread per element, grid (ceil(n_cols / 256) capped at 2^20,
- * min(n_rows, 65535)), loops beyond. With kern_quant_act_fp8 below, the only kernels of the
- * bf16 compute mode; no f32 op rounds or quantizes activations. */
+ * min(n_rows, 65535)), loops beyond. With kern_quant_act_fp8 and kern_f32_to_bf16 below, the
+ * only kernels of the bf16 compute mode; no f32 op rounds or quantizes activations. */
 int kern_round_bf16(float *x, int64_t stride, int n_rows, int64_t n_cols, kern_stream stream);
+
+/* Packs f32 rows into bf16 storage (the tensor-core input of the bf16 mode's matmul_bf16):
+ *   out[r * out_stride + c] = the high half of kern_round_bf16's bits of x[r * x_stride + c]
+ * for r < n_rows, c < n_cols: nearest bf16, ties to even, NaN -> 0x7fc0. For the
+ * bf16-representable values the bf16 mode passes (low 16 bits zero) that is exact, the same as
+ * a truncation. With n_cols odd, column n_cols of each out row (the pair's second half) is
+ * written as +0; nothing else outside [n_rows][n_cols] is touched. out: uint16 device memory,
+ * 4-byte aligned, out_stride even and >= n_cols (each thread stores a pair of columns as one
+ * 32-bit word); x rows any stride >= 0, not overlapping out. One thread per column pair, grid
+ * (min(ceil(pairs / 256), 2^20), min(n_rows, 65535)), loops beyond. cudaErrorInvalidValue for an
+ * odd out_stride, out_stride < n_cols or a misaligned out. */
+int kern_f32_to_bf16(const float *x, int64_t x_stride, uint16_t *out, int64_t out_stride,
+                     int n_rows, int64_t n_cols, kern_stream stream);
 
 /* W8A8 activation quantization (the bf16 mode over FP8_BLOCK weights; engine/backend.h's
  * quant_act_fp8, Hugging Face's act_quant): for each row r < n_rows and each group of `group`

@@ -17,7 +17,9 @@
  *     their gaps untouched, in place equal to out of place, random rows within half a step;
  *     then the bf16 decorator: an FP8 matmul equals the inner matmul of the quantized input,
  *     rounded (a row with a zero group gives a zero row), other formats are not quantized, and
- *     FP8 routed experts quantize both inputs (the experts op against the same steps by hand).
+ *     FP8 routed experts quantize both inputs (the experts op against the same steps by hand);
+ *     its routing: over an inner backend with matmul_bf16 (a spy over the CPU reference), every
+ *     matmul but a W8A8 one goes to matmul_bf16, always with bf16-representable x.
  */
 #include <math.h>
 #include <stdio.h>
@@ -496,6 +498,116 @@ static void test_bf16_decorator(void)
     eng_backend_destroy(cpu);
 }
 
+/* A spy inner backend: the CPU reference plus a matmul_bf16 (the CPU's matmul) that counts its
+ * calls and the x elements that are not bf16 values; the ops the decorator's matmul uses are
+ * forwarded. */
+typedef struct spy_backend {
+    eng_backend base;
+    eng_backend *cpu;
+    int n_matmul, n_matmul_bf16, n_not_bf16;
+} spy_backend;
+
+static eng_backend *spy_cpu(eng_backend *be) { return ((spy_backend *)be)->cpu; }
+
+static void spy_destroy(eng_backend *be)
+{
+    eng_backend_destroy(spy_cpu(be));
+    free(be);
+}
+
+static pp_status spy_alloc(eng_backend *be, size_t bytes, void **out)
+{
+    return spy_cpu(be)->ops->alloc(spy_cpu(be), bytes, out);
+}
+
+static void spy_free(eng_backend *be, void *p) { spy_cpu(be)->ops->free(spy_cpu(be), p); }
+
+static pp_status spy_matmul(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w, float *y,
+                            int64_t y_stride, int n_tokens)
+{
+    ((spy_backend *)be)->n_matmul++;
+    return spy_cpu(be)->ops->matmul(spy_cpu(be), x, x_stride, w, y, y_stride, n_tokens);
+}
+
+static pp_status spy_matmul_bf16(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w, float *y,
+                                 int64_t y_stride, int n_tokens)
+{
+    spy_backend *s = (spy_backend *)be;
+    s->n_matmul_bf16++;
+    for (int t = 0; t < n_tokens; t++)
+        for (int64_t k = 0; k < w->n_in; k++)
+            s->n_not_bf16 += eng_round_bf16(x[t * x_stride + k]) != x[t * x_stride + k];
+    return s->cpu->ops->matmul(s->cpu, x, x_stride, w, y, y_stride, n_tokens);
+}
+
+static pp_status spy_quant_act_fp8(eng_backend *be, const float *x, int64_t x_stride, float *out, int64_t out_stride,
+                                   int n_rows, int64_t n_cols, int group)
+{
+    return spy_cpu(be)->ops->quant_act_fp8(spy_cpu(be), x, x_stride, out, out_stride, n_rows, n_cols, group);
+}
+
+static pp_status spy_round_bf16(eng_backend *be, float *x, int64_t stride, int n_rows, int64_t n_cols)
+{
+    return spy_cpu(be)->ops->round_bf16(spy_cpu(be), x, stride, n_rows, n_cols);
+}
+
+static const eng_backend_ops spy_ops = {
+    .name = "spy",
+    .destroy = spy_destroy,
+    .alloc = spy_alloc,
+    .free = spy_free,
+    .matmul = spy_matmul,
+    .matmul_bf16 = spy_matmul_bf16,
+    .quant_act_fp8 = spy_quant_act_fp8,
+    .round_bf16 = spy_round_bf16,
+};
+
+/* The decorator's matmul over an inner backend with matmul_bf16: BF16 and FP8 weights go to
+ * matmul_bf16 without fp8_act_quant; with it, FP8 goes to matmul (its x quantized, not bf16)
+ * and BF16 still to matmul_bf16. Results equal round(cpu matmul) bit for bit (the spy's
+ * matmul_bf16 is the CPU's matmul). */
+static void test_bf16_decorator_routing(void)
+{
+    enum { T = 3, N_IN = 300, N_OUT = 70 };
+    eng_weight q, wb;
+    void *owned = NULL, *data = NULL, *bdata = random_weight(ENG_WFMT_BF16, N_OUT, N_IN, &wb);
+    fp8_weight(N_OUT, N_IN, &q, &owned, &data);
+    float x[T * N_IN], want[T * N_OUT], got[T * N_OUT];
+    for (int i = 0; i < T * N_IN; i++)
+        x[i] = eng_round_bf16(frand() * 2.0f);
+    for (int w8a8 = 0; w8a8 < 2; w8a8++) {
+        eng_backend *cpu = NULL, *bf = NULL;
+        eng_err err = {{0}};
+        spy_backend *spy = calloc(1, sizeof *spy);
+        if (!spy || eng_backend_cpu_create(2, &spy->cpu, &err) != PP_STATUS_OK ||
+            eng_backend_cpu_create(2, &cpu, &err) != PP_STATUS_OK) {
+            check(0, "spy backend");
+            return;
+        }
+        spy->base.ops = &spy_ops;
+        if (eng_backend_bf16_wrap(&spy->base, w8a8, &bf, &err) != PP_STATUS_OK) {
+            check(0, err.msg);
+            return;
+        }
+        check(bf->ops->matmul(bf, x, N_IN, &wb, got, N_OUT, T) == PP_STATUS_OK &&
+                  cpu->ops->matmul(cpu, x, N_IN, &wb, want, N_OUT, T) == PP_STATUS_OK &&
+                  cpu->ops->round_bf16(cpu, want, N_OUT, T, N_OUT) == PP_STATUS_OK &&
+                  n_bits_differ(got, want, T * N_OUT) == 0,
+              "bf16 mode BF16 matmul through matmul_bf16 = round(matmul(x))");
+        check(spy->n_matmul_bf16 == 1 && spy->n_matmul == 0, "bf16 mode: a BF16 matmul runs matmul_bf16");
+        check(bf->ops->matmul(bf, x, N_IN, &q, got, N_OUT, T) == PP_STATUS_OK, "bf16 mode FP8 matmul runs");
+        check(w8a8 ? spy->n_matmul == 1 && spy->n_matmul_bf16 == 1 : spy->n_matmul == 0 && spy->n_matmul_bf16 == 2,
+              w8a8 ? "bf16 mode W8A8: an FP8 matmul (quantized x) runs matmul, not matmul_bf16"
+                   : "bf16 mode without W8A8: an FP8 matmul runs matmul_bf16");
+        check(spy->n_not_bf16 == 0, "bf16 mode: matmul_bf16 only ever gets bf16 values");
+        eng_backend_destroy(bf);
+        eng_backend_destroy(cpu);
+    }
+    free(bdata);
+    free(owned);
+    free(data);
+}
+
 int main(void)
 {
     test_e4m3();
@@ -511,6 +623,7 @@ int main(void)
         check(0, err.msg);
     }
     test_bf16_decorator();
+    test_bf16_decorator_routing();
     printf("quant: %s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;
 }

@@ -11,7 +11,7 @@
  *      kernels/kernels.h: the backends differ only by summation order and the last ulps of
  *      expf / cosf / sinf):
  *        BOUND_ELEMENTWISE 1e-5  embedding, rmsnorm, add, rope, swiglu, moe_route's weights
- *        BOUND_REDUCTION   1e-4  matmul, attention, MLA, MoE experts
+ *        BOUND_REDUCTION   1e-4  matmul, matmul_bf16, attention, MLA, MoE experts
  *      (the issue's bounds: they are not to be widened to make a case pass); round_bf16,
  *      quant_act_fp8 and kv_write must match bit for bit (bound 0, reported as the fraction of
  *      differing elements; kv_write compares the whole cache, the rows it must not touch
@@ -527,6 +527,22 @@ static bool gbuf_random(tcase *tc, gbuf *b, const layout *l, float lo, float hi)
     return ok;
 }
 
+/* gbuf_random with every value rounded to bf16 (the values stay f32): matmul_bf16's input. */
+static bool gbuf_random_bf16(tcase *tc, gbuf *b, const layout *l, float lo, float hi)
+{
+    size_t n = layout_extent(l);
+    uint32_t *bits = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++)
+        bits[i] = NAN_BITS;
+    for (int64_t r = 0; r < l->n_rows; r++)
+        for (int64_t s = 0; s < l->n_sub; s++)
+            for (int64_t c = 0; c < l->width; c++)
+                bits[layout_at(l, r, s, c)] = (uint32_t)bf16_from_f32(rng_f(&tc->r, lo, hi)) << 16;
+    bool ok = gbuf_make(tc, b, n, bits, NAN_BITS);
+    free(bits);
+    return ok;
+}
+
 /* An input buffer holding n given 4-byte values (no gaps). */
 static bool gbuf_values(tcase *tc, gbuf *b, const void *values, size_t n)
 {
@@ -717,6 +733,38 @@ static void case_matmul(harness *h, const wfmt_case *f, int n_out, int n_in, int
               "matmul") &&
         op_ok(&tc, tc.dut->ops->matmul(tc.dut, x.dut, lx.row_stride, &tw.w, y.dut, ly.row_stride, n_tokens), false,
               "matmul"))
+        check_f32(&tc, &y, &ly, "y");
+    gbuf_free(&tc, &x);
+    gbuf_free(&tc, &y);
+    weight_free(&tw);
+    case_end(&tc);
+}
+
+/* matmul_bf16 (the bf16 mode's products: tensor cores on CUDA for BF16 weights from 17 tokens,
+ * matmul otherwise) against the CPU's matmul over the same bf16-valued x. */
+static void case_matmul_bf16(harness *h, const wfmt_case *f, int n_out, int n_in, int n_tokens, int x_pad,
+                             int y_pad)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "matmul_bf16", BOUND_REDUCTION,
+                    "n_out=%d n_in=%d n_tokens=%d x_stride=%d y_stride=%d %s", n_out, n_in, n_tokens, n_in + x_pad,
+                    n_out + y_pad, f->name))
+        return;
+    if (!tc.dut->ops->matmul_bf16) {
+        tc.unsupported = true;
+        printf("      unsupported by %s: no matmul_bf16 op\n", h->dut_name);
+        case_end(&tc);
+        return;
+    }
+    test_weight tw;
+    weight_make(&tw, f, n_out, n_in, &tc.r);
+    layout lx = rows(n_tokens, n_in, n_in + x_pad), ly = rows(n_tokens, n_out, n_out + y_pad);
+    gbuf x = {0}, y = {0};
+    if (gbuf_random_bf16(&tc, &x, &lx, -1.0f, 1.0f) && gbuf_output(&tc, &y, layout_extent(&ly)) &&
+        op_ok(&tc, h->cpu->ops->matmul(h->cpu, x.cpu, lx.row_stride, &tw.w, y.cpu, ly.row_stride, n_tokens), true,
+              "matmul") &&
+        op_ok(&tc, tc.dut->ops->matmul_bf16(tc.dut, x.dut, lx.row_stride, &tw.w, y.dut, ly.row_stride, n_tokens),
+              false, "matmul_bf16"))
         check_f32(&tc, &y, &ly, "y");
     gbuf_free(&tc, &x);
     gbuf_free(&tc, &y);
@@ -1587,6 +1635,31 @@ static void run_matmul(harness *h)
     }
 }
 
+/* matmul_bf16: BF16 weights at n_tokens 17 .. 1000 (the cuBLAS path on CUDA) over Phi-4's qkv
+ * (5120 -> 7680), Qwen3-Coder's expert-sized 2048 -> 768 and small ragged shapes (n_in and n_out
+ * not multiples of 8, 16 or 64), with odd and padded x / y strides; then the fallbacks to
+ * matmul: 16 tokens and fewer, and weights that are not BF16. {n_out, n_in, n_tokens, x_pad,
+ * y_pad, format, in --small}. */
+static void run_matmul_bf16(harness *h)
+{
+    static const struct {
+        int n_out, n_in, n_tokens, x_pad, y_pad, fmt;
+        bool small;
+    } mb[] = {
+        {7680, 5120, 100, 0, 0, 1, false}, {7680, 5120, 33, 64, 8, 1, false},
+        {768, 2048, 257, 5, 3, 1, false},  {768, 2048, 1000, 0, 0, 1, false},
+        {37, 100, 17, 0, 0, 1, true},      {37, 100, 33, 3, 1, 1, true},
+        {65, 129, 128, 0, 0, 1, false},    {65, 129, 1000, 1, 7, 1, false},
+        {8, 8, 17, 0, 0, 1, true},         {8, 8, 257, 9, 0, 1, true},
+        {768, 2048, 16, 0, 0, 1, true},    {37, 100, 1, 3, 0, 1, true},   /* below the threshold */
+        {257, 136, 64, 0, 0, 0, true},     {257, 2051, 33, 5, 3, 4, false}, /* f32, fp8/bf16 */
+    };
+    for (size_t i = 0; i < sizeof mb / sizeof mb[0]; i++)
+        if (!h->small || mb[i].small)
+            case_matmul_bf16(h, &FORMATS[mb[i].fmt], mb[i].n_out, mb[i].n_in, mb[i].n_tokens, mb[i].x_pad,
+                             mb[i].y_pad);
+}
+
 /* round_bf16 in place over [n_rows][n_cols] rows `stride` apart (stride 0: one row rounded
  * n_rows times). Bit-exact: every element must come back with the CPU's bits. The values are
  * random bit patterns (NaNs of every payload, infinities, subnormals included) with a special
@@ -2195,6 +2268,7 @@ int main(int argc, char **argv)
            h.small ? "small" : "all", (unsigned long long)h.seed);
     run_embedding(&h);
     run_matmul(&h);
+    run_matmul_bf16(&h);
     run_elementwise(&h);
     run_kv_write(&h);
     run_attention(&h);
