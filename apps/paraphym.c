@@ -5,7 +5,7 @@
  *   paraphym perplexity [--model DIR] --file F [--ctx 256] [--max-tokens 32768]
  *   (run, logits and perplexity take --backend cpu|cuda|auto, default auto: cuda when a CUDA
  *   device is present, else cpu, --quant none|fp8|int8|int4: on-load quantization, and
- *   --dtype f32|bf16: the compute mode, default f32)
+ *   --dtype f32|bf16|auto: the compute mode, default auto: bf16 on cuda, f32 on cpu)
  *   paraphym tokenize   [--model DIR]          (text on stdin -> JSON array of ids)
  *   paraphym detokenize [--model DIR]          (JSON array of ids on stdin -> text)
  *   paraphym info       [--model DIR]
@@ -44,15 +44,15 @@ static void usage(FILE *f)
             "  paraphym run [--model DIR] --prompt TEXT [--chat] [--system TEXT] [--max-tokens N]\n"
             "               [--temperature T] [--top-k K] [--top-p P] [--min-p P]\n"
             "               [--repetition-penalty R] [--stop S]... [--seed S] [--ctx N]\n"
-            "               [--backend cpu|cuda|auto] [--dtype f32|bf16] [--act-quant none|fp8]\n"
+            "               [--backend cpu|cuda|auto] [--dtype f32|bf16|auto] [--act-quant none|fp8]\n"
             "      stream a completion of TEXT (with --chat: of a one-turn chat in the model's\n"
             "      template) to stdout. Sampling defaults come from generation_config.json;\n"
             "      --temperature 0 is greedy.\n"
             "  paraphym logits [--model DIR] --ids ID,ID,... [--backend cpu|cuda|auto] [--prefill N]\n"
-            "                  [--mla naive|absorbed] [--threads N] [--dtype f32|bf16]\n"
+            "                  [--mla naive|absorbed] [--threads N] [--dtype f32|bf16|auto]\n"
             "      print {\"logits\": [[...], ...]}, one row of n_vocab floats per input id.\n"
             "  paraphym perplexity [--model DIR] --file F [--ctx 256] [--max-tokens 32768]\n"
-            "                      [--backend cpu|cuda|auto] [--dtype f32|bf16]\n"
+            "                      [--backend cpu|cuda|auto] [--dtype f32|bf16|auto]\n"
             "      print {\"perplexity\": x, \"tokens\": n} over the first max-tokens tokens of F in\n"
             "      windows of ctx tokens (n = predicted tokens).\n"
             "  paraphym tokenize [--model DIR]     read text on stdin, print its ids as JSON\n"
@@ -60,9 +60,10 @@ static void usage(FILE *f)
             "  paraphym info [--model DIR]         print the model's configuration as JSON\n"
             "\n"
             "--backend picks where the forward pass runs: cpu, cuda or auto (the default: cuda when a\n"
-            "CUDA device is present, else cpu); --device N picks the CUDA device (default 0). --dtype picks the compute mode on\n"
-            "either: f32 (the default: f32 activations, the reference) or bf16 (Hugging Face's bf16\n"
-            "path emulated: every op's output rounded to bf16, accumulation in f32).\n"
+            "CUDA device is present, else cpu); --device N picks the CUDA device (default 0).\n"
+            "--dtype picks the compute mode: f32 (f32 activations, the reference), bf16 (Hugging Face's\n"
+            "bf16 path: every op's output rounded to bf16, accumulation in f32) or auto (the default:\n"
+            "bf16 on cuda, f32 on cpu). The load line on stderr says which ran.\n"
             "--quant none|fp8|int8|int4 (run, logits, perplexity) converts the decoder layers' bf16/f16/f32\n"
             "linear weights at load: fp8 e4m3 with 128x128 block scales, int8 with a scale per row, int4\n"
             "with a scale per 128 columns.\n"
@@ -274,6 +275,7 @@ static int load_model(const cli_opts *o, eng_model **model)
         fprintf(stderr, "paraphym: --quant: %s\n", err.msg);
         return -1;
     }
+    mo.dtype = ENG_DTYPE_MODE_AUTO;
     if (o->dtype && (st = eng_dtype_mode_parse(o->dtype, &mo.dtype, &err)) != PP_STATUS_OK) {
         fprintf(stderr, "paraphym: --dtype: %s\n", err.msg);
         return -1;

@@ -25,7 +25,11 @@ pp_status eng_dtype_mode_parse(const char *name, eng_dtype_mode *out, eng_err *e
         *out = ENG_DTYPE_MODE_BF16;
         return PP_STATUS_OK;
     }
-    return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown compute dtype '%s' (expected f32 or bf16)",
+    if (name && strcmp(name, "auto") == 0) {
+        *out = ENG_DTYPE_MODE_AUTO;
+        return PP_STATUS_OK;
+    }
+    return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown compute dtype '%s' (expected f32, bf16 or auto)",
                     name ? name : "(null)");
 }
 
@@ -34,6 +38,7 @@ const char *eng_dtype_mode_name(eng_dtype_mode mode)
     switch (mode) {
     case ENG_DTYPE_MODE_F32: return "f32";
     case ENG_DTYPE_MODE_BF16: return "bf16";
+    case ENG_DTYPE_MODE_AUTO: return "auto";
     }
     return "?";
 }
@@ -180,21 +185,26 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
     }
     if (!dir)
         return eng_fail(err, PP_STATUS_INVALID_ARG, "no model directory given");
-    if (opts->dtype != ENG_DTYPE_MODE_F32 && opts->dtype != ENG_DTYPE_MODE_BF16)
-        return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown compute dtype mode %d (f32 or bf16)",
+    if (opts->dtype != ENG_DTYPE_MODE_F32 && opts->dtype != ENG_DTYPE_MODE_BF16 &&
+        opts->dtype != ENG_DTYPE_MODE_AUTO)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown compute dtype mode %d (f32, bf16 or auto)",
                         (int)opts->dtype);
-    if (opts->fp8_act_quant && opts->dtype != ENG_DTYPE_MODE_BF16)
-        return eng_fail(err, PP_STATUS_INVALID_ARG,
-                        "fp8 activation quantization is part of the bf16 compute mode (the f32 mode "
-                        "is the exact reference)");
     backend_kind kind;
     pp_status st = backend_pick(opts->backend, opts->device, &kind, err);
     if (st != PP_STATUS_OK)
         return st;
+    eng_dtype_mode dtype = opts->dtype;
+    if (dtype == ENG_DTYPE_MODE_AUTO)
+        dtype = kind == BACKEND_CUDA ? ENG_DTYPE_MODE_BF16 : ENG_DTYPE_MODE_F32;
+    if (opts->fp8_act_quant && dtype != ENG_DTYPE_MODE_BF16)
+        return eng_fail(err, PP_STATUS_INVALID_ARG,
+                        "fp8 activation quantization is part of the bf16 compute mode (the f32 mode "
+                        "is the exact reference)");
     eng_model *m = calloc(1, sizeof *m);
     if (!m)
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
     m->opts = *opts;
+    m->opts.dtype = dtype;
     m->opts.backend = kind == BACKEND_CUDA ? "cuda" : "cpu";
     m->opts.device = kind == BACKEND_CUDA ? opts->device : -1;
     /* config and safetensors errors name their file; later ones are prefixed with the dir */
@@ -229,7 +239,7 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
     }
     if ((st = eng_bind_vec(m, "model.norm.weight", c->d_model, &m->final_norm, err)) != PP_STATUS_OK)
         goto fail;
-    if ((st = backend_create(kind, opts->n_threads, opts->device, NULL, opts->dtype, opts->fp8_act_quant, &m->be, err)) != PP_STATUS_OK)
+    if ((st = backend_create(kind, opts->n_threads, opts->device, NULL, dtype, opts->fp8_act_quant, &m->be, err)) != PP_STATUS_OK)
         goto fail;
     if ((st = m->family->bind(m, err)) != PP_STATUS_OK)
         goto fail;

@@ -34,11 +34,13 @@ typedef enum eng_dtype_mode {
     ENG_DTYPE_MODE_F32 = 0, /* f32 activations, the reference (engine/backend.h) */
     ENG_DTYPE_MODE_BF16,    /* HF's bf16 path emulated: every op's output rounded to bf16
                                (engine/backend_bf16.c); accumulation stays f32 */
+    ENG_DTYPE_MODE_AUTO,    /* bf16 on the cuda backend (the production path), f32 on cpu (the
+                               reference); eng_model_load resolves it (the CLI's default) */
 } eng_dtype_mode;
 
-/* "f32" or "bf16" -> *out; INVALID_ARG with a message naming the choices otherwise. */
+/* "f32", "bf16" or "auto" -> *out; INVALID_ARG with a message naming the choices otherwise. */
 pp_status eng_dtype_mode_parse(const char *name, eng_dtype_mode *out, eng_err *err);
-/* "f32" or "bf16" ("?" for a value outside the enum). */
+/* "f32", "bf16" or "auto" ("?" for a value outside the enum). */
 const char *eng_dtype_mode_name(eng_dtype_mode mode);
 
 typedef struct eng_model_opts {
@@ -54,7 +56,8 @@ typedef struct eng_model_opts {
                              ENG_LOADQ_NONE. Stored-quantized weights stay as they are. */
     eng_dtype_mode dtype; /* compute mode; default ENG_DTYPE_MODE_F32. BF16 wraps the backend
                              (and every fork's) in eng_backend_bf16_wrap */
-    bool fp8_act_quant;   /* bf16 mode only (INVALID_ARG otherwise): FP8_BLOCK weights quantize
+    bool fp8_act_quant;   /* bf16 mode only (INVALID_ARG otherwise; with AUTO, on the cpu
+                             backend): FP8_BLOCK weights quantize
                              their input activations per 128 columns (W8A8, HF's FP8Linear);
                              default false */
 } eng_model_opts;

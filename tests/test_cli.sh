@@ -54,7 +54,7 @@ else
     echo "FAIL --quant fp8: $(head -c 400 "$tmp/err")"
     fails=$((fails + 1))
 fi
-expect_fail "unknown compute dtype" "--dtype.*fp16.*f32 or bf16" logits --model "$tiny" --ids 1 --dtype fp16
+expect_fail "unknown compute dtype" "--dtype.*fp16.*f32, bf16 or auto" logits --model "$tiny" --ids 1 --dtype fp16
 
 # --dtype bf16: the load line says so, and every logit is a bf16 value (low 16 bits of the f32
 # zero: lm_head's output is rounded like every op's) close to the f32 run's (the bounds against
@@ -206,10 +206,11 @@ else
     fails=$((fails + 1))
 fi
 
-# --backend: auto (the default) says on stderr which backend it picked; cuda either runs (a CUDA
-# device is present) or fails cleanly naming CUDA.
+# --backend: auto (the default) says on stderr which backend it picked, and --dtype auto (the
+# default) computes in bf16 on cuda, f32 on cpu; cuda either runs (a CUDA device is present) or
+# fails cleanly naming CUDA.
 "$bin" logits --model "$tiny" --ids 1,2 >/dev/null 2>"$tmp/err"
-if grep -qE "on backend (cpu|cuda) \(picked by --backend auto\), f32 compute" "$tmp/err"; then
+if grep -qE "on backend (cpu \(picked by --backend auto\), f32|cuda \(device 0\) \(picked by --backend auto\), bf16) compute" "$tmp/err"; then
     echo "ok   --backend auto: $(grep -o 'on backend.*' "$tmp/err")"
 else
     echo "FAIL --backend auto: $(cat "$tmp/err")"
@@ -217,7 +218,7 @@ else
 fi
 "$bin" logits --model "$tiny" --ids 1,2 --backend cuda >"$tmp/out" 2>"$tmp/err"
 rc=$?
-if { [ $rc -eq 0 ] && grep -q "on backend cuda, f32 compute" "$tmp/err"; } ||
+if { [ $rc -eq 0 ] && grep -q "on backend cuda (device 0), bf16 compute" "$tmp/err"; } ||
     { [ $rc -eq 1 ] && [ ! -s "$tmp/out" ] && grep -qiE "cuda.*(no CUDA device|not available)" "$tmp/err"; }; then
     echo "ok   --backend cuda: rc=$rc $(tail -n 1 "$tmp/err" | head -c 160)"
 else
