@@ -66,7 +66,7 @@ static int bench_batch(eng_model *m, const int32_t *ids, int n_ids, int B, int c
             goto out;
         bs[b].session = ss[b];
         bs[b].logits = logits + (size_t)b * (size_t)c->n_vocab;
-        eng_batch_seq one = {ss[b], ids + (b * 7) % (n_ids - n_ctx + 1), ctx, NULL};
+        eng_batch_seq one = {.session = ss[b], .ids = ids + (b * 7) % (n_ids - n_ctx + 1), .n_tokens = ctx};
         if (eng_forward_batch(&one, 1, &err) != PP_STATUS_OK)
             goto out;
     }

@@ -295,25 +295,59 @@ void eng_gen_cancel(eng_gen *g)
         gen_finish(g, ENG_FINISH_CANCELLED);
 }
 
-bool eng_gen_advance(eng_gen *g, float *logits, eng_err *err)
+/* Counts the chunk of the prompt a forward just ran; false while more of it remains (nothing
+ * to sample yet). */
+static bool gen_prompt_done(eng_gen *g)
 {
-    if (g->done)
-        return false;
-    const eng_gen_params *p = g->p;
     if (g->prefilled < g->n_prompt) {
         const int32_t *ids;
         int n;
         eng_gen_input(g, &ids, &n);
         g->prefilled += (size_t)n;
-        if (g->prefilled < g->n_prompt)
-            return true; /* more of the prompt to run before the first sample */
     }
+    return g->prefilled >= g->n_prompt;
+}
+
+static bool gen_accept(eng_gen *g, int32_t id, eng_err *err);
+
+bool eng_gen_advance(eng_gen *g, float *logits, eng_err *err)
+{
+    if (g->done)
+        return false;
+    if (!gen_prompt_done(g))
+        return true; /* more of the prompt to run before the first sample */
     const eng_config *c = eng_model_config(g->model);
     /* Rows past the tokenizer's vocabulary are padding (Qwen pads 151669 ids to 151936): they
      * have no text, so they are never chosen (HF does not mask them). */
     for (int32_t v = g->n_text_vocab; v < c->n_vocab; v++)
         logits[v] = -INFINITY;
-    int32_t id = eng_sampler_sample(g->sampler, logits, g->history, g->n_hist);
+    return gen_accept(g, eng_sampler_sample(g->sampler, logits, g->history, g->n_hist), err);
+}
+
+int eng_gen_pick_vocab(const eng_gen *g)
+{
+    if (!eng_sampler_is_argmax(g->sampler))
+        return 0;
+    int32_t n_vocab = eng_model_config(g->model)->n_vocab; /* a tokenizer may name more ids */
+    return g->n_text_vocab < n_vocab ? g->n_text_vocab : n_vocab;
+}
+
+/* The masked padding rows (-inf) can never win eng_argmax's strict comparison, so the pick over
+ * the first n_text_vocab logits is the one eng_gen_advance's sampler makes. */
+bool eng_gen_advance_token(eng_gen *g, int32_t id, eng_err *err)
+{
+    if (g->done)
+        return false;
+    if (!gen_prompt_done(g))
+        return true;
+    return gen_accept(g, id, err);
+}
+
+/* Takes the sampled id: history, stop ids, detokenized text, stop strings, length, and the
+ * chunk it completes. False once the final chunk was handed out. */
+static bool gen_accept(eng_gen *g, int32_t id, eng_err *err)
+{
+    const eng_gen_params *p = g->p;
     g->history[g->n_hist++] = id;
     g->completion++;
     g->n_new_ids++;
@@ -383,15 +417,18 @@ pp_status eng_generate(eng_model *model, const eng_tokenizer *tok, const int32_t
         eng_gen_free(g);
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
     }
+    /* greedy: the backend picks the token, no logits row crosses to the host */
+    int pick_vocab = eng_gen_pick_vocab(g);
     for (bool more = true; more;) {
-        const int32_t *ids;
-        int n;
-        eng_gen_input(g, &ids, &n);
-        if ((st = eng_session_forward(g->sess, ids, n, logits, false, err)) != PP_STATUS_OK) {
+        int32_t id = 0;
+        eng_batch_seq one = {.session = g->sess, .logits = pick_vocab ? NULL : logits,
+                             .token = pick_vocab ? &id : NULL, .token_vocab = pick_vocab};
+        eng_gen_input(g, &one.ids, &one.n_tokens);
+        if ((st = eng_forward_batch(&one, 1, err)) != PP_STATUS_OK) {
             eng_gen_fail(g, st);
             break;
         }
-        more = eng_gen_advance(g, logits, err);
+        more = pick_vocab ? eng_gen_advance_token(g, id, err) : eng_gen_advance(g, logits, err);
     }
     st = g->status;
     free(logits);

@@ -107,6 +107,14 @@ bool eng_gen_prefilling(const eng_gen *g);
  * chunks; returns false once the final chunk has been handed out (stop, length, cancel by the
  * callback, or an error detokenizing: then eng_gen_status says which). */
 bool eng_gen_advance(eng_gen *g, float *logits, eng_err *err);
+/* When the next token is the greedy argmax of the raw logits (greedy sampling without a
+ * repetition penalty): the vocabulary to pick from (the tokenizer's, padding rows excluded), so
+ * that the forward can make the pick on the backend (eng_batch_seq.token, token_vocab) and
+ * eng_gen_advance_token take it. 0 when the sampler needs the logits. */
+int eng_gen_pick_vocab(const eng_gen *g);
+/* eng_gen_advance for a forward that returned only its greedy pick (eng_gen_pick_vocab > 0):
+ * the same chunks and results as eng_gen_advance on those logits. */
+bool eng_gen_advance_token(eng_gen *g, int32_t id, eng_err *err);
 /* The forward failed with st: hands out the final ERROR chunk (once); eng_gen_status is st. */
 void eng_gen_fail(eng_gen *g, pp_status st);
 /* Ends the generation now with a final CANCELLED chunk (once). */

@@ -704,6 +704,9 @@ static pp_status batch_check(const eng_batch_seq *seqs, int n_seq, int *blocks_n
             if (seqs[i].ids[t] < 0 || seqs[i].ids[t] >= c->n_vocab)
                 return eng_fail(err, PP_STATUS_INVALID_ARG, "token id %d at index %d is outside [0, %d)",
                                 seqs[i].ids[t], t, c->n_vocab);
+        if (seqs[i].token && seqs[i].token_vocab > c->n_vocab)
+            return eng_fail(err, PP_STATUS_INVALID_ARG, "forward: token_vocab %d exceeds the vocabulary of %d",
+                            seqs[i].token_vocab, c->n_vocab);
         int want = (int)eng_ceil_div(s->pos + n, kv->block_size);
         need += want > s->n_blocks ? want - s->n_blocks : 0;
     }
@@ -772,7 +775,8 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
     }
 
     int n_out = all_logits ? n_tokens : n_seq;
-    size_t meta_floats = (n_meta + 63) & ~(size_t)63; /* keeps the float arrays 256-byte aligned */
+    /* device int32: the tables, then each sequence's greedy pick (not uploaded) */
+    size_t meta_floats = (n_meta + (size_t)n_seq + 63) & ~(size_t)63; /* float arrays 256-byte aligned */
     size_t n_h = (size_t)n_tokens * (size_t)c->d_model;
     size_t n_g = all_logits || n_seq == 1 ? 0 : (size_t)n_seq * (size_t)c->d_model;
     size_t n_logits = (size_t)n_out * (size_t)c->n_vocab;
@@ -821,6 +825,23 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
             if (seqs[i].logits)
                 ENG_TRY(be->ops->download(be, seqs[i].logits, lg + (size_t)i * (size_t)c->n_vocab,
                                           (size_t)c->n_vocab * sizeof(float)));
+    }
+    /* greedy picks: made where the logits are, then one download of n_seq int32 */
+    int32_t *dpick = dmeta + n_meta;
+    bool any_pick = false;
+    for (int i = 0; i < n_seq; i++) {
+        if (!seqs[i].token)
+            continue;
+        const float *row = lg + (size_t)(all_logits ? n_tokens - 1 : i) * (size_t)c->n_vocab;
+        int cols = seqs[i].token_vocab > 0 ? seqs[i].token_vocab : c->n_vocab;
+        ENG_TRY(be->ops->argmax(be, row, c->n_vocab, 1, cols, dpick + i));
+        any_pick = true;
+    }
+    if (any_pick) {
+        ENG_TRY(be->ops->download(be, kv->meta, dpick, (size_t)n_seq * sizeof(int32_t)));
+        for (int i = 0; i < n_seq; i++)
+            if (seqs[i].token)
+                *seqs[i].token = kv->meta[i];
     }
     for (int i = 0; i < n_seq; i++)
         seqs[i].session->pos += seqs[i].n_tokens;

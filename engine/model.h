@@ -137,6 +137,11 @@ typedef struct eng_batch_seq {
     const int32_t *ids;  /* [n_tokens], n_tokens >= 1 */
     int n_tokens;
     float *logits;       /* host [n_vocab]: the last token's logits, or NULL */
+    int32_t *token;      /* host, or NULL: the greedy pick from the last token's logits,
+                            engine/sampler.h's eng_argmax over their first token_vocab entries,
+                            made by the backend's argmax op where the logits are (on CUDA only
+                            this int32 crosses to the host) */
+    int token_vocab;     /* 1 .. n_vocab; <= 0: n_vocab */
 } eng_batch_seq;
 
 /* One forward pass over several sequences at once (continuous batching): every sequence's

@@ -128,6 +128,11 @@ static int cmp_cand(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
+bool eng_sampler_is_argmax(const eng_sampler *sp)
+{
+    return (sp->p.temperature == 0.0f || sp->p.top_k == 1) && sp->p.repetition_penalty == 1.0f;
+}
+
 int32_t eng_sampler_sample(eng_sampler *sp, float *logits, const int32_t *history, size_t n_history)
 {
     int32_t V = sp->n_vocab;

@@ -9,6 +9,7 @@
 #define ENG_SAMPLER_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common.h"
@@ -37,6 +38,10 @@ void eng_sampler_free(eng_sampler *sp); /* NULL-safe */
 /* Picks a token from logits[0 .. n_vocab) (modified in place). history: the ids the repetition
  * penalty applies to (prompt + generated so far). */
 int32_t eng_sampler_sample(eng_sampler *sp, float *logits, const int32_t *history, size_t n_history);
+/* True when eng_sampler_sample is eng_argmax of the logits as given (greedy: temperature 0 or
+ * top_k 1, and no repetition penalty to change them first): a backend's argmax op can then
+ * pick the token where the logits are. */
+bool eng_sampler_is_argmax(const eng_sampler *sp);
 
 /* The greedy pick of x[0 .. n) (n >= 1), defined by the scan
  *   best = 0; for i = 1 .. n - 1: if (x[i] > x[best]) best = i;

@@ -655,13 +655,17 @@ static bool batch_step(worker *w, batch *b, step_info *step, char *why, size_t w
     }
     if (n == 0)
         return true;
+    /* a greedy request gets its token picked by the backend (no logits row to the host) */
     eng_batch_seq seqs[MAX_BATCH_LIMIT];
+    int32_t picks[MAX_BATCH_LIMIT];
     const eng_config *c = eng_model_config(w->model);
     for (int k = 0; k < n; k++) {
         running *x = b->run[idx[k]];
         eng_gen_input(x->gen, &seqs[k].ids, &seqs[k].n_tokens);
         seqs[k].session = eng_gen_session(x->gen);
-        seqs[k].logits = b->logits + (size_t)k * (size_t)c->n_vocab;
+        seqs[k].token_vocab = eng_gen_pick_vocab(x->gen);
+        seqs[k].token = seqs[k].token_vocab > 0 ? &picks[k] : NULL;
+        seqs[k].logits = seqs[k].token ? NULL : b->logits + (size_t)k * (size_t)c->n_vocab;
     }
     step->n_decode = (size_t)n_decode;
     step->mixed = n_decode > 0 && n > n_decode;
@@ -677,7 +681,8 @@ static bool batch_step(worker *w, batch *b, step_info *step, char *why, size_t w
         if (st != PP_STATUS_OK) {
             x->g.err = err;
             eng_gen_fail(x->gen, st);
-        } else if (!eng_gen_advance(x->gen, seqs[k].logits, &x->g.err)) {
+        } else if (!(seqs[k].token ? eng_gen_advance_token(x->gen, picks[k], &x->g.err)
+                                   : eng_gen_advance(x->gen, seqs[k].logits, &x->g.err))) {
             killed = killed || x->g.killed;
         }
     }

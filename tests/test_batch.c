@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "sampler.h"
 #include "test_backend.h"
 
 #define REL_L2_MAX 1e-5
@@ -91,6 +92,8 @@ static int run_alone(eng_model *m, seq *q, int n_vocab)
 /* Runs the sequences together in kv: step 0 prefills the ones with join == 0; each later step
  * gives every started, unfinished sequence its next token, and a sequence joining at that step
  * its prefill chunk. Compares every row. */
+static int n_picks; /* greedy picks made by the backend and checked */
+
 static void run_batched(eng_kv_cache *kv, seq *qs, int n_seq, int n_vocab, const char *what)
 {
     eng_session *ss[N_SEQ] = {0};
@@ -104,13 +107,21 @@ static void run_batched(eng_kv_cache *kv, seq *qs, int n_seq, int n_vocab, const
         }
     for (int step = 0;; step++) {
         eng_batch_seq b[N_SEQ];
+        int32_t picks[N_SEQ];
         int idx[N_SEQ], nb = 0;
         for (int i = 0; i < n_seq; i++) {
             seq *q = &qs[i];
             if (done[i] == q->n || step < q->join)
                 continue;
             int take = done[i] == 0 ? q->prefill : 1;
-            b[nb] = (eng_batch_seq){ss[i], q->ids + done[i], take, out + (size_t)nb * n_vocab};
+            b[nb] = (eng_batch_seq){.session = ss[i], .ids = q->ids + done[i], .n_tokens = take,
+                                    .logits = out + (size_t)nb * n_vocab};
+            /* every other sequence also asks for its greedy pick, over all or part of the
+             * vocabulary (the backend's argmax op beside the logits it must equal) */
+            if ((i + step) % 2 == 0) {
+                b[nb].token = &picks[nb];
+                b[nb].token_vocab = (i + step) % 4 == 0 ? 0 : n_vocab - 1 - step % 7;
+            }
             idx[nb++] = i;
         }
         if (nb == 0)
@@ -125,6 +136,12 @@ static void run_batched(eng_kv_cache *kv, seq *qs, int n_seq, int n_vocab, const
             CHECK(eng_session_pos(ss[i]) == done[i], "%s: position %d, expected %d", what,
                   eng_session_pos(ss[i]), done[i]);
             compare(what, i, done[i] - 1, b[k].logits, qs[i].ref + (size_t)(done[i] - 1) * n_vocab, n_vocab);
+            if (b[k].token) {
+                int cols = b[k].token_vocab > 0 ? b[k].token_vocab : n_vocab;
+                CHECK(*b[k].token == eng_argmax(b[k].logits, cols), "%s: sequence %d's pick %d, argmax of its "
+                      "logits' first %d: %d", what, i, *b[k].token, cols, eng_argmax(b[k].logits, cols));
+                n_picks++;
+            }
         }
     }
 out:
@@ -148,15 +165,17 @@ static void check_exhaustion(eng_model *m, seq *qs, int n_vocab)
     eng_session_create_in(kv, qs[0].n, &a, &err);
     eng_session_create_in(kv, qs[1].n, &b, &err);
     float *lg = malloc((size_t)n_vocab * sizeof(float));
-    eng_batch_seq two[2] = {{a, qs[0].ids, 5, lg}, {b, qs[1].ids, 1, NULL}};
+    eng_batch_seq two[2] = {{.session = a, .ids = qs[0].ids, .n_tokens = 5, .logits = lg},
+                            {.session = b, .ids = qs[1].ids, .n_tokens = 1}};
     CHECK(eng_forward_batch(two, 2, &err) == PP_STATUS_OK, "small cache prefill: %s", err.msg);
     CHECK(eng_kv_cache_free_blocks(kv) == 0, "free blocks %d after taking 3 of 3", eng_kv_cache_free_blocks(kv));
     /* a: positions 5..7 fit its second block; b: 1..3 fit its first; then a at 8 needs a block */
     for (int i = 0; i < 3; i++) {
-        eng_batch_seq st2[2] = {{a, qs[0].ids + 5 + i, 1, lg}, {b, qs[1].ids + 1 + i, 1, NULL}};
+        eng_batch_seq st2[2] = {{.session = a, .ids = qs[0].ids + 5 + i, .n_tokens = 1, .logits = lg},
+                                {.session = b, .ids = qs[1].ids + 1 + i, .n_tokens = 1}};
         CHECK(eng_forward_batch(st2, 2, &err) == PP_STATUS_OK, "small cache step %d: %s", i, err.msg);
     }
-    eng_batch_seq more = {a, qs[0].ids + 8, 1, lg};
+    eng_batch_seq more = {.session = a, .ids = qs[0].ids + 8, .n_tokens = 1, .logits = lg};
     err.msg[0] = 0;
     st = eng_forward_batch(&more, 1, &err);
     CHECK(st == PP_STATUS_OUT_OF_MEMORY, "full cache: status %s, expected OUT_OF_MEMORY", pp_status_str(st));
@@ -189,17 +208,21 @@ static void check_refusals(eng_model *m, seq *qs)
     }
     CHECK(eng_kv_cache_block_size(k1) == ENG_KV_BLOCK_SIZE, "default block size %d", eng_kv_cache_block_size(k1));
     const int32_t *ids = qs[0].ids;
+    int32_t pick = 0;
     struct {
         const char *what;
         eng_batch_seq b[2];
         int n;
     } bad[] = {
-        {"the same session twice", {{a, ids, 1, NULL}, {a, ids, 1, NULL}}, 2},
-        {"sessions of two caches", {{a, ids, 1, NULL}, {c, ids, 1, NULL}}, 2},
-        {"a private session in a batch", {{p, ids, 1, NULL}, {a, ids, 1, NULL}}, 2},
-        {"a sequence with no tokens", {{a, ids, 1, NULL}, {b, ids, 0, NULL}}, 2},
-        {"a context overflow", {{a, ids, 1, NULL}, {b, ids, 17, NULL}}, 2},
-        {"an empty batch", {{a, ids, 1, NULL}}, 0},
+        {"the same session twice", {{.session = a, .ids = ids, .n_tokens = 1}, {.session = a, .ids = ids, .n_tokens = 1}}, 2},
+        {"sessions of two caches", {{.session = a, .ids = ids, .n_tokens = 1}, {.session = c, .ids = ids, .n_tokens = 1}}, 2},
+        {"a private session in a batch", {{.session = p, .ids = ids, .n_tokens = 1}, {.session = a, .ids = ids, .n_tokens = 1}}, 2},
+        {"a sequence with no tokens", {{.session = a, .ids = ids, .n_tokens = 1}, {.session = b, .ids = ids, .n_tokens = 0}}, 2},
+        {"a context overflow", {{.session = a, .ids = ids, .n_tokens = 1}, {.session = b, .ids = ids, .n_tokens = 17}}, 2},
+        {"an empty batch", {{.session = a, .ids = ids, .n_tokens = 1}}, 0},
+        {"a pick vocabulary past n_vocab",
+         {{.session = a, .ids = ids, .n_tokens = 1, .token = &pick, .token_vocab = eng_model_config(m)->n_vocab + 1}},
+         1},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err.msg[0] = 0;
@@ -289,10 +312,11 @@ int main(int argc, char **argv)
 
     check_exhaustion(m, qs, n_vocab);
     check_refusals(m, qs);
+    CHECK(n_picks > 0, "no greedy pick was checked");
 
-    printf("%s on %s%s: %d sequences, worst rel L2 vs the lone runs %.3g (bound %g%s)\n", argv[1], backend,
-           o.mla == ENG_MLA_NAIVE ? " (naive MLA)" : "", N_SEQ, worst, REL_L2_MAX,
-           exact_expected ? ", bit-identical required" : "");
+    printf("%s on %s%s: %d sequences, worst rel L2 vs the lone runs %.3g (bound %g%s); %d greedy picks by the "
+           "backend equal to eng_argmax of the logits\n", argv[1], backend, o.mla == ENG_MLA_NAIVE ? " (naive MLA)" : "",
+           N_SEQ, worst, REL_L2_MAX, exact_expected ? ", bit-identical required" : "", n_picks);
     for (int i = 0; i < N_SEQ; i++)
         free(qs[i].ref);
     eng_model_free(m);
