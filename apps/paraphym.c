@@ -44,7 +44,8 @@ static void usage(FILE *f)
             "  paraphym run [--model DIR] --prompt TEXT [--chat] [--system TEXT] [--max-tokens N]\n"
             "               [--temperature T] [--top-k K] [--top-p P] [--min-p P]\n"
             "               [--repetition-penalty R] [--stop S]... [--seed S] [--ctx N]\n"
-            "               [--backend cpu|cuda|auto] [--dtype f32|bf16|auto] [--act-quant none|fp8]\n"
+            "               [--backend cpu|cuda|auto] [--dtype f32|bf16|auto] [--kv-dtype f32|bf16|auto]\n"
+            "               [--act-quant none|fp8]\n"
             "      stream a completion of TEXT (with --chat: of a one-turn chat in the model's\n"
             "      template) to stdout. Sampling defaults come from generation_config.json;\n"
             "      --temperature 0 is greedy.\n"
@@ -64,6 +65,8 @@ static void usage(FILE *f)
             "--dtype picks the compute mode: f32 (f32 activations, the reference), bf16 (Hugging Face's\n"
             "bf16 path: every op's output rounded to bf16, accumulation in f32) or auto (the default:\n"
             "bf16 on cuda, f32 on cpu). The load line on stderr says which ran.\n"
+            "--kv-dtype f32|bf16|auto: the KV cache's element type; auto (the default) is bf16 in the bf16\n"
+            "mode (lossless there: half the memory and the bytes attention reads), f32 in the f32 mode.\n"
             "--quant none|fp8|int8|int4 (run, logits, perplexity) converts the decoder layers' bf16/f16/f32\n"
             "linear weights at load: fp8 e4m3 with 128x128 block scales, int8 with a scale per row, int4\n"
             "with a scale per 128 columns.\n"
@@ -83,6 +86,7 @@ typedef struct cli_opts {
     const char *mla;
     const char *quant;
     const char *dtype;
+    const char *kv_dtype;
     const char *act_quant;
     const char *prompt;
     const char *system;
@@ -160,6 +164,8 @@ static int parse_opts(int argc, char **argv, cli_opts *o)
             o->quant = v;
         else if (strcmp(a, "--dtype") == 0)
             o->dtype = v;
+        else if (strcmp(a, "--kv-dtype") == 0)
+            o->kv_dtype = v;
         else if (strcmp(a, "--act-quant") == 0)
             o->act_quant = v;
         else if (strcmp(a, "--prompt") == 0)
@@ -280,6 +286,10 @@ static int load_model(const cli_opts *o, eng_model **model)
         fprintf(stderr, "paraphym: --dtype: %s\n", err.msg);
         return -1;
     }
+    if (o->kv_dtype && (st = eng_kv_mode_parse(o->kv_dtype, &mo.kv, &err)) != PP_STATUS_OK) {
+        fprintf(stderr, "paraphym: --kv-dtype: %s\n", err.msg);
+        return -1;
+    }
     if (o->act_quant && strcmp(o->act_quant, "fp8") != 0 && strcmp(o->act_quant, "none") != 0) {
         fprintf(stderr, "paraphym: --act-quant: unknown activation quantization '%s' (none or fp8)\n", o->act_quant);
         return -1;
@@ -300,10 +310,12 @@ static int load_model(const cli_opts *o, eng_model **model)
     char device[32] = "";
     if (eng_model_device(*model) >= 0)
         snprintf(device, sizeof device, " (device %d)", eng_model_device(*model));
-    fprintf(stderr, "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s%s, %s compute%s, %s\n",
+    fprintf(stderr,
+            "paraphym: loaded %s (%s, %d layers, d_model %d, vocab %d) on backend %s%s%s, %s compute%s, %s KV cache, "
+            "%s\n",
             o->model, c->model_type, c->n_layer, c->d_model, c->n_vocab, eng_model_backend_name(*model), device,
             strcmp(mo.backend, "auto") == 0 ? " (picked by --backend auto)" : "", eng_model_dtype_name(*model),
-            mo.fp8_act_quant ? " with fp8 activations for fp8 weights" : "", quant);
+            mo.fp8_act_quant ? " with fp8 activations for fp8 weights" : "", eng_model_kv_name(*model), quant);
     return 0;
 }
 

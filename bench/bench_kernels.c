@@ -6,11 +6,12 @@
  * (cudaMemcpyAsync and cublasScopy; the faster is the bandwidth ceiling) and cuBLAS bf16 GEMM
  * 8192^3 with f32 accumulation (the FLOP ceiling). Then, filtered by --only: cuBLAS bf16
  * decode-shaped products, kern_matmul at decode and prefill shapes, a whole Phi-4 layer at M = 1,
- * kern_moe_experts, kern_attention (decode at batch 1 and 16, and prefill) and kern_mla_absorbed
- * (decode at batch 1 and 16), and the CUDA backend's matmul_bf16 op at prefill shapes (the bf16
- * mode's products: x packed to bf16, then cuBLAS), at the shapes of Phi-4, Qwen3-Coder-30B-A3B
- * and Kimi K2 (shared/docs/PERFORMANCE.md, KERNELS.md). Attention reads paged KV caches: decode through a
- * shuffled block table, so a sequence's keys are scattered blocks, never one stream.
+ * kern_moe_experts, kern_attention (decode at batch 1 and 16 over f32 and bf16 KV caches, and
+ * prefill) and kern_mla_absorbed (decode at batch 1 and 16, f32 and bf16 latents), and the CUDA
+ * backend's matmul_bf16 op at prefill shapes (the bf16 mode's products: x packed to bf16, then
+ * cuBLAS), at the shapes of Phi-4, Qwen3-Coder-30B-A3B and Kimi K2 (shared/docs/PERFORMANCE.md,
+ * KERNELS.md). Attention reads paged KV caches: decode through a shuffled block table, so a
+ * sequence's keys are scattered blocks, never one stream.
  *
  * Invariant of every figure: the median over replays of one CUDA graph, timed with a pair of
  * events around each cudaGraphLaunch after warm-up replays (save the matmul_bf16 op itself, which
@@ -1231,18 +1232,19 @@ static int decode_n_seqs(const bench *b, double kv_bytes)
     return n > MAX_COPIES ? MAX_COPIES : n;
 }
 
-/* Decode attention (one new token per sequence, f32 paged KV cache) at contexts 4k..32k, batch
- * 1 and 16 (16 sequences at the same context in one call). One pool holds n_seqs sequences'
- * blocks (ATTN_BLOCK positions each, shuffled table); a batch-B call reads B of them, and the
- * calls of a graph cycle over all n_seqs, which exceed 4x L2. Rate = KV bytes read (K and V of
- * every sequence of the batch) / time. */
-static int run_attn_decode(bench *b, const attn_cfg *cfg, const char *name)
+/* Decode attention (one new token per sequence, paged KV cache of f32 or bf16 elements: kv) at
+ * contexts 4k..32k, batch 1 and 16 (16 sequences at the same context in one call). One pool
+ * holds n_seqs sequences' blocks (ATTN_BLOCK positions each, shuffled table); a batch-B call
+ * reads B of them, and the calls of a graph cycle over all n_seqs, which exceed 4x L2. Rate = KV
+ * bytes read (K and V of every sequence of the batch, 4 or 2 bytes an element) / time. */
+static int run_attn_decode(bench *b, const attn_cfg *cfg, kern_dtype kv, const char *name)
 {
     int rc = -1;
     devlist dl = {0};
     kern_attn_args *args = calloc(MAX_COPIES, sizeof *args);
     const int d = cfg->d_head;
-    const int64_t kv_w = (int64_t)cfg->n_head_kv * d; /* floats per cache row of K (and of V) */
+    const int64_t kv_w = (int64_t)cfg->n_head_kv * d; /* elements per cache row of K (and of V) */
+    const size_t es = kv == KERN_DT_BF16 ? 2 : sizeof(float); /* bytes per cache element */
     const int64_t q_w = (int64_t)cfg->n_head * d;
     if (!args) {
         fprintf(stderr, "bench_kernels: [%s] out of host memory\n", g_measure);
@@ -1251,16 +1253,17 @@ static int run_attn_decode(bench *b, const attn_cfg *cfg, const char *name)
     for (int ci = 0; ci < 4; ci++) {
         const int ctx = DECODE_CTX[ci];
         const int max_blocks = (ctx + ATTN_BLOCK - 1) / ATTN_BLOCK;
-        const double kvb = 2.0 * (double)ctx * (double)kv_w * sizeof(float); /* per sequence */
+        const double kvb = 2.0 * (double)ctx * (double)kv_w * (double)es; /* per sequence */
         const int n_seqs = decode_n_seqs(b, kvb);
-        const size_t pool_b =
-            (size_t)n_seqs * (size_t)max_blocks * ATTN_BLOCK * (size_t)kv_w * sizeof(float);
+        const size_t pool_b = (size_t)n_seqs * (size_t)max_blocks * ATTN_BLOCK * (size_t)kv_w * es;
         const size_t qo_b = (size_t)DECODE_MAX_BATCH * (size_t)q_w * sizeof(float);
-        float *k, *v, *q, *out;
+        const int fill = kv == KERN_DT_BF16 ? FILL_BF16 : FILL_F32;
+        void *k, *v;
+        float *q, *out;
         int32_t *table, *seq_start, *seq_pos0;
         if (!(k = dev_alloc(&dl, pool_b)) || !(v = dev_alloc(&dl, pool_b)) ||
             !(q = dev_alloc(&dl, qo_b)) || !(out = dev_alloc(&dl, qo_b)) ||
-            dev_fill(b, k, pool_b, FILL_F32, 500) || dev_fill(b, v, pool_b, FILL_F32, 501) ||
+            dev_fill(b, k, pool_b, fill, 500) || dev_fill(b, v, pool_b, fill, 501) ||
             dev_fill(b, q, qo_b, FILL_F32, 9) ||
             !(table = block_table_make(&dl, n_seqs, max_blocks, true, 502 + (uint64_t)ci)) ||
             seqs_make(&dl, DECODE_MAX_BATCH, 1, ctx - 1, &seq_start, &seq_pos0))
@@ -1284,6 +1287,7 @@ static int run_attn_decode(bench *b, const attn_cfg *cfg, const char *name)
                 a->scale = 1.0f / sqrtf((float)d);
                 a->q = q;
                 a->q_stride = q_w;
+                a->kv_dtype = kv;
                 a->k = k;
                 a->k_stride = kv_w;
                 a->v = v;
@@ -1298,7 +1302,7 @@ static int run_attn_decode(bench *b, const attn_cfg *cfg, const char *name)
             if (graph_time(b, attn_enqueue, &c, reps_default(b), &us, &us_min, &reps))
                 goto done;
             snprintf(shape, sizeof shape, "%d/%d heads x %d", cfg->n_head, cfg->n_head_kv, d);
-            result_init(&r, name, shape, "f32_kv");
+            result_init(&r, name, shape, kv == KERN_DT_BF16 ? "bf16_kv" : "f32_kv");
             r.batch = batch;
             r.context = ctx;
             r.us = us / c.n_calls;
@@ -1323,12 +1327,13 @@ done:
     return rc;
 }
 
-/* MLA decode (Kimi K2 absorbed form), kv_b in format f, contexts 4k and 32k, batch 1 and 16
- * (one new token per sequence). One latent pool (ckv and kpe rows, MLA_BLOCK positions per
- * block, shuffled table) holds n_seqs sequences, which exceed 4x L2; call i reads the latents
- * of its batch of sequences and kv_b copy i (one per sequence of the pool). Rate = latent bytes
- * of the batch / time (the note adds kv_b). */
-static int run_mla(bench *b, const fmt_spec *f, const char *name)
+/* MLA decode (Kimi K2 absorbed form), kv_b in format f, latent cache elements kv (f32 or
+ * bf16), contexts 4k and 32k, batch 1 and 16 (one new token per sequence). One latent pool (ckv
+ * and kpe rows, MLA_BLOCK positions per block, shuffled table) holds n_seqs sequences, which
+ * exceed 4x L2; call i reads the latents of its batch of sequences and kv_b copy i (one per
+ * sequence of the pool). Rate = latent bytes of the batch (4 or 2 bytes an element) / time (the
+ * note adds kv_b). */
+static int run_mla(bench *b, const fmt_spec *f, kern_dtype kv, const char *name)
 {
     int rc = -1;
     devlist dl = {0};
@@ -1337,21 +1342,24 @@ static int run_mla(bench *b, const fmt_spec *f, const char *name)
     const int64_t kvb_out = (int64_t)MLA_HEADS * (MLA_NOPE + MLA_DV);
     const double wb = (double)weight_bytes(f->fmt, kvb_out, MLA_RANK);
     const int64_t q_w = (int64_t)MLA_HEADS * (MLA_NOPE + MLA_ROPE);
+    const size_t es = kv == KERN_DT_BF16 ? 2 : sizeof(float); /* bytes per latent element */
+    const int fill = kv == KERN_DT_BF16 ? FILL_BF16 : FILL_F32;
     for (int ci = 0; ci < 2; ci++) {
         const int ctx = MLA_CTX[ci];
         const int max_blocks = (ctx + MLA_BLOCK - 1) / MLA_BLOCK;
-        const double lat = (double)ctx * (MLA_RANK + MLA_ROPE) * sizeof(float); /* per sequence */
+        const double lat = (double)ctx * (MLA_RANK + MLA_ROPE) * (double)es; /* per sequence */
         const int n_seqs = decode_n_seqs(b, lat + wb);
         const size_t rows = (size_t)n_seqs * (size_t)max_blocks * MLA_BLOCK;
-        const size_t ckv_b = rows * MLA_RANK * sizeof(float);
-        const size_t kpe_b = rows * MLA_ROPE * sizeof(float);
+        const size_t ckv_b = rows * MLA_RANK * es;
+        const size_t kpe_b = rows * MLA_ROPE * es;
         const size_t q_b = (size_t)DECODE_MAX_BATCH * (size_t)q_w * sizeof(float);
         const size_t out_b = (size_t)DECODE_MAX_BATCH * MLA_HEADS * MLA_DV * sizeof(float);
-        float *ckv, *kpe, *q, *out;
+        void *ckv, *kpe;
+        float *q, *out;
         int32_t *table, *seq_start, *seq_pos0;
         if (!(ckv = dev_alloc(&dl, ckv_b)) || !(kpe = dev_alloc(&dl, kpe_b)) ||
             !(q = dev_alloc(&dl, q_b)) || !(out = dev_alloc(&dl, out_b)) ||
-            dev_fill(b, ckv, ckv_b, FILL_F32, 600) || dev_fill(b, kpe, kpe_b, FILL_F32, 601) ||
+            dev_fill(b, ckv, ckv_b, fill, 600) || dev_fill(b, kpe, kpe_b, fill, 601) ||
             dev_fill(b, q, q_b, FILL_F32, 10) ||
             !(table = block_table_make(&dl, n_seqs, max_blocks, true, 603 + (uint64_t)ci)) ||
             seqs_make(&dl, DECODE_MAX_BATCH, 1, ctx - 1, &seq_start, &seq_pos0))
@@ -1380,6 +1388,7 @@ static int run_mla(bench *b, const fmt_spec *f, const char *name)
                 a->scale = 1.0f / sqrtf((float)(MLA_NOPE + MLA_ROPE));
                 a->q = q;
                 a->q_stride = q_w;
+                a->kv_dtype = kv;
                 a->ckv = ckv;
                 a->kpe = kpe;
                 a->kv_b = &kvb[i];
@@ -1402,10 +1411,10 @@ static int run_mla(bench *b, const fmt_spec *f, const char *name)
             r.reps = reps;
             r.calls = c.n_calls;
             snprintf(r.note, sizeof r.note,
-                     "f32 latent %.1f MB x %d + kv_b %.1f MB: %.0f GB/s on both, %d sequences, "
+                     "%s latent %.1f MB x %d + kv_b %.1f MB: %.0f GB/s on both, %d sequences, "
                      "paged (block %d, shuffled)",
-                     lat / 1e6, batch, wb / 1e6, (batch * lat + wb) / r.us / 1e3, n_seqs,
-                     MLA_BLOCK);
+                     kv == KERN_DT_BF16 ? "bf16" : "f32", lat / 1e6, batch, wb / 1e6,
+                     (batch * lat + wb) / r.us / 1e3, n_seqs, MLA_BLOCK);
             result_pct(b, &r);
             result_emit(b, &r);
         }
@@ -1851,18 +1860,25 @@ int main(int argc, char **argv)
                                   t0);
             }
         }
-    for (int ai = 0; alive && ai < 2; ai++) {
-        snprintf(name, sizeof name, "attn_decode_%s", ATTN_CFGS[ai].name);
+    /* decode attention over f32 and bf16 KV caches (the bf16 compute mode's), each model's
+       pair side by side */
+    for (int ai = 0; alive && ai < 4; ai++) {
+        const kern_dtype kv = ai % 2 ? KERN_DT_BF16 : KERN_DT_F32;
+        snprintf(name, sizeof name, "attn_decode_%s%s", ATTN_CFGS[ai / 2].name, ai % 2 ? "_bf16_kv" : "");
         if (group_begin(&b, name)) {
             t0 = now_s();
-            alive = group_end(&b, name, run_attn_decode(&b, &ATTN_CFGS[ai], name), t0);
+            alive = group_end(&b, name, run_attn_decode(&b, &ATTN_CFGS[ai / 2], kv, name), t0);
         }
     }
-    for (int fi = 0; alive && fi < 2; fi++) {
-        snprintf(name, sizeof name, "mla_decode_kimi_k2_%s", MOE_FMTS[fi].name);
+    /* MLA over f32 latents with both kv_b formats, then over bf16 latents with FP8 kv_b (Kimi
+       K2's production pairing) */
+    for (int fi = 0; alive && fi < 3; fi++) {
+        const fmt_spec *f = &MOE_FMTS[fi < 2 ? fi : 1];
+        const kern_dtype kv = fi < 2 ? KERN_DT_F32 : KERN_DT_BF16;
+        snprintf(name, sizeof name, "mla_decode_kimi_k2_%s%s", f->name, fi < 2 ? "" : "_bf16_kv");
         if (group_begin(&b, name)) {
             t0 = now_s();
-            alive = group_end(&b, name, run_mla(&b, &MOE_FMTS[fi], name), t0);
+            alive = group_end(&b, name, run_mla(&b, f, kv, name), t0);
         }
     }
     if (alive && group_begin(&b, "attn_prefill_qwen3_coder")) {

@@ -38,6 +38,15 @@ typedef struct eng_rope {
                               already folded in */
 } eng_rope;
 
+/* Element type of a KV cache's rows. ENG_KV_BF16 stores each value as the 16 high bits of
+ * eng_round_bf16's result (nearest, ties to even): lossless for the bf16 compute mode, whose K/V
+ * values are bf16 already, and half the bytes to keep and to read. Attention reads a row's
+ * elements back as the f32 values they stand for. */
+typedef enum eng_kv_dtype {
+    ENG_KV_F32 = 0,
+    ENG_KV_BF16,
+} eng_kv_dtype;
+
 /* The sequences of one forward pass and where their keys live: the KV cache is paged.
  * The batch's query tokens are its sequences' tokens concatenated: sequence s owns batch rows
  * seq_start[s] .. seq_start[s + 1] - 1; its i-th token sits at position seq_pos0[s] + i and sees
@@ -65,9 +74,10 @@ typedef struct eng_attn_args {
     float scale;          /* softmax scale on q.k */
     const float *q;       /* [batch.n_tokens][n_head][d_qk] rows q_stride apart */
     int64_t q_stride;
-    const float *k;       /* cache rows [..][n_head_kv][d_qk], k_stride apart */
+    eng_kv_dtype kv_dtype; /* the element type of k and v (strides count elements) */
+    const void *k;        /* cache rows [..][n_head_kv][d_qk], k_stride apart */
     int64_t k_stride;
-    const float *v;       /* cache rows [..][n_head_kv][d_v], v_stride apart */
+    const void *v;        /* cache rows [..][n_head_kv][d_v], v_stride apart */
     int64_t v_stride;
     float *out;           /* [batch.n_tokens][n_head][d_v], rows out_stride apart */
     int64_t out_stride;
@@ -86,8 +96,9 @@ typedef struct eng_mla_args {
     const float *q;          /* [batch.n_tokens][n_head][d_nope + d_rope] (nope first), q_stride
                                 apart */
     int64_t q_stride;
-    const float *ckv;        /* cache rows [..][kv_lora_rank] (normalised c_kv) */
-    const float *kpe;        /* cache rows [..][d_rope] (post-RoPE k_pe) */
+    eng_kv_dtype kv_dtype;   /* the element type of ckv and kpe */
+    const void *ckv;         /* cache rows [..][kv_lora_rank] (normalised c_kv) */
+    const void *kpe;         /* cache rows [..][d_rope] (post-RoPE k_pe) */
     const eng_weight *kv_b;  /* [n_head * (d_nope + d_v)][kv_lora_rank] */
     float *out;              /* [batch.n_tokens][n_head][d_v] contiguous */
 } eng_mla_args;
@@ -170,10 +181,12 @@ typedef struct eng_backend_ops {
      * token t is at position pos[t] (backend memory). */
     pp_status (*rope)(eng_backend *be, float *x, int n_tokens, int n_head, int64_t token_stride,
                       int64_t head_stride, int rope_offset, const int32_t *pos, const eng_rope *rope);
-    /* KV-cache write, a copy: for t < n_tokens with slot[t] >= 0 (backend memory), h < n_head,
+    /* KV-cache write: for t < n_tokens with slot[t] >= 0 (backend memory), h < n_head,
      * i < width: cache[slot[t] * cache_row_stride + h * cache_head_stride + i] =
-     * src[t * src_row_stride + h * src_head_stride + i] (src_head_stride may be 0). */
-    pp_status (*kv_write)(eng_backend *be, float *cache, int64_t cache_row_stride,
+     * src[t * src_row_stride + h * src_head_stride + i] (src_head_stride may be 0), cache
+     * elements of `dtype` (strides count them): F32 a copy, BF16 the value's eng_round_bf16,
+     * stored as its high 16 bits (bit for bit on every backend). */
+    pp_status (*kv_write)(eng_backend *be, void *cache, eng_kv_dtype dtype, int64_t cache_row_stride,
                           int64_t cache_head_stride, const float *src, int64_t src_row_stride,
                           int64_t src_head_stride, int n_head, int64_t width, const int32_t *slot,
                           int n_tokens);

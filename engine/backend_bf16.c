@@ -4,7 +4,8 @@
  * attention, MLA and experts; f32 softmax) and then rounds, with the inner backend's round_bf16,
  * exactly the elements the op wrote, to the nearest bf16 (ties to even, as torch's cast). Values
  * stay stored as f32 floats that are bf16-representable, so the KV cache (filled by kv_write from
- * rounded matmul / RoPE outputs) holds bf16 values too.
+ * rounded matmul / RoPE outputs) holds bf16 values too, and a bf16 cache (the mode's default,
+ * eng_model_opts.kv) stores them without loss.
  *
  * Rounded: embedding rows, matmul outputs (logits included: HF's lm_head runs in bf16), RMSNorm
  * outputs, residual / shared-expert adds, the rotated RoPE slices, SwiGLU outputs, attention and
@@ -120,13 +121,13 @@ static pp_status bf16_upload(eng_backend *be, void *dst, const void *src, size_t
 }
 
 /* a KV-cache write copies values some op already rounded */
-static pp_status bf16_kv_write(eng_backend *be, float *cache, int64_t cache_row_stride,
+static pp_status bf16_kv_write(eng_backend *be, void *cache, eng_kv_dtype dtype, int64_t cache_row_stride,
                                int64_t cache_head_stride, const float *src, int64_t src_row_stride,
                                int64_t src_head_stride, int n_head, int64_t width, const int32_t *slot,
                                int n_tokens)
 {
     eng_backend *in = inner_of(be);
-    return in->ops->kv_write(in, cache, cache_row_stride, cache_head_stride, src, src_row_stride,
+    return in->ops->kv_write(in, cache, dtype, cache_row_stride, cache_head_stride, src, src_row_stride,
                              src_head_stride, n_head, width, slot, n_tokens);
 }
 

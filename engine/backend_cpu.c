@@ -235,21 +235,46 @@ static void softmax_inplace(float *s, int n)
         s[j] *= inv;
 }
 
-static pp_status cpu_kv_write(eng_backend *be, float *cache, int64_t cache_row_stride,
+static pp_status cpu_kv_write(eng_backend *be, void *cache, eng_kv_dtype dtype, int64_t cache_row_stride,
                               int64_t cache_head_stride, const float *src, int64_t src_row_stride,
                               int64_t src_head_stride, int n_head, int64_t width, const int32_t *slot,
                               int n_tokens)
 {
     (void)be;
+    if (dtype != ENG_KV_F32 && dtype != ENG_KV_BF16)
+        return PP_STATUS_INVALID_ARG;
     for (int t = 0; t < n_tokens; t++) {
         if (slot[t] < 0)
             continue;
-        for (int h = 0; h < n_head; h++)
-            memcpy(cache + (int64_t)slot[t] * cache_row_stride + (int64_t)h * cache_head_stride,
-                   src + (int64_t)t * src_row_stride + (int64_t)h * src_head_stride,
-                   (size_t)width * sizeof(float));
+        for (int h = 0; h < n_head; h++) {
+            int64_t at = (int64_t)slot[t] * cache_row_stride + (int64_t)h * cache_head_stride;
+            const float *x = src + (int64_t)t * src_row_stride + (int64_t)h * src_head_stride;
+            if (dtype == ENG_KV_F32) {
+                memcpy((float *)cache + at, x, (size_t)width * sizeof(float));
+                continue;
+            }
+            uint16_t *row = (uint16_t *)cache + at;
+            for (int64_t i = 0; i < width; i++) {
+                float r = eng_round_bf16(x[i]);
+                uint32_t bits;
+                memcpy(&bits, &r, sizeof bits);
+                row[i] = (uint16_t)(bits >> 16);
+            }
+        }
     }
     return PP_STATUS_OK;
+}
+
+/* n elements of a KV cache from element `at` on, as f32: the cache's own floats for F32, the
+ * bf16 values converted into tmp [n] for BF16 (exactly the f32 values they stand for). */
+static const float *kv_row(const void *cache, eng_kv_dtype dtype, int64_t at, int64_t n, float *tmp)
+{
+    if (dtype == ENG_KV_F32)
+        return (const float *)cache + at;
+    const uint16_t *p = (const uint16_t *)cache + at;
+    for (int64_t i = 0; i < n; i++)
+        tmp[i] = eng_bf16_to_f32(p[i]);
+    return tmp;
 }
 
 /* The sequence that batch row `row` belongs to (seq_start is nondecreasing; empty sequences own
@@ -295,17 +320,20 @@ static void attention_task(void *p, int task, int thread)
     int kvh = h / (a->n_head / a->n_head_kv);
     int sq = batch_seq_of(b, t);
     int n_keys = b->seq_pos0[sq] + (t - b->seq_start[sq]) + 1;
-    float *s = c->cb->scratch[thread].buf; /* [n_keys] */
+    float *s = c->cb->scratch[thread].buf; /* [max_ctx + 1] */
+    float *tmp = s + b->max_ctx + 1;       /* [max(d_qk, d_v)]: a bf16 row as f32 */
     const float *q = a->q + (int64_t)t * a->q_stride + (int64_t)h * a->d_qk;
-    for (int j = 0; j < n_keys; j++)
-        s[j] = dot_f32(q, a->k + batch_key_row(b, sq, j) * a->k_stride + (int64_t)kvh * a->d_qk, a->d_qk) *
-               a->scale;
+    for (int j = 0; j < n_keys; j++) {
+        int64_t at = batch_key_row(b, sq, j) * a->k_stride + (int64_t)kvh * a->d_qk;
+        s[j] = dot_f32(q, kv_row(a->k, a->kv_dtype, at, a->d_qk, tmp), a->d_qk) * a->scale;
+    }
     softmax_inplace(s, n_keys);
     float *o = a->out + (int64_t)t * a->out_stride + (int64_t)h * a->d_v;
     for (int i = 0; i < a->d_v; i++)
         o[i] = 0.0f;
     for (int j = 0; j < n_keys; j++) {
-        const float *v = a->v + batch_key_row(b, sq, j) * a->v_stride + (int64_t)kvh * a->d_v;
+        int64_t at = batch_key_row(b, sq, j) * a->v_stride + (int64_t)kvh * a->d_v;
+        const float *v = kv_row(a->v, a->kv_dtype, at, a->d_v, tmp);
         for (int i = 0; i < a->d_v; i++)
             o[i] += s[j] * v[i];
     }
@@ -314,9 +342,10 @@ static void attention_task(void *p, int task, int thread)
 static pp_status cpu_attention(eng_backend *be, const eng_attn_args *a)
 {
     cpu_backend *cb = as_cpu(be);
-    if (!batch_ok(&a->batch))
+    if (!batch_ok(&a->batch) || (a->kv_dtype != ENG_KV_F32 && a->kv_dtype != ENG_KV_BF16))
         return PP_STATUS_INVALID_ARG;
-    pp_status st = scratch_reserve(cb, (size_t)a->batch.max_ctx + 1);
+    int d_max = a->d_qk > a->d_v ? a->d_qk : a->d_v;
+    pp_status st = scratch_reserve(cb, (size_t)a->batch.max_ctx + 1 + (size_t)d_max);
     if (st != PP_STATUS_OK)
         return st;
     attn_ctx c = {cb, a};
@@ -342,7 +371,8 @@ static void mla_task(void *p, int h, int thread)
     float *wuv = wuk + (int64_t)a->d_nope * r;    /* [d_v][r] */
     float *qlat = wuv + (int64_t)a->d_v * r;      /* [r] */
     float *olat = qlat + r;                       /* [r] */
-    float *s = olat + r;                          /* [max_ctx] */
+    float *s = olat + r;                          /* [max_ctx + 1] */
+    float *tmp = s + b->max_ctx + 1;              /* [r + d_rope]: a bf16 row as f32 */
     int64_t row0 = (int64_t)h * (a->d_nope + a->d_v);
     for (int i = 0; i < a->d_nope; i++)
         eng_weight_row_f32(a->kv_b, row0 + i, 0, r, wuk + (int64_t)i * r);
@@ -359,15 +389,16 @@ static void mla_task(void *p, int h, int thread)
             int n_keys = b->seq_pos0[sq] + (t - b->seq_start[sq]) + 1;
             for (int j = 0; j < n_keys; j++) {
                 int64_t kr = batch_key_row(b, sq, j);
-                s[j] = (dot_f32(qlat, a->ckv + kr * r, r) +
-                        dot_f32(q + a->d_nope, a->kpe + kr * a->d_rope, a->d_rope)) *
+                s[j] = (dot_f32(qlat, kv_row(a->ckv, a->kv_dtype, kr * r, r, tmp), r) +
+                        dot_f32(q + a->d_nope, kv_row(a->kpe, a->kv_dtype, kr * a->d_rope, a->d_rope, tmp + r),
+                                a->d_rope)) *
                        a->scale;
             }
             softmax_inplace(s, n_keys);
             for (int k = 0; k < r; k++)
                 olat[k] = 0.0f;
             for (int j = 0; j < n_keys; j++) {
-                const float *ck = a->ckv + batch_key_row(b, sq, j) * r;
+                const float *ck = kv_row(a->ckv, a->kv_dtype, batch_key_row(b, sq, j) * r, r, tmp);
                 for (int k = 0; k < r; k++)
                     olat[k] += s[j] * ck[k];
             }
@@ -383,8 +414,11 @@ static pp_status cpu_mla_absorbed(eng_backend *be, const eng_mla_args *a)
     cpu_backend *cb = as_cpu(be);
     if (!batch_ok(&a->batch))
         return PP_STATUS_INVALID_ARG;
+    if (a->kv_dtype != ENG_KV_F32 && a->kv_dtype != ENG_KV_BF16)
+        return PP_STATUS_INVALID_ARG;
     size_t r = (size_t)a->kv_lora_rank;
-    size_t need = (size_t)(a->d_nope + a->d_v) * r + 2 * r + (size_t)a->batch.max_ctx + 1;
+    size_t need = (size_t)(a->d_nope + a->d_v) * r + 2 * r + (size_t)a->batch.max_ctx + 1 + r +
+                  (size_t)a->d_rope;
     pp_status st = scratch_reserve(cb, need);
     if (st != PP_STATUS_OK)
         return st;

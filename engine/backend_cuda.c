@@ -781,16 +781,31 @@ static pp_status cuda_rope(eng_backend *be, float *x, int n_tokens, int n_head, 
     return PP_STATUS_OK;
 }
 
-static pp_status cuda_kv_write(eng_backend *be, float *cache, int64_t cache_row_stride,
+/* The kernels' name for a KV cache's element type; false for a value outside eng_kv_dtype. */
+static bool kv_dtype_of(eng_kv_dtype dt, kern_dtype *out)
+{
+    switch (dt) {
+    case ENG_KV_F32: *out = KERN_DT_F32; return true;
+    case ENG_KV_BF16: *out = KERN_DT_BF16; return true;
+    }
+    return false;
+}
+
+static pp_status cuda_kv_write(eng_backend *be, void *cache, eng_kv_dtype dtype, int64_t cache_row_stride,
                                int64_t cache_head_stride, const float *src, int64_t src_row_stride,
                                int64_t src_head_stride, int n_head, int64_t width, const int32_t *slot,
                                int n_tokens)
 {
     cuda_backend *cb = as_cuda(be);
     pp_status st = op_begin(cb);
-    if (st != PP_STATUS_OK || n_tokens <= 0 || n_head <= 0 || width <= 0)
+    if (st != PP_STATUS_OK)
         return st;
-    CUDA_TRY(cb, kern_kv_write(cache, cache_row_stride, cache_head_stride, src, src_row_stride,
+    kern_dtype kdt;
+    if (!kv_dtype_of(dtype, &kdt))
+        return set_fail(cb, PP_STATUS_INVALID_ARG, "kv_write: unknown KV cache dtype %d", (int)dtype);
+    if (n_tokens <= 0 || n_head <= 0 || width <= 0)
+        return PP_STATUS_OK;
+    CUDA_TRY(cb, kern_kv_write(cache, kdt, cache_row_stride, cache_head_stride, src, src_row_stride,
                                src_head_stride, n_head, width, slot, n_tokens, cb->stream));
     return PP_STATUS_OK;
 }
@@ -821,12 +836,18 @@ static pp_status cuda_attention(eng_backend *be, const eng_attn_args *a)
 {
     cuda_backend *cb = as_cuda(be);
     pp_status st = op_begin(cb);
-    if (st != PP_STATUS_OK || a->batch.n_tokens <= 0)
+    if (st != PP_STATUS_OK)
         return st;
+    kern_dtype kdt;
+    if (!kv_dtype_of(a->kv_dtype, &kdt))
+        return set_fail(cb, PP_STATUS_INVALID_ARG, "attention: unknown KV cache dtype %d", (int)a->kv_dtype);
+    if (a->batch.n_tokens <= 0)
+        return PP_STATUS_OK;
     kern_attn_args ka = {
         .batch = kv_batch_of(&a->batch), .n_head = a->n_head, .n_head_kv = a->n_head_kv,
         .d_qk = a->d_qk, .d_v = a->d_v, .scale = a->scale,
         .q = a->q, .q_stride = a->q_stride,
+        .kv_dtype = kdt,
         .k = a->k, .k_stride = a->k_stride,
         .v = a->v, .v_stride = a->v_stride,
         .out = a->out, .out_stride = a->out_stride,
@@ -842,8 +863,13 @@ static pp_status cuda_mla_absorbed(eng_backend *be, const eng_mla_args *a)
 {
     cuda_backend *cb = as_cuda(be);
     pp_status st = op_begin(cb);
-    if (st != PP_STATUS_OK || a->batch.n_tokens <= 0)
+    if (st != PP_STATUS_OK)
         return st;
+    kern_dtype kdt;
+    if (!kv_dtype_of(a->kv_dtype, &kdt))
+        return set_fail(cb, PP_STATUS_INVALID_ARG, "mla_absorbed: unknown KV cache dtype %d", (int)a->kv_dtype);
+    if (a->batch.n_tokens <= 0)
+        return PP_STATUS_OK;
     kern_weight kv_b;
     if ((st = weight_resolve(cb, a->kv_b, &kv_b)) != PP_STATUS_OK)
         return st;
@@ -852,6 +878,7 @@ static pp_status cuda_mla_absorbed(eng_backend *be, const eng_mla_args *a)
         .d_nope = a->d_nope, .d_rope = a->d_rope, .d_v = a->d_v, .kv_lora_rank = a->kv_lora_rank,
         .scale = a->scale,
         .q = a->q, .q_stride = a->q_stride,
+        .kv_dtype = kdt,
         .ckv = a->ckv, .kpe = a->kpe,
         .kv_b = &kv_b,
         .out = a->out,

@@ -33,6 +33,18 @@ pp_status eng_dtype_mode_parse(const char *name, eng_dtype_mode *out, eng_err *e
                     name ? name : "(null)");
 }
 
+pp_status eng_kv_mode_parse(const char *name, eng_kv_mode *out, eng_err *err)
+{
+    static const char *const names[] = {"auto", "f32", "bf16"};
+    for (int i = 0; i < 3; i++)
+        if (name && strcmp(name, names[i]) == 0) {
+            *out = (eng_kv_mode)i;
+            return PP_STATUS_OK;
+        }
+    return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown KV cache dtype '%s' (expected f32, bf16 or auto)",
+                    name ? name : "(null)");
+}
+
 const char *eng_dtype_mode_name(eng_dtype_mode mode)
 {
     switch (mode) {
@@ -200,6 +212,8 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
         return eng_fail(err, PP_STATUS_INVALID_ARG,
                         "fp8 activation quantization is part of the bf16 compute mode (the f32 mode "
                         "is the exact reference)");
+    if (opts->kv != ENG_KV_MODE_AUTO && opts->kv != ENG_KV_MODE_F32 && opts->kv != ENG_KV_MODE_BF16)
+        return eng_fail(err, PP_STATUS_INVALID_ARG, "unknown KV cache mode %d (f32, bf16 or auto)", (int)opts->kv);
     eng_model *m = calloc(1, sizeof *m);
     if (!m)
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
@@ -214,6 +228,10 @@ pp_status eng_model_load(const char *dir, const eng_model_opts *opts, eng_model 
         return st;
     }
     const eng_config *c = &m->cfg;
+    m->kv_dtype = opts->kv == ENG_KV_MODE_BF16 ? ENG_KV_BF16 : ENG_KV_F32;
+    if (opts->kv == ENG_KV_MODE_AUTO && dtype == ENG_DTYPE_MODE_BF16 &&
+        !(opts->fp8_act_quant && c->arch == ENG_ARCH_DEEPSEEK_V3))
+        m->kv_dtype = ENG_KV_BF16;
     m->family = family_for(c->arch);
     if (!m->family) {
         st = eng_fail(err, PP_STATUS_INTERNAL, "no forward pass for architecture %d", (int)c->arch);
@@ -297,6 +315,8 @@ void eng_model_quant_stats(const eng_model *m, size_t *n_tensors, size_t *bytes)
     *bytes = owner->quant_bytes;
 }
 int eng_model_device(const eng_model *m) { return m->opts.device; }
+
+const char *eng_model_kv_name(const eng_model *m) { return m->kv_dtype == ENG_KV_BF16 ? "bf16" : "f32"; }
 
 const char *eng_model_backend_name(const eng_model *m) { return eng_backend_bf16_inner(m->be)->ops->name; }
 const char *eng_model_dtype_name(const eng_model *m) { return eng_dtype_mode_name(m->opts.dtype); }
@@ -535,12 +555,11 @@ pp_status eng_kv_cache_create(eng_model *m, int n_blocks, int block_size, eng_kv
     kv->free_ids = malloc((size_t)n_blocks * sizeof *kv->free_ids);
     if (!kv->k_cache || !kv->v_cache || !kv->free_ids)
         goto oom;
-    size_t rows = (size_t)n_blocks * (size_t)block_size;
+    kv->dtype = m->kv_dtype;
+    size_t rows = (size_t)n_blocks * (size_t)block_size, elem = kv->dtype == ENG_KV_BF16 ? 2 : 4;
     for (int l = 0; l < L; l++)
-        if (m->be->ops->alloc(m->be, rows * (size_t)kv->k_width * sizeof(float), (void **)&kv->k_cache[l]) !=
-                PP_STATUS_OK ||
-            m->be->ops->alloc(m->be, rows * (size_t)kv->v_width * sizeof(float), (void **)&kv->v_cache[l]) !=
-                PP_STATUS_OK)
+        if (m->be->ops->alloc(m->be, rows * (size_t)kv->k_width * elem, &kv->k_cache[l]) != PP_STATUS_OK ||
+            m->be->ops->alloc(m->be, rows * (size_t)kv->v_width * elem, &kv->v_cache[l]) != PP_STATUS_OK)
             goto oom;
     /* a stack popped from the top: block 0 is handed out first */
     for (int b = 0; b < n_blocks; b++)
@@ -553,7 +572,8 @@ oom:
     return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "KV cache: cannot allocate %d blocks of %d positions (%zu MiB)",
                     n_blocks, block_size,
                     (size_t)(((uint64_t)n_blocks * (uint64_t)block_size * (uint64_t)L *
-                              (uint64_t)(kv->k_width + kv->v_width) * sizeof(float)) >> 20));
+                              (uint64_t)(kv->k_width + kv->v_width) * (m->kv_dtype == ENG_KV_BF16 ? 2 : 4)) >>
+                             20));
 }
 
 void eng_kv_cache_free(eng_kv_cache *kv)
@@ -798,6 +818,7 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
         },
         .pos = dmeta + (pos - seq_start),
         .slot = dmeta + (slot - seq_start),
+        .kv_dtype = kv->dtype,
         .k_cache = kv->k_cache,
         .v_cache = kv->v_cache,
     };

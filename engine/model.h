@@ -38,6 +38,19 @@ typedef enum eng_dtype_mode {
                                reference); eng_model_load resolves it (the CLI's default) */
 } eng_dtype_mode;
 
+/* The KV cache's element type (engine/backend.h's eng_kv_dtype). */
+typedef enum eng_kv_mode {
+    ENG_KV_MODE_AUTO = 0, /* bf16 in the bf16 compute mode, where it is lossless (K and V are
+                             bf16 values already), save DeepSeek-V3 with fp8_act_quant (its latent
+                             cache holds the quantized c_kv, not bf16 values); f32 in the f32 mode */
+    ENG_KV_MODE_F32,
+    ENG_KV_MODE_BF16,     /* also in the f32 mode, where it rounds K and V to bf16 (then no
+                             longer the exact reference) */
+} eng_kv_mode;
+
+/* "f32", "bf16" or "auto" -> *out; INVALID_ARG with a message naming the choices otherwise. */
+pp_status eng_kv_mode_parse(const char *name, eng_kv_mode *out, eng_err *err);
+
 /* "f32", "bf16" or "auto" -> *out; INVALID_ARG with a message naming the choices otherwise. */
 pp_status eng_dtype_mode_parse(const char *name, eng_dtype_mode *out, eng_err *err);
 /* "f32", "bf16" or "auto" ("?" for a value outside the enum). */
@@ -56,6 +69,7 @@ typedef struct eng_model_opts {
                              ENG_LOADQ_NONE. Stored-quantized weights stay as they are. */
     eng_dtype_mode dtype; /* compute mode; default ENG_DTYPE_MODE_F32. BF16 wraps the backend
                              (and every fork's) in eng_backend_bf16_wrap */
+    eng_kv_mode kv;       /* the KV cache's element type; default ENG_KV_MODE_AUTO */
     bool fp8_act_quant;   /* bf16 mode only (INVALID_ARG otherwise; with AUTO, on the cpu
                              backend): FP8_BLOCK weights quantize
                              their input activations per 128 columns (W8A8, HF's FP8Linear);
@@ -85,6 +99,8 @@ void eng_model_quant_stats(const eng_model *model, size_t *n_tensors, size_t *by
 const char *eng_model_backend_name(const eng_model *model);
 /* The CUDA device the model runs on; -1 for the cpu backend. */
 int eng_model_device(const eng_model *model);
+/* The KV cache's element type: "f32" or "bf16". */
+const char *eng_model_kv_name(const eng_model *model);
 /* The compute mode: "f32" or "bf16" (eng_dtype_mode_name of opts.dtype). */
 const char *eng_model_dtype_name(const eng_model *model);
 /* Bytes of weights as stored (what the model maps). */

@@ -142,15 +142,16 @@ static pp_status ds_forward(eng_model *m, const eng_fwd *f, float *h, int n_toke
             if (L->kv_b_proj.fmt == ENG_WFMT_FP8_BLOCK && eng_backend_bf16_fp8_act_quant(be))
                 ENG_TRY(be->ops->quant_act_fp8(be, ckv, kva_w, ckv, kva_w, n_tokens, r, L->kv_b_proj.block_in));
             /* the latent cache: c_kv rows in k_cache, k_pe rows in v_cache */
-            ENG_TRY(be->ops->kv_write(be, f->k_cache[l], r, 0, ckv, kva_w, 0, 1, r, f->slot, n_tokens));
-            ENG_TRY(be->ops->kv_write(be, f->v_cache[l], d_rope, 0, ckv + r, kva_w, 0, 1, d_rope, f->slot,
+            ENG_TRY(be->ops->kv_write(be, f->k_cache[l], f->kv_dtype, r, 0, ckv, kva_w, 0, 1, r, f->slot,
                                       n_tokens));
+            ENG_TRY(be->ops->kv_write(be, f->v_cache[l], f->kv_dtype, d_rope, 0, ckv + r, kva_w, 0, 1, d_rope,
+                                      f->slot, n_tokens));
             eng_mla_args ma = {
                 .batch = f->batch, .n_head = (int)H,
                 .d_nope = (int)d_nope, .d_rope = (int)d_rope, .d_v = (int)d_v, .kv_lora_rank = (int)r,
                 .scale = m->attn_scale,
                 .q = q, .q_stride = H * d_qk,
-                .ckv = f->k_cache[l], .kpe = f->v_cache[l],
+                .kv_dtype = f->kv_dtype, .ckv = f->k_cache[l], .kpe = f->v_cache[l],
                 .kv_b = &L->kv_b_proj,
                 .out = att,
             };
@@ -158,16 +159,16 @@ static pp_status ds_forward(eng_model *m, const eng_fwd *f, float *h, int n_toke
         } else {
             /* HF's cache: per head K = k_nope_h | k_pe (k_pe shared by the heads), V = v_h */
             ENG_TRY(be->ops->matmul(be, ckv, kva_w, &L->kv_b_proj, kv, kvb_w, n_tokens));
-            ENG_TRY(be->ops->kv_write(be, f->k_cache[l], H * d_qk, d_qk, kv, kvb_w, d_nope + d_v, (int)H,
-                                      d_nope, f->slot, n_tokens));
-            ENG_TRY(be->ops->kv_write(be, f->k_cache[l] + d_nope, H * d_qk, d_qk, ckv + r, kva_w, 0, (int)H,
-                                      d_rope, f->slot, n_tokens));
-            ENG_TRY(be->ops->kv_write(be, f->v_cache[l], H * d_v, d_v, kv + d_nope, kvb_w, d_nope + d_v,
-                                      (int)H, d_v, f->slot, n_tokens));
+            ENG_TRY(be->ops->kv_write(be, f->k_cache[l], f->kv_dtype, H * d_qk, d_qk, kv, kvb_w, d_nope + d_v,
+                                      (int)H, d_nope, f->slot, n_tokens));
+            ENG_TRY(be->ops->kv_write(be, eng_kv_at(f->k_cache[l], f->kv_dtype, d_nope), f->kv_dtype, H * d_qk,
+                                      d_qk, ckv + r, kva_w, 0, (int)H, d_rope, f->slot, n_tokens));
+            ENG_TRY(be->ops->kv_write(be, f->v_cache[l], f->kv_dtype, H * d_v, d_v, kv + d_nope, kvb_w,
+                                      d_nope + d_v, (int)H, d_v, f->slot, n_tokens));
             eng_attn_args aa = {
                 .batch = f->batch, .n_head = (int)H, .n_head_kv = (int)H,
                 .d_qk = (int)d_qk, .d_v = (int)d_v, .scale = m->attn_scale,
-                .q = q, .q_stride = H * d_qk,
+                .q = q, .q_stride = H * d_qk, .kv_dtype = f->kv_dtype,
                 .k = f->k_cache[l], .k_stride = H * d_qk,
                 .v = f->v_cache[l], .v_stride = H * d_v,
                 .out = att, .out_stride = H * d_v,

@@ -19,9 +19,16 @@ typedef struct eng_fwd {
     eng_kv_batch batch;    /* the sequences and their block tables (attention, MLA) */
     const int32_t *pos;    /* [n_tokens] each token's position (RoPE) */
     const int32_t *slot;   /* [n_tokens] each token's cache row (kv_write) */
-    float *const *k_cache; /* [n_layer] -> rows of k_width floats */
-    float *const *v_cache; /* [n_layer] -> rows of v_width floats */
+    eng_kv_dtype kv_dtype; /* the caches' element type */
+    void *const *k_cache;  /* [n_layer] -> rows of k_width elements */
+    void *const *v_cache;  /* [n_layer] -> rows of v_width elements */
 } eng_fwd;
+
+/* Element `at` of a KV cache of dtype elements. */
+static inline void *eng_kv_at(void *cache, eng_kv_dtype dtype, int64_t at)
+{
+    return (char *)cache + at * (dtype == ENG_KV_BF16 ? 2 : 4);
+}
 
 typedef struct eng_family {
     const char *name;
@@ -55,6 +62,7 @@ struct eng_model {
     eng_weight lm_head; /* [n_vocab][d_model] (the embedding when tied) */
     eng_vec final_norm; /* [d_model] */
 
+    eng_kv_dtype kv_dtype; /* its KV caches' element type (opts.kv resolved) */
     eng_rope rope;
     float inv_freq[ENG_MAX_ROPE_DIM / 2];
     float attn_scale;
@@ -72,8 +80,9 @@ struct eng_kv_cache {
     eng_model *m;
     int n_blocks, block_size;
     int64_t k_width, v_width;
-    float **k_cache;  /* [n_layer] -> [n_blocks * block_size][k_width] f32, backend memory */
-    float **v_cache;  /* [n_layer] -> [n_blocks * block_size][v_width] f32, backend memory */
+    eng_kv_dtype dtype; /* element type of the rows (the model's kv_dtype) */
+    void **k_cache;   /* [n_layer] -> [n_blocks * block_size][k_width], backend memory */
+    void **v_cache;   /* [n_layer] -> [n_blocks * block_size][v_width], backend memory */
     int32_t *free_ids; /* stack of free block ids: [n_free] */
     int n_free;
     int n_sessions;   /* sessions created in it and not yet freed */

@@ -100,12 +100,13 @@ static pp_status qwen_forward(eng_model *m, const eng_fwd *f, float *h, int n_to
         ENG_TRY(be->ops->rmsnorm(be, k, dh, &L->k_norm, c->norm_eps, k, dh, n_tokens * c->n_head_kv));
         ENG_TRY(be->ops->rope(be, q, n_tokens, c->n_head, q_w, dh, 0, f->pos, &m->rope));
         ENG_TRY(be->ops->rope(be, k, n_tokens, c->n_head_kv, kv_w, dh, 0, f->pos, &m->rope));
-        ENG_TRY(be->ops->kv_write(be, f->k_cache[l], kv_w, 0, k, kv_w, 0, 1, kv_w, f->slot, n_tokens));
-        ENG_TRY(be->ops->kv_write(be, f->v_cache[l], kv_w, 0, v, kv_w, 0, 1, kv_w, f->slot, n_tokens));
+        ENG_TRY(be->ops->kv_write(be, f->k_cache[l], f->kv_dtype, kv_w, 0, k, kv_w, 0, 1, kv_w, f->slot, n_tokens));
+        ENG_TRY(be->ops->kv_write(be, f->v_cache[l], f->kv_dtype, kv_w, 0, v, kv_w, 0, 1, kv_w, f->slot, n_tokens));
         eng_attn_args aa = {
             .batch = f->batch, .n_head = c->n_head, .n_head_kv = c->n_head_kv,
             .d_qk = (int)dh, .d_v = (int)dh, .scale = m->attn_scale,
             .q = q, .q_stride = q_w,
+            .kv_dtype = f->kv_dtype,
             .k = f->k_cache[l], .k_stride = kv_w,
             .v = f->v_cache[l], .v_stride = kv_w,
             .out = att, .out_stride = q_w,

@@ -1,12 +1,14 @@
 // attention.cu: causal GQA attention in f32 over a paged KV cache for a batch of sequences
 // (kern_attention): a flash-attention kernel over (sequence x query-row tile, KV head, key
-// split) and, when the keys are split, a combine kernel.
+// split) and, when the keys are split, a combine kernel. The cache holds f32 or bf16 elements
+// (kv_dtype): the flash kernel is instantiated for both and widens bf16 to the f32 it stands
+// for where the K/V tiles are staged in shared memory, so the math is the f32 path's.
 //
 // Invariants: one CTA serves ATTN_ROWS query rows of one sequence and one KV head, a row being a
 // (token, head of the GQA group) pair ordered token-major within the sequence, so every K/V tile
 // read from memory serves all heads of the group. Keys stream through shared memory ATTN_KEYS at
 // a time with an online softmax (running max m, running sum l, accumulator rescaled by
-// exp(m_old - m_new)); scores are (q . k) * scale as in cpu_attention and everything is f32.
+// exp(m_old - m_new)); scores are (q . k) * scale as in cpu_attention and all math is f32.
 // Token i of sequence s sees keys 0 .. seq_pos0[s] + i; key position j lives in cache row
 // block_table[s][j / block_size] * block_size + j % block_size, looked up once per key per
 // tile. The launch plan (row tiles, n_split, chunk) depends only on the host fields of the
@@ -18,6 +20,7 @@
 #include <limits.h>
 #include <math.h>
 
+#include "dequant.cuh"
 #include "kernels.h"
 #include "reduce.cuh"
 #include "workspace.h"
@@ -61,9 +64,9 @@ typedef struct attn_params {
     float scale;
     const float *q; // [n_tokens][n_head][d_qk], rows q_stride apart
     int64_t q_stride;
-    const float *k; // cache rows [..][n_head_kv][d_qk], k_stride apart
+    const void *k; // cache rows [..][n_head_kv][d_qk] f32 or bf16, k_stride elements apart
     int64_t k_stride;
-    const float *v; // cache rows [..][n_head_kv][d_v], v_stride apart
+    const void *v; // cache rows [..][n_head_kv][d_v] of the same dtype, v_stride apart
     int64_t v_stride;
     float *out; // [n_tokens][n_head][d_v], rows out_stride apart
     int64_t out_stride;
@@ -95,7 +98,7 @@ static size_t attn_smem_bytes(int d_qk, int d_v)
 // sequence sees at least its own tokens).
 static bool attn_args_ok(const kern_attn_args *a)
 {
-    if (!a)
+    if (!a || (a->kv_dtype != KERN_DT_F32 && a->kv_dtype != KERN_DT_BF16))
         return false;
     const kern_kv_batch *b = &a->batch;
     if (a->n_head < 1 || a->n_head_kv < 1 || a->n_head_kv > 65535 ||
@@ -163,8 +166,9 @@ static __device__ __forceinline__ int64_t attn_cache_row(const int32_t *__restri
 
 // Grid (n_seq * n_row_tiles, n_head_kv, n_split), block ATTN_THREADS. Warp w owns the CTA's rows
 // w + ATTN_WARPS * i (i < ATTN_ROWS_PER_WARP); in the score step lane j owns key kb + j, in
-// the P.V step lane j owns output columns j + 32 * c (c < NV = ceil(d_v / 32)).
-template <int NV>
+// the P.V step lane j owns output columns j + 32 * c (c < NV = ceil(d_v / 32)). KV is the cache
+// element type (float or uint16_t bf16), widened by dq_kv as the tiles are staged.
+template <int NV, typename KV>
 static __global__ void __launch_bounds__(ATTN_THREADS, 4) attention_flash(attn_params p)
 {
     extern __shared__ float4 smem4[];
@@ -212,8 +216,8 @@ static __global__ void __launch_bounds__(ATTN_THREADS, 4) attention_flash(attn_p
     const int t_last = (min(row0 + ATTN_ROWS, n_rows) - 1) / p.group; // within the sequence
     const int key0 = blockIdx.z * p.chunk;
     const int key1 = min(key0 + p.chunk, pos0 + t_last + 1);
-    const float *kh = p.k + (int64_t)kvh * p.d_qk;
-    const float *vh = p.v + (int64_t)kvh * p.d_v;
+    const KV *kh = (const KV *)p.k + (int64_t)kvh * p.d_qk;
+    const KV *vh = (const KV *)p.v + (int64_t)kvh * p.d_v;
 
     if (threadIdx.x < ATTN_KEYS)
         crow[0][threadIdx.x] = attn_cache_row(bt, key0 + threadIdx.x, key1, p.block_size);
@@ -229,12 +233,12 @@ static __global__ void __launch_bounds__(ATTN_THREADS, 4) attention_flash(attn_p
         for (int e = threadIdx.x; e < ATTN_KEYS * qc; e += ATTN_THREADS) {
             int j = e / qc, c = e - j * qc;
             kt[j * ks + c] =
-                (j < nk && c < p.d_qk) ? kh[crow[buf][j] * p.k_stride + c] : 0.0f;
+                (j < nk && c < p.d_qk) ? dq_kv(kh[crow[buf][j] * p.k_stride + c]) : 0.0f;
         }
         // rows past nk are zeroed: their p is 0, and 0 * garbage could be NaN
         for (int e = threadIdx.x; e < ATTN_KEYS * p.d_v; e += ATTN_THREADS) {
             int j = e / p.d_v;
-            vt[e] = j < nk ? vh[crow[buf][j] * p.v_stride + (e - j * p.d_v)] : 0.0f;
+            vt[e] = j < nk ? dq_kv(vh[crow[buf][j] * p.v_stride + (e - j * p.d_v)]) : 0.0f;
         }
         if (threadIdx.x < ATTN_KEYS)
             crow[buf ^ 1][threadIdx.x] = next_row;
@@ -358,9 +362,14 @@ static __global__ void __launch_bounds__(COMBINE_WARPS * 32)
 
 typedef void (*attention_flash_fn)(attn_params);
 
-static const attention_flash_fn attention_flash_kernels[ATTN_MAX_D / 32] = {
-    attention_flash<1>, attention_flash<2>, attention_flash<3>, attention_flash<4>,
-    attention_flash<5>, attention_flash<6>, attention_flash<7>, attention_flash<8>,
+// [kv_dtype == KERN_DT_BF16][ceil(d_v / 32) - 1]
+static const attention_flash_fn attention_flash_kernels[2][ATTN_MAX_D / 32] = {
+    {attention_flash<1, float>, attention_flash<2, float>, attention_flash<3, float>,
+     attention_flash<4, float>, attention_flash<5, float>, attention_flash<6, float>,
+     attention_flash<7, float>, attention_flash<8, float>},
+    {attention_flash<1, uint16_t>, attention_flash<2, uint16_t>, attention_flash<3, uint16_t>,
+     attention_flash<4, uint16_t>, attention_flash<5, uint16_t>, attention_flash<6, uint16_t>,
+     attention_flash<7, uint16_t>, attention_flash<8, uint16_t>},
 };
 
 extern "C" size_t kern_attention_workspace_bytes(const kern_attn_args *args)
@@ -373,7 +382,7 @@ extern "C" size_t kern_attention_workspace_bytes(const kern_attn_args *args)
     return rows * (sizeof(float2) + (size_t)args->d_v * sizeof(float));
 }
 
-// Validates, plans the split and launches attention_flash<ceil(d_v / 32)> (plus
+// Validates, plans the split and launches attention_flash<ceil(d_v / 32), KV> (plus
 // attention_combine when the keys are split). The workspace holds part_ml then part. Besides
 // the header's cases, returns cudaErrorInvalidValue for inconsistent host fields of the batch
 // (max_seq_tokens outside 1..n_tokens, max_ctx < max_seq_tokens) and for a grid past CUDA's
@@ -420,7 +429,8 @@ extern "C" int kern_attention(const kern_attn_args *args, void *workspace, kern_
         p.part = (float *)(p.part_ml + rows);
     }
 
-    attention_flash_fn fn = attention_flash_kernels[(a->d_v + 31) / 32 - 1];
+    attention_flash_fn fn =
+        attention_flash_kernels[a->kv_dtype == KERN_DT_BF16][(a->d_v + 31) / 32 - 1];
     size_t smem = attn_smem_bytes(a->d_qk, a->d_v);
     cudaError_t e = cudaSuccess;
     if (smem > 48 * 1024 && (e = cudaFuncSetAttribute((const void *)fn,

@@ -1,6 +1,7 @@
 // dequant.cuh: exact conversions of stored weight dtypes to f32 for the CUDA kernels
-// (elementwise.cu's embedding, matmul.cu, mla.cu, moe.cu), the device twins of engine/common.h
-// and engine/weights.c's eng_weight_row_f32.
+// (elementwise.cu's embedding, matmul.cu, mla.cu, moe.cu) and of bf16 KV-cache elements
+// (attention.cu, mla.cu), the device twins of engine/common.h and engine/weights.c's
+// eng_weight_row_f32.
 //
 // Invariant: every conversion is exact (bf16, f16 and e4m3 values are all representable in f32)
 // and returns the value engine/common.h returns, bit for bit except the payload and sign of a
@@ -44,6 +45,13 @@ static __host__ __device__ __forceinline__ float dq_bf16(uint16_t h)
 {
     return dq_bits_to_f32((uint32_t)h << 16);
 }
+
+// A KV-cache element (kernels.h's kv_dtype: KERN_DT_F32 stored as float, KERN_DT_BF16 as
+// uint16_t) as the f32 it stands for. attention.cu and mla.cu template their kernels on the
+// element type and widen with this where a key/value tile is staged, so everything after the
+// staging is the f32 path's code.
+static __host__ __device__ __forceinline__ float dq_kv(float x) { return x; }
+static __host__ __device__ __forceinline__ float dq_kv(uint16_t h) { return dq_bf16(h); }
 
 // cvt.f32.f16 on the device (exact, subnormals included).
 static __host__ __device__ __forceinline__ float dq_f16(uint16_t h)

@@ -6,10 +6,10 @@
 // Invariant: every kernel computes engine/backend_cpu.c's formula in the same f32 operation
 // order (RMSNorm's sum of squares in double, RoPE's cos/sin in double rounded to f32, as the
 // CPU); results differ from it only by RMSNorm's summation order and by CUDA's expf / double
-// sincos being within 2 ulp rather than glibc's. The KV-cache write is a bit-exact copy. Ops
-// documented as in place (rmsnorm, add, swiglu, rope) read each element before any thread
-// writes it. The activation quantization is bit-exact with the CPU (a max, one IEEE division,
-// the e4m3 rounding, one product).
+// sincos being within 2 ulp rather than glibc's. The KV-cache write is bit-exact: a copy into an
+// f32 cache, eng_round_bf16's high half into a bf16 one. Ops documented as in place (rmsnorm,
+// add, swiglu, rope) read each element before any thread writes it. The activation quantization
+// is bit-exact with the CPU (a max, one IEEE division, the e4m3 rounding, one product).
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <math.h>
@@ -198,14 +198,47 @@ extern "C" int kern_rope(float *x, int n_tokens, int n_head, int64_t token_strid
 
 // ---- kv write ---------------------------------------------------------------------------------
 
-// Grid-stride over the n_tokens * n_head * width elements of type T (float, or float4 when
-// kern_kv_write found every address and stride 16-byte aligned; strides and width are then in
-// float4s), one element per thread per step; element e is (token, head, column) with the
-// column fastest. Tokens whose slot is negative are skipped.
-template <typename T>
+// f32 bits rounded to the nearest bf16, ties to even, kept as f32 bits (low half zero); every
+// NaN becomes 0x7fc00000. engine/common.h's eng_round_bf16, formula for formula: integer
+// arithmetic on the bit pattern, so subnormals are rounded (never flushed) and the result does
+// not depend on how cvt.rn.bf16.f32 encodes a NaN. The one rounding of the KV-cache write, the
+// bf16 rounding and the bf16 packing below.
+static __host__ __device__ __forceinline__ uint32_t round_bf16_bits(uint32_t u)
+{
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return 0x7fc00000u;
+    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+}
+
+// One cache element from one source element: an F32 cache copies (float, or float4 when
+// vectorised); a BF16 cache stores the high half of round_bf16_bits (uint16_t, or uint2 holding
+// four, the lowest column in the low half of .x: bf16 storage is little-endian).
+static __device__ __forceinline__ uint32_t kv_bf16_half(float x)
+{
+    return round_bf16_bits(__float_as_uint(x)) >> 16;
+}
+
+static __device__ __forceinline__ void kv_put(float *d, float x) { *d = x; }
+static __device__ __forceinline__ void kv_put(float4 *d, float4 x) { *d = x; }
+static __device__ __forceinline__ void kv_put(uint16_t *d, float x)
+{
+    *d = (uint16_t)kv_bf16_half(x);
+}
+static __device__ __forceinline__ void kv_put(uint2 *d, float4 x)
+{
+    *d = make_uint2(kv_bf16_half(x.x) | kv_bf16_half(x.y) << 16,
+                    kv_bf16_half(x.z) | kv_bf16_half(x.w) << 16);
+}
+
+// Grid-stride over the n_tokens * n_head * width source elements of type S (float, or float4
+// when kern_kv_write found every address and stride aligned for it; strides and width are then
+// in units of 4 columns) stored as cache elements of type D (kv_put), one element per thread per
+// step; element e is (token, head, column) with the column fastest. Tokens whose slot is
+// negative are skipped.
+template <typename S, typename D>
 static __global__ void __launch_bounds__(EW_THREADS)
-kv_write_kernel(T *cache, int64_t cache_row_stride, int64_t cache_head_stride,
-                const T *src, int64_t src_row_stride, int64_t src_head_stride,
+kv_write_kernel(D *cache, int64_t cache_row_stride, int64_t cache_head_stride,
+                const S *src, int64_t src_row_stride, int64_t src_head_stride,
                 int n_head, int64_t width, const int32_t *__restrict__ slot, int64_t n)
 {
     int64_t step = (int64_t)gridDim.x * blockDim.x;
@@ -215,41 +248,63 @@ kv_write_kernel(T *cache, int64_t cache_row_stride, int64_t cache_head_stride,
         int32_t row = __ldg(slot + t);
         if (row < 0)
             continue;
-        cache[(int64_t)row * cache_row_stride + h * cache_head_stride + i] =
-            src[(int64_t)t * src_row_stride + h * src_head_stride + i];
+        kv_put(&cache[(int64_t)row * cache_row_stride + h * cache_head_stride + i],
+               src[(int64_t)t * src_row_stride + h * src_head_stride + i]);
     }
 }
 
-// One launch of kv_write_kernel<float4> when cache, src, the four strides and width are all
-// multiples of 4 floats (16-byte aligned), else kv_write_kernel<float>; at most 2^20 blocks,
-// larger copies loop in the kernel.
-extern "C" int kern_kv_write(float *cache, int64_t cache_row_stride, int64_t cache_head_stride,
-                             const float *src, int64_t src_row_stride, int64_t src_head_stride,
-                             int n_head, int64_t width, const int32_t *slot, int n_tokens,
-                             kern_stream stream)
+// One launch of kv_write_kernel<S, D> over columns grouped w at a time (strides and width
+// divisible by w); at most 2^20 blocks, larger writes loop in the kernel.
+template <typename S, typename D>
+static void kv_write_launch(void *cache, int64_t cache_row_stride, int64_t cache_head_stride,
+                            const float *src, int64_t src_row_stride, int64_t src_head_stride,
+                            int n_head, int64_t width, const int32_t *slot, int n_tokens, int w,
+                            cudaStream_t stream)
 {
-    if (n_tokens < 0 || n_head < 0 || width < 0)
+    const int64_t n = (int64_t)n_tokens * n_head * (width / w);
+    int64_t blocks = (n + EW_THREADS - 1) / EW_THREADS;
+    if (blocks > ((int64_t)1 << 20))
+        blocks = (int64_t)1 << 20;
+    kv_write_kernel<S, D><<<(unsigned)blocks, EW_THREADS, 0, stream>>>(
+        (D *)cache, cache_row_stride / w, cache_head_stride / w, (const S *)src,
+        src_row_stride / w, src_head_stride / w, n_head, width / w, slot, n);
+}
+
+// Four columns per thread when the four strides and width are multiples of 4 and the addresses
+// are aligned for the 4-column access (src 16 bytes; the cache 16 bytes for F32, 8 for BF16),
+// else one.
+extern "C" int kern_kv_write(void *cache, kern_dtype dtype, int64_t cache_row_stride,
+                             int64_t cache_head_stride, const float *src, int64_t src_row_stride,
+                             int64_t src_head_stride, int n_head, int64_t width,
+                             const int32_t *slot, int n_tokens, kern_stream stream)
+{
+    if ((dtype != KERN_DT_F32 && dtype != KERN_DT_BF16) || n_tokens < 0 || n_head < 0 ||
+        width < 0)
         return (int)cudaErrorInvalidValue;
     if (n_tokens == 0 || n_head == 0 || width == 0)
         return 0;
     if (!cache || !src || !slot)
         return (int)cudaErrorInvalidValue;
-    const bool vec = ((uintptr_t)cache | (uintptr_t)src) % 16 == 0 &&
+    const uintptr_t cache_align = dtype == KERN_DT_F32 ? 16 : 8;
+    const bool vec = (uintptr_t)src % 16 == 0 && (uintptr_t)cache % cache_align == 0 &&
                      (cache_row_stride | cache_head_stride | src_row_stride | src_head_stride |
                       width) % 4 == 0;
-    const int w = vec ? 4 : 1;
-    const int64_t n = (int64_t)n_tokens * n_head * (width / w);
-    int64_t blocks = (n + EW_THREADS - 1) / EW_THREADS;
-    if (blocks > ((int64_t)1 << 20))
-        blocks = (int64_t)1 << 20;
-    if (vec)
-        kv_write_kernel<float4><<<(unsigned)blocks, EW_THREADS, 0, stream>>>(
-            (float4 *)cache, cache_row_stride / 4, cache_head_stride / 4, (const float4 *)src,
-            src_row_stride / 4, src_head_stride / 4, n_head, width / 4, slot, n);
+    if (dtype == KERN_DT_F32 && vec)
+        kv_write_launch<float4, float4>(cache, cache_row_stride, cache_head_stride, src,
+                                        src_row_stride, src_head_stride, n_head, width, slot,
+                                        n_tokens, 4, stream);
+    else if (dtype == KERN_DT_F32)
+        kv_write_launch<float, float>(cache, cache_row_stride, cache_head_stride, src,
+                                      src_row_stride, src_head_stride, n_head, width, slot,
+                                      n_tokens, 1, stream);
+    else if (vec)
+        kv_write_launch<float4, uint2>(cache, cache_row_stride, cache_head_stride, src,
+                                       src_row_stride, src_head_stride, n_head, width, slot,
+                                       n_tokens, 4, stream);
     else
-        kv_write_kernel<float><<<(unsigned)blocks, EW_THREADS, 0, stream>>>(
-            cache, cache_row_stride, cache_head_stride, src, src_row_stride, src_head_stride,
-            n_head, width, slot, n);
+        kv_write_launch<float, uint16_t>(cache, cache_row_stride, cache_head_stride, src,
+                                         src_row_stride, src_head_stride, n_head, width, slot,
+                                         n_tokens, 1, stream);
     return (int)cudaGetLastError();
 }
 
@@ -286,17 +341,6 @@ extern "C" int kern_swiglu(const float *gate, int64_t gate_stride, const float *
 }
 
 // ---- bf16 rounding ----------------------------------------------------------------------------
-
-// f32 bits rounded to the nearest bf16, ties to even, kept as f32 bits (low half zero); every
-// NaN becomes 0x7fc00000. engine/common.h's eng_round_bf16, formula for formula: integer
-// arithmetic on the bit pattern, so subnormals are rounded (never flushed) and the result does
-// not depend on how cvt.rn.bf16.f32 encodes a NaN.
-static __host__ __device__ __forceinline__ uint32_t round_bf16_bits(uint32_t u)
-{
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return 0x7fc00000u;
-    return (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-}
 
 // Grid (min(ceil(n_cols / 256), 2^20), min(n_rows, 65535)): one thread per element, columns
 // strided by gridDim.x * 256 and rows by gridDim.y; in place (each element read, then written,

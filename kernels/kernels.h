@@ -133,8 +133,11 @@ int kern_rope(float *x, int n_tokens, int n_head, int64_t token_stride, int64_t 
  *     = src[t * src_row_stride + h * src_head_stride + i]
  * slot: device int32 [n_tokens], the cache row of each token (distinct rows; a negative slot
  * skips its token). src_head_stride may be 0 (one source row copied into every head, as the
- * shared k_pe of DeepSeek's naive MLA cache). Bit-exact copy. */
-int kern_kv_write(float *cache, int64_t cache_row_stride, int64_t cache_head_stride,
+ * shared k_pe of DeepSeek's naive MLA cache). cache elements are `dtype` (strides count them):
+ * KERN_DT_F32 a bit-exact copy; KERN_DT_BF16 the high 16 bits of kern_round_bf16's result
+ * (nearest, ties to even; bit-exact with engine/common.h's eng_round_bf16). Other dtypes:
+ * cudaErrorInvalidValue. */
+int kern_kv_write(void *cache, kern_dtype dtype, int64_t cache_row_stride, int64_t cache_head_stride,
                   const float *src, int64_t src_row_stride, int64_t src_head_stride, int n_head,
                   int64_t width, const int32_t *slot, int n_tokens, kern_stream stream);
 
@@ -196,7 +199,7 @@ int kern_matmul(const float *x, int64_t x_stride, const kern_weight *w, float *y
  * its own sequence's keys at positions 0 .. seq_pos0[s] + i (causal). Key position j of
  * sequence s lives in row
  *   block_table[s * max_blocks + j / block_size] * block_size + j % block_size
- * of the layer's cache (rows k_stride / v_stride floats apart, as the args say). Sequences may
+ * of the layer's cache (rows k_stride / v_stride elements apart, as the args say). Sequences may
  * have any lengths, including 0 tokens. The launchers plan from the host fields and trust the
  * device arrays to agree with them; with n_tokens > 0 they require 1 <= max_seq_tokens <=
  * n_tokens and max_ctx >= max_seq_tokens. */
@@ -223,9 +226,11 @@ typedef struct kern_attn_args {
     float scale;
     const float *q;   /* [batch.n_tokens][n_head][d_qk], rows q_stride apart */
     int64_t q_stride;
-    const float *k;   /* cache rows [..][n_head_kv][d_qk], k_stride apart (paged: see batch) */
+    kern_dtype kv_dtype; /* KERN_DT_F32 or KERN_DT_BF16: the element type of k and v (strides
+                            count elements; a bf16 element is read as the f32 it stands for) */
+    const void *k;    /* cache rows [..][n_head_kv][d_qk], k_stride apart (paged: see batch) */
     int64_t k_stride;
-    const float *v;   /* cache rows [..][n_head_kv][d_v], v_stride apart */
+    const void *v;    /* cache rows [..][n_head_kv][d_v], v_stride apart */
     int64_t v_stride;
     float *out;       /* [batch.n_tokens][n_head][d_v], rows out_stride apart */
     int64_t out_stride;
@@ -239,9 +244,9 @@ size_t kern_attention_workspace_bytes(const kern_attn_args *args);
 
 /* workspace: kern_attention_workspace_bytes(args) bytes of device memory, 8-byte aligned (NULL
  * allowed when that is 0), used only by this call's launches on `stream`. Returns
- * cudaErrorInvalidValue for d_qk or d_v outside 1..256, n_head not a multiple of n_head_kv,
- * a batch field out of range (n_seq < 1, block_size < 1, max_blocks too small for max_ctx), a
- * NULL tensor or a missing workspace. */
+ * cudaErrorInvalidValue for a kv_dtype other than F32/BF16, d_qk or d_v outside 1..256, n_head
+ * not a multiple of n_head_kv, a batch field out of range (n_seq < 1, block_size < 1, max_blocks
+ * too small for max_ctx), a NULL tensor or a missing workspace. */
 int kern_attention(const kern_attn_args *args, void *workspace, kern_stream stream);
 
 /* MLA, absorbed form (DeepSeek-V3), over a paged latent cache for a batch of sequences
@@ -257,8 +262,9 @@ typedef struct kern_mla_args {
     float scale;
     const float *q;          /* [batch.n_tokens][n_head][d_nope + d_rope], rows q_stride apart */
     int64_t q_stride;
-    const float *ckv;        /* cache rows [..][kv_lora_rank], contiguous (paged: see batch) */
-    const float *kpe;        /* cache rows [..][d_rope], contiguous */
+    kern_dtype kv_dtype;     /* KERN_DT_F32 or KERN_DT_BF16: the element type of ckv and kpe */
+    const void *ckv;         /* cache rows [..][kv_lora_rank], contiguous (paged: see batch) */
+    const void *kpe;         /* cache rows [..][d_rope], contiguous */
     const kern_weight *kv_b; /* host struct describing device data: [n_head*(d_nope+d_v)][rank] */
     float *out;              /* [batch.n_tokens][n_head][d_v] contiguous */
 } kern_mla_args;

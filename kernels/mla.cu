@@ -15,7 +15,9 @@
 // sized for the longest sequence (max_seq_tokens); tiles past a shorter sequence's rows exit.
 // Every row is written by exactly one CTA per split (an empty key range writes m = -inf, l = 0,
 // acc = 0), so the combine never reads an unwritten partial.
-// Weights are dequantized exactly (dequant.cuh) and everything is accumulated in f32.
+// Weights are dequantized exactly (dequant.cuh) and everything is accumulated in f32. The latent
+// cache holds f32 or bf16 elements (kv_dtype): mla_attn is instantiated for both and widens bf16
+// to the f32 it stands for where a tile is staged in shared memory, so the math is the f32 path's.
 #include <cuda_runtime.h>
 #include <math.h>
 
@@ -68,8 +70,8 @@ typedef struct mla_params {
     const float *q; // [T][n_head][d_nope + d_rope], rows q_stride apart
     int64_t q_stride;
     const float *q_lat; // [T][n_head][rank]
-    const float *ckv;   // cache rows [..][rank] (paged)
-    const float *kpe;   // cache rows [..][d_rope] (paged, same rows as ckv)
+    const void *ckv;    // cache rows [..][rank] f32 or bf16 (paged)
+    const void *kpe;    // cache rows [..][d_rope] of the same dtype (paged, same rows as ckv)
     float *o_lat;       // [T][n_head][rank]
     int chunk;
     float2 *part_ml; // split partials [n_split][T * n_head] (m, l), NULL without splits
@@ -99,9 +101,10 @@ static size_t mla_attn_smem_bytes(int rank, int d_rope)
 // mla_q_absorb and mla_out. Row indices (t * n_head + h) are int, so T * n_head must fit.
 static bool mla_args_ok(const kern_mla_args *a)
 {
-    if (!a || a->n_head < 1 || a->n_head > MLA_MAX_GRID_YZ || a->d_nope < 0 ||
-        a->d_nope > MLA_MAX_NOPE || a->d_rope < 0 || a->d_rope > MLA_MAX_ROPE || a->d_v < 1 ||
-        a->kv_lora_rank < 1 || a->kv_lora_rank > MLA_MAX_RANK)
+    if (!a || (a->kv_dtype != KERN_DT_F32 && a->kv_dtype != KERN_DT_BF16) || a->n_head < 1 ||
+        a->n_head > MLA_MAX_GRID_YZ || a->d_nope < 0 || a->d_nope > MLA_MAX_NOPE ||
+        a->d_rope < 0 || a->d_rope > MLA_MAX_ROPE || a->d_v < 1 || a->kv_lora_rank < 1 ||
+        a->kv_lora_rank > MLA_MAX_RANK)
         return false;
     const kern_kv_batch *b = &a->batch;
     if (b->n_seq < 1 || b->n_tokens < 0 || b->max_seq_tokens < 0 || b->max_ctx < 0 ||
@@ -202,8 +205,9 @@ static __global__ void __launch_bounds__(QA_THREADS, 8)
 // columns x % MLA_LOAD_COLS + MLA_LOAD_COLS * c. Score step: warp w, lane j owns row
 // 2w + j / 16 of the tile and key kb + j % 16 (the row's softmax state is replicated over its
 // half warp). P.V step: thread x owns latent columns x + MLA_THREADS * c
-// (c < NC = ceil(rank / MLA_THREADS)) of all MLA_ROWS rows.
-template <int NC>
+// (c < NC = ceil(rank / MLA_THREADS)) of all MLA_ROWS rows. KV is the cache element type (float
+// or uint16_t bf16), widened by dq_kv as the tile is staged.
+template <int NC, typename KV>
 static __global__ void __launch_bounds__(MLA_THREADS, 1) mla_attn(mla_params p)
 {
     extern __shared__ float4 smem4[];
@@ -266,7 +270,8 @@ static __global__ void __launch_bounds__(MLA_THREADS, 1) mla_attn(mla_params p)
         for (int c = lc; c < qc; c += MLA_LOAD_COLS) {
             float x = 0.0f;
             if (lj < nk && c < r + p.d_rope)
-                x = c < r ? p.ckv[crow * r + c] : p.kpe[crow * p.d_rope + (c - r)];
+                x = c < r ? dq_kv(((const KV *)p.ckv)[crow * r + c])
+                          : dq_kv(((const KV *)p.kpe)[crow * p.d_rope + (c - r)]);
             kv[lj * ks + c] = x;
         }
         __syncthreads();
@@ -424,8 +429,10 @@ static __global__ void __launch_bounds__(OUT_WARPS * 32)
 
 typedef void (*mla_attn_fn)(mla_params);
 
-static const mla_attn_fn mla_attn_kernels[MLA_MAX_RANK / MLA_THREADS] = {
-    mla_attn<1>, mla_attn<2>, mla_attn<3>, mla_attn<4>,
+// [kv_dtype == KERN_DT_BF16][ceil(rank / MLA_THREADS) - 1]
+static const mla_attn_fn mla_attn_kernels[2][MLA_MAX_RANK / MLA_THREADS] = {
+    {mla_attn<1, float>, mla_attn<2, float>, mla_attn<3, float>, mla_attn<4, float>},
+    {mla_attn<1, uint16_t>, mla_attn<2, uint16_t>, mla_attn<3, uint16_t>, mla_attn<4, uint16_t>},
 };
 
 // Workspace layout: q_lat, o_lat ([T][n_head][rank] f32 each, T = batch.n_tokens), then with key
@@ -445,7 +452,7 @@ extern "C" size_t kern_mla_workspace_bytes(const kern_mla_args *args)
 }
 
 // Validates (cudaErrorInvalidValue for bad args, a grid past its limits or a missing workspace),
-// then launches mla_q_absorb, mla_attn<ceil(rank / MLA_THREADS)>, mla_combine (only with key
+// then launches mla_q_absorb, mla_attn<ceil(rank / MLA_THREADS), KV>, mla_combine (only with key
 // splits) and mla_out on `stream`. The device batch arrays must agree with the host fields
 // (seq_start[n_seq] = n_tokens, lengths <= max_seq_tokens, contexts <= max_ctx), as kernels.h says.
 extern "C" int kern_mla_absorbed(const kern_mla_args *args, void *workspace, kern_stream stream)
@@ -498,7 +505,8 @@ extern "C" int kern_mla_absorbed(const kern_mla_args *args, void *workspace, ker
     if ((e = cudaGetLastError()) != cudaSuccess)
         return (int)e;
 
-    mla_attn_fn fn = mla_attn_kernels[(r + MLA_THREADS - 1) / MLA_THREADS - 1];
+    mla_attn_fn fn =
+        mla_attn_kernels[a->kv_dtype == KERN_DT_BF16][(r + MLA_THREADS - 1) / MLA_THREADS - 1];
     size_t smem = mla_attn_smem_bytes(r, a->d_rope);
     if (smem > 48 * 1024 &&
         (e = cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize,

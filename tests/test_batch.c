@@ -150,6 +150,58 @@ out:
     free(out);
 }
 
+/* The bf16 KV cache: in the bf16 compute mode K and V are bf16 values, so a cache that stores
+ * them as bf16 must give the logits an f32 cache gives, bit for bit, on any backend (attention
+ * reads the same f32 values); and its batched runs must equal its lone runs as the f32 cache's
+ * do. Returns the number of sequences compared. */
+static int check_bf16_kv(const char *dir, const eng_model_opts *base, seq *qs, int n_vocab)
+{
+    eng_model_opts o = *base;
+    o.dtype = ENG_DTYPE_MODE_BF16;
+    eng_model *m32 = NULL, *m16 = NULL;
+    eng_err err = {{0}};
+    o.kv = ENG_KV_MODE_F32;
+    pp_status st = eng_model_load(dir, &o, &m32, &err);
+    o.kv = ENG_KV_MODE_AUTO; /* resolves to bf16 in the bf16 mode */
+    if (st == PP_STATUS_OK)
+        st = eng_model_load(dir, &o, &m16, &err);
+    CHECK(st == PP_STATUS_OK, "bf16 KV: load: %s", err.msg);
+    int n = 0;
+    if (st == PP_STATUS_OK) {
+        CHECK(strcmp(eng_model_kv_name(m16), "bf16") == 0 && strcmp(eng_model_kv_name(m32), "f32") == 0,
+              "bf16 KV: the auto mode gave %s", eng_model_kv_name(m16));
+        seq q16[N_SEQ];
+        for (int i = 0; i < N_SEQ; i++) {
+            seq q32 = qs[i];
+            q16[i] = qs[i];
+            q32.ref = calloc((size_t)qs[i].n * (size_t)n_vocab, sizeof(float));
+            q16[i].ref = calloc((size_t)qs[i].n * (size_t)n_vocab, sizeof(float));
+            if (run_alone(m32, &q32, n_vocab) == 0 && run_alone(m16, &q16[i], n_vocab) == 0) {
+                for (int t = q32.prefill - 1; t < q32.n; t++)
+                    CHECK(memcmp(q32.ref + (size_t)t * n_vocab, q16[i].ref + (size_t)t * n_vocab,
+                                 (size_t)n_vocab * sizeof(float)) == 0,
+                          "bf16 KV: sequence %d token %d: logits differ from the f32 cache's", i, t);
+                n++;
+            } else {
+                CHECK(false, "bf16 KV: lone runs of sequence %d failed", i);
+            }
+            free(q32.ref);
+        }
+        eng_kv_cache *kv = NULL;
+        if (eng_kv_cache_create(m16, 40, 3, &kv, &err) == PP_STATUS_OK) {
+            run_batched(kv, q16, N_SEQ, n_vocab, "batched, bf16 KV");
+            eng_kv_cache_free(kv);
+        } else {
+            CHECK(false, "bf16 KV: cache: %s", err.msg);
+        }
+        for (int i = 0; i < N_SEQ; i++)
+            free(q16[i].ref);
+    }
+    eng_model_free(m32);
+    eng_model_free(m16);
+    return n;
+}
+
 /* A cache with too few blocks: the step that needs one more than is free fails and changes
  * nothing; after another sequence resets, it goes on. */
 static void check_exhaustion(eng_model *m, seq *qs, int n_vocab)
@@ -313,10 +365,12 @@ int main(int argc, char **argv)
     check_exhaustion(m, qs, n_vocab);
     check_refusals(m, qs);
     CHECK(n_picks > 0, "no greedy pick was checked");
+    int n_kv16 = check_bf16_kv(argv[1], &o, qs, n_vocab);
 
     printf("%s on %s%s: %d sequences, worst rel L2 vs the lone runs %.3g (bound %g%s); %d greedy picks by the "
            "backend equal to eng_argmax of the logits\n", argv[1], backend, o.mla == ENG_MLA_NAIVE ? " (naive MLA)" : "",
            N_SEQ, worst, REL_L2_MAX, exact_expected ? ", bit-identical required" : "", n_picks);
+    printf("bf16 compute mode: %d sequences with a bf16 KV cache bit-identical to an f32 one\n", n_kv16);
     for (int i = 0; i < N_SEQ; i++)
         free(qs[i].ref);
     eng_model_free(m);

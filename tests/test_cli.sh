@@ -47,7 +47,7 @@ expect_fail "unknown quantization" "int5.*none, fp8, int8 or int4" logits --mode
 # --quant: the load line says how many weights were converted; the logits stay close to the
 # unquantized ones (the bounds on perplexity are in quant_perplexity_*)
 if "$bin" logits --model "$tiny" --ids 1,2,3 --backend cpu --quant fp8 >"$tmp/q.json" 2>"$tmp/err" &&
-    grep -qE "f32 compute, [1-9][0-9]* decoder weights quantized to fp8 at load" "$tmp/err" &&
+    grep -qE "f32 compute, f32 KV cache, [1-9][0-9]* decoder weights quantized to fp8 at load" "$tmp/err" &&
     grep -q '"logits"' "$tmp/q.json"; then
     echo "ok   --quant fp8: $(grep -o '[0-9]* decoder weights quantized to fp8[^,]*' "$tmp/err")"
 else
@@ -61,7 +61,7 @@ expect_fail "unknown compute dtype" "--dtype.*fp16.*f32, bf16 or auto" logits --
 # Hugging Face are in fixture_bf16_* and perplexity_bf16_*)
 if "$bin" logits --model "$tiny" --ids 1,2,3 --backend cpu >"$tmp/f32.json" 2>"$tmp/err" &&
     "$bin" logits --model "$tiny" --ids 1,2,3 --backend cpu --dtype bf16 >"$tmp/bf16.json" 2>"$tmp/err" &&
-    grep -q "on backend cpu, bf16 compute, weights as stored" "$tmp/err" &&
+    grep -q "on backend cpu, bf16 compute, bf16 KV cache, weights as stored" "$tmp/err" &&
     python3 - "$tmp/f32.json" "$tmp/bf16.json" <<'PY'
 import json, math, struct, sys
 f32, bf16 = (json.load(open(p))["logits"] for p in sys.argv[1:])
@@ -81,6 +81,16 @@ else
 fi
 expect_fail "act-quant without bf16" "part of the bf16 compute mode" logits --model "$tiny" --ids 1 --act-quant fp8
 expect_fail "unknown act-quant" "--act-quant.*none or fp8" logits --model "$tiny" --ids 1 --dtype bf16 --act-quant int4
+expect_fail "unknown kv dtype" "--kv-dtype.*fp8.*f32, bf16 or auto" logits --model "$tiny" --ids 1 --kv-dtype fp8
+# the bf16 mode's bf16 KV cache (its default) gives the logits an f32 cache gives, byte for byte
+if "$bin" logits --model "$tiny" --ids 1,2,3,4,5 --backend cpu --dtype bf16 --kv-dtype f32 >"$tmp/kv32.json" 2>/dev/null &&
+    "$bin" logits --model "$tiny" --ids 1,2,3,4,5 --backend cpu --dtype bf16 >"$tmp/kv16.json" 2>"$tmp/err" &&
+    grep -q "bf16 KV cache" "$tmp/err" && cmp -s "$tmp/kv32.json" "$tmp/kv16.json"; then
+    echo "ok   --kv-dtype: the bf16 mode's bf16 cache equals an f32 cache byte for byte"
+else
+    echo "FAIL --kv-dtype: $(head -c 400 "$tmp/err")"
+    fails=$((fails + 1))
+fi
 expect_fail "negative device" "--device expects an integer >= 0" logits --model "$tiny" --ids 1 --device -1
 # --act-quant fp8 on a stored-FP8 model: the load line says so, and the logits differ from the
 # plain bf16 run's (its inputs to the fp8 weights are quantized)

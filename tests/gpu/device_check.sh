@@ -120,7 +120,7 @@ else
     run_step gpu_device 30 "$build/tests/test_gpu_device"
     record gpu_device "$(grep -m1 '^device 0' "$out/gpu_device.log" || tail -n 1 "$out/gpu_device.log")"
 
-    run_step gpu_ops 150 "$build/tests/test_ops"
+    run_step gpu_ops 200 "$build/tests/test_ops"
     record gpu_ops "$( (grep -m1 '^test_ops: [0-9]* cases' "$out/gpu_ops.log" || tail -n 1 "$out/gpu_ops.log") |
         sed 's/^test_ops: //')"
 

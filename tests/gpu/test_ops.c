@@ -25,7 +25,11 @@
  * table entries past a sequence's last block point at) is NaN, so a kernel reading a key it must
  * not see fails check 1; the CPU reference's output must be finite there too. The batch arrays
  * (positions, slots, seq_start, seq_pos0, block_table) are uploaded to the backend under test;
- * the CPU reference gets host copies.
+ * the CPU reference gets host copies. KV caches come in both element types (eng_kv_dtype):
+ * kv_write into a bf16 cache must store each value's eng_round_bf16 (ties, infinities, NaNs and
+ * subnormals among the sources); attention and MLA over a bf16 cache (bf16 values, dead rows the
+ * bf16 NaN 0x7fc0) are checked against the CPU reading the same cache, and must also give bit for
+ * bit what the backend under test gives over the same cache widened to f32.
  * moe_route's expert ids must be identical (its logits are drawn without near-ties, see
  * route_logits), and so must argmax's (ties, NaN and infinities on purpose, see case_argmax).
  * matmul_bf16 gets bf16-representable x (random values rounded to bf16, as the
@@ -55,6 +59,8 @@
 #define GUARD 64              /* elements of guard band on each side of every buffer */
 #define SENTINEL 0xffbadbadu  /* guard bands and gaps of outputs: a NaN no op writes */
 #define NAN_BITS 0x7fc00000u  /* guard bands and gaps of inputs */
+#define NAN_BF16 0x7fc0u      /* gaps of bf16 inputs: NAN_BITS's high half */
+#define NAN_BF16_PAIR 0x7fc07fc0u /* guard bands of bf16 inputs: two bf16 NaNs a word */
 #define MAX_FAIL_LINES 6      /* failure details printed per case */
 
 /* ---- small utilities ---------------------------------------------------------------------- */
@@ -83,10 +89,13 @@ static float bits_f32(uint32_t u)
     return f;
 }
 
-/* Round to nearest even (test values are finite). */
+/* Round to nearest even, every NaN to 0x7fc0: the high half of engine/common.h's eng_round_bf16
+ * (the KV cache's bf16 elements), written out again here as the definition to test against. */
 static uint16_t bf16_from_f32(float f)
 {
     uint32_t u = f32_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return 0x7fc0u;
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
@@ -510,9 +519,9 @@ static void gbuf_free(tcase *tc, gbuf *b)
     memset(b, 0, sizeof *b);
 }
 
-/* An input (or in/out) buffer: uniform values in [lo, hi) at the layout's elements, NaN in the
- * gaps and guard bands. */
-static bool gbuf_random(tcase *tc, gbuf *b, const layout *l, float lo, float hi)
+/* [layout_extent(l)] f32 bits: uniform values in [lo, hi) at the layout's elements, NaN in the
+ * gaps. */
+static uint32_t *random_bits(tcase *tc, const layout *l, float lo, float hi)
 {
     size_t n = layout_extent(l);
     uint32_t *bits = xmalloc(n * 4);
@@ -522,22 +531,62 @@ static bool gbuf_random(tcase *tc, gbuf *b, const layout *l, float lo, float hi)
         for (int64_t s = 0; s < l->n_sub; s++)
             for (int64_t c = 0; c < l->width; c++)
                 bits[layout_at(l, r, s, c)] = f32_bits(rng_f(&tc->r, lo, hi));
-    bool ok = gbuf_make(tc, b, n, bits, NAN_BITS);
+    return bits;
+}
+
+/* An input (or in/out) buffer: uniform values in [lo, hi) at the layout's elements, NaN in the
+ * gaps and guard bands. */
+static bool gbuf_random(tcase *tc, gbuf *b, const layout *l, float lo, float hi)
+{
+    uint32_t *bits = random_bits(tc, l, lo, hi);
+    bool ok = gbuf_make(tc, b, layout_extent(l), bits, NAN_BITS);
     free(bits);
     return ok;
 }
 
-/* gbuf_random with every value rounded to bf16 (the values stay f32): matmul_bf16's input. */
+/* A buffer of n bf16 elements (a KV cache): bf16_from_f32 of the f32 bits[0 .. n), packed two
+ * a word (element i in the low half of word i / 2 when i is even: little-endian, as the backends
+ * index uint16_t), an odd n's last word completed with NAN_BF16; NaN pairs in the guard bands.
+ * b->n counts words. */
+static bool gbuf_make_bf16(tcase *tc, gbuf *b, size_t n, const uint32_t *bits)
+{
+    size_t words = (n + 1) / 2;
+    uint16_t *half = xmalloc(words * 4);
+    for (size_t i = 0; i < n; i++)
+        half[i] = bf16_from_f32(bits_f32(bits[i]));
+    if (n % 2)
+        half[n] = NAN_BF16;
+    uint32_t *packed = xmalloc(words * 4);
+    memcpy(packed, half, words * 4);
+    bool ok = gbuf_make(tc, b, words, packed, NAN_BF16_PAIR);
+    free(packed);
+    free(half);
+    return ok;
+}
+
+/* Element i of a cache buffer's bits (f32: 4 bytes, bf16: 2) as a uint32. */
+static uint32_t kv_elem(const void *p, eng_kv_dtype kv, size_t i)
+{
+    if (kv == ENG_KV_BF16) {
+        uint16_t h;
+        memcpy(&h, (const uint8_t *)p + 2 * i, 2);
+        return h;
+    }
+    uint32_t u;
+    memcpy(&u, (const uint8_t *)p + 4 * i, 4);
+    return u;
+}
+
+static const char *kv_name(eng_kv_dtype kv) { return kv == ENG_KV_BF16 ? "bf16" : "f32"; }
+
+/* gbuf_random with every value rounded to bf16 (the values stay f32): matmul_bf16's input. The
+ * NaN of the gaps and guard bands stays NaN. */
 static bool gbuf_random_bf16(tcase *tc, gbuf *b, const layout *l, float lo, float hi)
 {
     size_t n = layout_extent(l);
-    uint32_t *bits = xmalloc(n * 4);
+    uint32_t *bits = random_bits(tc, l, lo, hi);
     for (size_t i = 0; i < n; i++)
-        bits[i] = NAN_BITS;
-    for (int64_t r = 0; r < l->n_rows; r++)
-        for (int64_t s = 0; s < l->n_sub; s++)
-            for (int64_t c = 0; c < l->width; c++)
-                bits[layout_at(l, r, s, c)] = (uint32_t)bf16_from_f32(rng_f(&tc->r, lo, hi)) << 16;
+        bits[i] = (uint32_t)bf16_from_f32(bits_f32(bits[i])) << 16;
     bool ok = gbuf_make(tc, b, n, bits, NAN_BITS);
     free(bits);
     return ok;
@@ -935,18 +984,30 @@ typedef struct kv_case {
     int n_skip;              /* tokens with a negative slot (the first token is one of them) */
 } kv_case;
 
+/* Source values that take every branch of the bf16 rounding: ties to even (down and up), just
+ * below and above a tie, the largest finite f32 (rounds to inf), infinities, quiet and signalling
+ * NaNs of both signs (all become 0x7fc0), subnormals (rounded, not flushed) and -0. */
+static const uint32_t BF16_EDGES[] = {
+    0x3f808000u, 0x3f818000u, 0x3f807fffu, 0x3f808001u, 0xbf808000u, 0xbf818000u, 0x7f7fffffu,
+    0xff7fffffu, 0x7f7f8000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00001u, 0x7f800001u,
+    0xff800001u, 0x00008000u, 0x00018000u, 0x0000ffffu, 0x80008001u, 0x00000001u, 0x80000000u,
+};
+
 /* The tokens go to distinct cache rows scattered over the whole cache (the last row included);
  * n_skip of them (the first, then random ones) have a negative slot and write nothing. The whole
  * cache starts random (NaN in the gaps between heads and rows), and the whole of it must come
- * back bit for bit as the CPU left it, which must be the copy eng_backend_ops.kv_write describes
- * (checked on the host: the rows no token is written to stay as they were). */
-static void case_kv_write(harness *h, kv_case p)
+ * back bit for bit as the CPU left it, which must be what eng_backend_ops.kv_write describes
+ * (checked on the host: the rows no token is written to stay as they were): for an F32 cache a
+ * copy, for a BF16 cache each value's bf16_from_f32 (its source then holds BF16_EDGES values at
+ * random elements besides the random ones). */
+static void case_kv_write(harness *h, kv_case p, eng_kv_dtype kv)
 {
     tcase tc;
     if (!case_begin(h, &tc, "kv_write", 0.0,
-                    "n_tokens=%d n_head=%d width=%lld src %lld,%lld cache %lld,%lld rows=%d skip=%d", p.n_tokens,
-                    p.n_head, (long long)p.width, (long long)p.src_row_stride, (long long)p.src_head_stride,
-                    (long long)p.cache_row_stride, (long long)p.cache_head_stride, p.n_cache_rows, p.n_skip))
+                    "n_tokens=%d n_head=%d width=%lld src %lld,%lld cache %lld,%lld+%d rows=%d skip=%d %s",
+                    p.n_tokens, p.n_head, (long long)p.width, (long long)p.src_row_stride,
+                    (long long)p.src_head_stride, (long long)p.cache_row_stride, (long long)p.cache_head_stride,
+                    p.cache_offset, p.n_cache_rows, p.n_skip, kv_name(kv)))
         return;
     int32_t *perm = xmalloc((size_t)p.n_cache_rows * sizeof *perm);
     for (int i = 0; i < p.n_cache_rows; i++)
@@ -969,38 +1030,63 @@ static void case_kv_write(harness *h, kv_case p)
                  p.src_offset};
     layout lc = {p.n_cache_rows, p.cache_row_stride, p.n_head, p.cache_head_stride, p.width, p.cache_offset};
     gbuf src = {0}, cache = {0}, slot = {0};
-    if (gbuf_random(&tc, &src, &ls, -1.0f, 1.0f) && gbuf_random(&tc, &cache, &lc, -1.0f, 1.0f) &&
-        gbuf_values(&tc, &slot, perm, (size_t)p.n_tokens) &&
-        op_ok(&tc, h->cpu->ops->kv_write(h->cpu, (float *)cache.cpu + p.cache_offset, p.cache_row_stride,
-                                         p.cache_head_stride, (float *)src.cpu + p.src_offset, p.src_row_stride,
-                                         p.src_head_stride, p.n_head, p.width, slot.cpu, p.n_tokens),
+    bool ok;
+    if (kv == ENG_KV_BF16) {
+        uint32_t *sbits = random_bits(&tc, &ls, -1.0f, 1.0f);
+        for (int64_t r = 0; r < ls.n_rows; r++)
+            for (int64_t sb = 0; sb < ls.n_sub; sb++)
+                for (int64_t c = 0; c < ls.width; c++)
+                    if (rng_int(&tc.r, 8) == 0)
+                        sbits[layout_at(&ls, r, sb, c)] =
+                            BF16_EDGES[rng_int(&tc.r, (int)(sizeof BF16_EDGES / sizeof BF16_EDGES[0]))];
+        uint32_t *cbits = random_bits(&tc, &lc, -1.0f, 1.0f);
+        ok = gbuf_make(&tc, &src, layout_extent(&ls), sbits, NAN_BITS) &&
+             gbuf_make_bf16(&tc, &cache, layout_extent(&lc), cbits);
+        free(sbits);
+        free(cbits);
+    } else {
+        ok = gbuf_random(&tc, &src, &ls, -1.0f, 1.0f) && gbuf_random(&tc, &cache, &lc, -1.0f, 1.0f);
+    }
+    const size_t es = kv == ENG_KV_BF16 ? 2 : 4; /* bytes per cache element */
+    if (ok && gbuf_values(&tc, &slot, perm, (size_t)p.n_tokens) &&
+        op_ok(&tc, h->cpu->ops->kv_write(h->cpu, (uint8_t *)cache.cpu + es * (size_t)p.cache_offset, kv,
+                                         p.cache_row_stride, p.cache_head_stride, (float *)src.cpu + p.src_offset,
+                                         p.src_row_stride, p.src_head_stride, p.n_head, p.width, slot.cpu,
+                                         p.n_tokens),
               true, "kv_write") &&
-        op_ok(&tc, tc.dut->ops->kv_write(tc.dut, (float *)cache.dut + p.cache_offset, p.cache_row_stride,
-                                         p.cache_head_stride, (float *)src.dut + p.src_offset, p.src_row_stride,
-                                         p.src_head_stride, p.n_head, p.width, slot.dut, p.n_tokens),
+        op_ok(&tc, tc.dut->ops->kv_write(tc.dut, (uint8_t *)cache.dut + es * (size_t)p.cache_offset, kv,
+                                         p.cache_row_stride, p.cache_head_stride, (float *)src.dut + p.src_offset,
+                                         p.src_row_stride, p.src_head_stride, p.n_head, p.width, slot.dut,
+                                         p.n_tokens),
               false, "kv_write")) {
-        /* the reference against the definition */
-        uint32_t *want = xmalloc(cache.n * 4);
-        memcpy(want, cache.init + GUARD, cache.n * 4);
+        /* the reference against the definition, element by element (a bf16 cache's elements as
+           uint32 holding 16 bits; n_el includes an odd bf16 cache's pad, which nothing writes) */
+        const size_t n_el = cache.n * 4 / es;
+        uint32_t *want = xmalloc(n_el * 4);
+        for (size_t i = 0; i < n_el; i++)
+            want[i] = kv_elem(cache.init + GUARD, kv, i);
         const uint32_t *sbits = src.cpu;
         for (int t = 0; t < p.n_tokens; t++)
             for (int hd = 0; perm[t] >= 0 && hd < p.n_head; hd++)
-                for (int64_t i = 0; i < p.width; i++)
-                    want[layout_at(&lc, perm[t], hd, i)] =
-                        sbits[p.src_offset + t * p.src_row_stride + hd * p.src_head_stride + i];
-        const uint32_t *cbits = cache.cpu;
-        for (size_t i = 0, n_bad = 0; i < cache.n; i++)
-            if (cbits[i] != want[i] && n_bad++ < 2)
-                fail(&tc, "cpu reference: cache element %zu is 0x%08x, expected 0x%08x", i, cbits[i], want[i]);
+                for (int64_t i = 0; i < p.width; i++) {
+                    uint32_t x = sbits[p.src_offset + t * p.src_row_stride + hd * p.src_head_stride + i];
+                    want[layout_at(&lc, perm[t], hd, i)] = kv == ENG_KV_BF16 ? bf16_from_f32(bits_f32(x)) : x;
+                }
+        for (size_t i = 0, n_bad = 0; i < n_el; i++)
+            if (kv_elem(cache.cpu, kv, i) != want[i] && n_bad++ < 2)
+                fail(&tc, "cpu reference: cache element %zu is 0x%08x, expected 0x%08x", i,
+                     kv_elem(cache.cpu, kv, i), want[i]);
         free(want);
         uint32_t *got = gbuf_fetch(&tc, &cache);
         if (got) {
             size_t n_diff = 0;
-            for (size_t i = 0; i < cache.n; i++)
-                if (got[GUARD + i] != cbits[i] && n_diff++ < MAX_FAIL_LINES)
+            for (size_t i = 0; i < n_el; i++) {
+                uint32_t g = kv_elem(got + GUARD, kv, i), c = kv_elem(cache.cpu, kv, i);
+                if (g != c && n_diff++ < MAX_FAIL_LINES)
                     fail(&tc, "cache element %zu (row %lld): 0x%08x, cpu 0x%08x", i,
-                         (long long)((int64_t)i - p.cache_offset) / p.cache_row_stride, got[GUARD + i], cbits[i]);
-            tc.max_rel = (double)n_diff / (double)cache.n; /* the fraction of differing elements */
+                         (long long)((int64_t)i - p.cache_offset) / p.cache_row_stride, g, c);
+            }
+            tc.max_rel = (double)n_diff / (double)n_el; /* the fraction of differing elements */
             uint8_t *all = xmalloc(cache.n);
             memset(all, 1, cache.n);
             check_guards(&tc, &cache, got, all, "cache");
@@ -1153,9 +1239,12 @@ static void paged_free(tcase *tc, paged *pg)
     memset(pg, 0, sizeof *pg);
 }
 
-/* A cache of pg's rows, row_stride apart: uniform values in [-1, 1) in the first width elements of
- * the live rows, NaN everywhere else (dead rows, gaps, guard bands). */
-static bool paged_fill(tcase *tc, gbuf *b, const paged *pg, int64_t width, int64_t row_stride)
+/* A cache of pg's rows, row_stride elements apart: uniform values in [-1, 1) in the first width
+ * elements of the live rows, NaN everywhere else (dead rows, gaps, guard bands). ENG_KV_BF16: the
+ * values are rounded to bf16 and b holds bf16 elements (NaN 0x7fc0); when wide is not NULL it gets
+ * the same cache widened to f32 (each element the f32 its bf16 stands for, NaN where b has NaN). */
+static bool paged_fill(tcase *tc, gbuf *b, gbuf *wide, const paged *pg, int64_t width, int64_t row_stride,
+                       eng_kv_dtype kv)
 {
     layout l = rows(pg->n_rows, width, row_stride);
     size_t n = layout_extent(&l);
@@ -1163,11 +1252,32 @@ static bool paged_fill(tcase *tc, gbuf *b, const paged *pg, int64_t width, int64
     for (size_t i = 0; i < n; i++)
         bits[i] = NAN_BITS;
     for (int64_t r = 0; r < pg->n_rows; r++)
-        for (int64_t c = 0; pg->live[r] && c < width; c++)
-            bits[layout_at(&l, r, 0, c)] = f32_bits(rng_f(&tc->r, -1.0f, 1.0f));
-    bool ok = gbuf_make(tc, b, n, bits, NAN_BITS);
+        for (int64_t c = 0; pg->live[r] && c < width; c++) {
+            float x = rng_f(&tc->r, -1.0f, 1.0f);
+            bits[layout_at(&l, r, 0, c)] = kv == ENG_KV_BF16 ? (uint32_t)bf16_from_f32(x) << 16 : f32_bits(x);
+        }
+    bool ok = kv == ENG_KV_BF16 ? gbuf_make_bf16(tc, b, n, bits) : gbuf_make(tc, b, n, bits, NAN_BITS);
+    if (ok && wide)
+        ok = gbuf_make(tc, wide, n, bits, NAN_BITS);
     free(bits);
     return ok;
+}
+
+/* The backend under test gave the same bits for the same op over a bf16 cache (a) and over the
+ * cache widened to f32 (b): attention reads a bf16 element as the f32 it stands for, so the two
+ * runs are the same computation (whole buffers, guard bands included). */
+static void check_same_bits(tcase *tc, const gbuf *a, const gbuf *b, const char *what)
+{
+    uint32_t *ga = gbuf_fetch(tc, a), *gb = ga ? gbuf_fetch(tc, b) : NULL;
+    size_t n_diff = 0;
+    for (size_t i = 0; gb && i < a->n + 2 * GUARD; i++)
+        if (ga[i] != gb[i] && n_diff++ < 2)
+            fail(tc, "%s: element %lld is 0x%08x over the bf16 cache, 0x%08x over it widened to f32", what,
+                 (long long)i - GUARD, ga[i], gb[i]);
+    if (n_diff > 2)
+        fail(tc, "%s: %zu elements differ between the bf16 cache and its f32 widening", what, n_diff);
+    free(ga);
+    free(gb);
 }
 
 /* The CPU reference's output must be finite: it read no NaN row (no key outside a context). */
@@ -1192,28 +1302,34 @@ typedef struct attn_case {
     int q_pad, kv_pad, out_pad; /* extra elements per row (q, k, v, out rows strided) */
 } attn_case;
 
-static void case_attention(harness *h, attn_case p, seq_spec sq, int block_size)
+/* Over an F32 or a BF16 cache; a BF16 case also runs the backend under test over the same cache
+ * widened to f32 (check_same_bits). */
+static void case_attention(harness *h, attn_case p, seq_spec sq, int block_size, eng_kv_dtype kv)
 {
     tcase tc;
     char seqs[128];
     seq_desc(&sq, seqs, sizeof seqs);
-    if (!case_begin(h, &tc, "attention", BOUND_REDUCTION, "heads=%d/%d d_qk=%d d_v=%d block=%d %s%s", p.n_head,
-                    p.n_head_kv, p.d_qk, p.d_v, block_size, seqs, p.q_pad || p.kv_pad || p.out_pad ? " strided" : ""))
+    if (!case_begin(h, &tc, "attention", BOUND_REDUCTION, "heads=%d/%d d_qk=%d d_v=%d block=%d %s%s%s", p.n_head,
+                    p.n_head_kv, p.d_qk, p.d_v, block_size, seqs, p.q_pad || p.kv_pad || p.out_pad ? " strided" : "",
+                    kv == ENG_KV_BF16 ? " kv bf16" : ""))
         return;
+    const bool bf16 = kv == ENG_KV_BF16;
     paged pg;
     bool ok = paged_make(&tc, &pg, &sq, block_size);
     int n_tokens = pg.cpu.n_tokens;
     layout lq = rows(n_tokens, (int64_t)p.n_head * p.d_qk, (int64_t)p.n_head * p.d_qk + p.q_pad);
     layout lo = rows(n_tokens, (int64_t)p.n_head * p.d_v, (int64_t)p.n_head * p.d_v + p.out_pad);
     int64_t k_stride = (int64_t)p.n_head_kv * p.d_qk + p.kv_pad, v_stride = (int64_t)p.n_head_kv * p.d_v + p.kv_pad;
-    gbuf q = {0}, k = {0}, v = {0}, o = {0};
+    gbuf q = {0}, k = {0}, v = {0}, o = {0}, kw = {0}, vw = {0}, ow = {0};
     ok = ok && gbuf_random(&tc, &q, &lq, -1.0f, 1.0f) &&
-         paged_fill(&tc, &k, &pg, (int64_t)p.n_head_kv * p.d_qk, k_stride) &&
-         paged_fill(&tc, &v, &pg, (int64_t)p.n_head_kv * p.d_v, v_stride) && gbuf_output(&tc, &o, layout_extent(&lo));
+         paged_fill(&tc, &k, bf16 ? &kw : NULL, &pg, (int64_t)p.n_head_kv * p.d_qk, k_stride, kv) &&
+         paged_fill(&tc, &v, bf16 ? &vw : NULL, &pg, (int64_t)p.n_head_kv * p.d_v, v_stride, kv) &&
+         gbuf_output(&tc, &o, layout_extent(&lo)) && (!bf16 || gbuf_output(&tc, &ow, layout_extent(&lo)));
     eng_attn_args a = {
         .batch = pg.cpu, .n_head = p.n_head, .n_head_kv = p.n_head_kv,
         .d_qk = p.d_qk, .d_v = p.d_v, .scale = 1.0f / sqrtf((float)p.d_qk),
         .q = q.cpu, .q_stride = lq.row_stride,
+        .kv_dtype = kv,
         .k = k.cpu, .k_stride = k_stride,
         .v = v.cpu, .v_stride = v_stride,
         .out = o.cpu, .out_stride = lo.row_stride,
@@ -1221,13 +1337,20 @@ static void case_attention(harness *h, attn_case p, seq_spec sq, int block_size)
     if (ok && op_ok(&tc, h->cpu->ops->attention(h->cpu, &a), true, "attention") &&
         check_cpu_finite(&tc, &o, &lo, "out")) {
         a.batch = pg.dut, a.q = q.dut, a.k = k.dut, a.v = v.dut, a.out = o.dut;
-        if (op_ok(&tc, tc.dut->ops->attention(tc.dut, &a), false, "attention"))
+        if (op_ok(&tc, tc.dut->ops->attention(tc.dut, &a), false, "attention")) {
             check_f32(&tc, &o, &lo, "out");
+            a.kv_dtype = ENG_KV_F32, a.k = kw.dut, a.v = vw.dut, a.out = ow.dut;
+            if (bf16 && op_ok(&tc, tc.dut->ops->attention(tc.dut, &a), false, "attention over the widened cache"))
+                check_same_bits(&tc, &o, &ow, "out");
+        }
     }
     gbuf_free(&tc, &q);
     gbuf_free(&tc, &k);
     gbuf_free(&tc, &v);
     gbuf_free(&tc, &o);
+    gbuf_free(&tc, &kw);
+    gbuf_free(&tc, &vw);
+    gbuf_free(&tc, &ow);
     paged_free(&tc, &pg);
     case_end(&tc);
 }
@@ -1237,16 +1360,19 @@ typedef struct mla_case {
     int fmt; /* index into FORMATS for kv_b */
 } mla_case;
 
-static void case_mla(harness *h, mla_case p, seq_spec sq, int block_size)
+/* Over an F32 or a BF16 latent cache, as case_attention. */
+static void case_mla(harness *h, mla_case p, seq_spec sq, int block_size, eng_kv_dtype kv)
 {
     tcase tc;
     const wfmt_case *f = &FORMATS[p.fmt];
     char seqs[128];
     seq_desc(&sq, seqs, sizeof seqs);
     if (!case_begin(h, &tc, "mla_absorbed", BOUND_REDUCTION,
-                    "heads=%d rank=%d d_nope=%d d_rope=%d d_v=%d block=%d %s%s kv_b %s", p.n_head, p.kv_lora_rank,
-                    p.d_nope, p.d_rope, p.d_v, block_size, seqs, p.q_pad ? " strided" : "", f->name))
+                    "heads=%d rank=%d d_nope=%d d_rope=%d d_v=%d block=%d %s%s kv_b %s%s", p.n_head, p.kv_lora_rank,
+                    p.d_nope, p.d_rope, p.d_v, block_size, seqs, p.q_pad ? " strided" : "", f->name,
+                    kv == ENG_KV_BF16 ? " kv bf16" : ""))
         return;
+    const bool bf16 = kv == ENG_KV_BF16;
     int d_qk = p.d_nope + p.d_rope;
     test_weight kv_b;
     weight_make(&kv_b, f, (int64_t)p.n_head * (p.d_nope + p.d_v), p.kv_lora_rank, &tc.r);
@@ -1255,14 +1381,17 @@ static void case_mla(harness *h, mla_case p, seq_spec sq, int block_size)
     int n_tokens = pg.cpu.n_tokens;
     layout lq = rows(n_tokens, (int64_t)p.n_head * d_qk, (int64_t)p.n_head * d_qk + p.q_pad);
     layout lo = rows(n_tokens, (int64_t)p.n_head * p.d_v, (int64_t)p.n_head * p.d_v);
-    gbuf q = {0}, ckv = {0}, kpe = {0}, o = {0};
-    ok = ok && gbuf_random(&tc, &q, &lq, -1.0f, 1.0f) && paged_fill(&tc, &ckv, &pg, p.kv_lora_rank, p.kv_lora_rank) &&
-         paged_fill(&tc, &kpe, &pg, p.d_rope, p.d_rope) && gbuf_output(&tc, &o, layout_extent(&lo));
+    gbuf q = {0}, ckv = {0}, kpe = {0}, o = {0}, ckvw = {0}, kpew = {0}, ow = {0};
+    ok = ok && gbuf_random(&tc, &q, &lq, -1.0f, 1.0f) &&
+         paged_fill(&tc, &ckv, bf16 ? &ckvw : NULL, &pg, p.kv_lora_rank, p.kv_lora_rank, kv) &&
+         paged_fill(&tc, &kpe, bf16 ? &kpew : NULL, &pg, p.d_rope, p.d_rope, kv) &&
+         gbuf_output(&tc, &o, layout_extent(&lo)) && (!bf16 || gbuf_output(&tc, &ow, layout_extent(&lo)));
     eng_mla_args a = {
         .batch = pg.cpu, .n_head = p.n_head,
         .d_nope = p.d_nope, .d_rope = p.d_rope, .d_v = p.d_v, .kv_lora_rank = p.kv_lora_rank,
         .scale = 1.0f / sqrtf((float)d_qk),
         .q = q.cpu, .q_stride = lq.row_stride,
+        .kv_dtype = kv,
         .ckv = ckv.cpu, .kpe = kpe.cpu,
         .kv_b = &kv_b.w,
         .out = o.cpu,
@@ -1270,13 +1399,20 @@ static void case_mla(harness *h, mla_case p, seq_spec sq, int block_size)
     if (ok && op_ok(&tc, h->cpu->ops->mla_absorbed(h->cpu, &a), true, "mla_absorbed") &&
         check_cpu_finite(&tc, &o, &lo, "out")) {
         a.batch = pg.dut, a.q = q.dut, a.ckv = ckv.dut, a.kpe = kpe.dut, a.out = o.dut;
-        if (op_ok(&tc, tc.dut->ops->mla_absorbed(tc.dut, &a), false, "mla_absorbed"))
+        if (op_ok(&tc, tc.dut->ops->mla_absorbed(tc.dut, &a), false, "mla_absorbed")) {
             check_f32(&tc, &o, &lo, "out");
+            a.kv_dtype = ENG_KV_F32, a.ckv = ckvw.dut, a.kpe = kpew.dut, a.out = ow.dut;
+            if (bf16 && op_ok(&tc, tc.dut->ops->mla_absorbed(tc.dut, &a), false, "mla_absorbed over the widened cache"))
+                check_same_bits(&tc, &o, &ow, "out");
+        }
     }
     gbuf_free(&tc, &q);
     gbuf_free(&tc, &ckv);
     gbuf_free(&tc, &kpe);
     gbuf_free(&tc, &o);
+    gbuf_free(&tc, &ckvw);
+    gbuf_free(&tc, &kpew);
+    gbuf_free(&tc, &ow);
     paged_free(&tc, &pg);
     weight_free(&kv_b);
     case_end(&tc);
@@ -2078,10 +2214,11 @@ static void run_elementwise(harness *h)
             case_quant_act(h, qa[i].n_rows, qa[i].n_cols, qa[i].group, qa[i].x_pad, qa[i].out_pad, qa[i].in_place);
 }
 
-/* kv_write: K of a fused q|k|v row into a [n_head_kv][d_head] cache row, V of odd width, k_pe
- * shared by every head (src_head_stride 0) into DeepSeek's naive cache after k_nope, the latent
- * cache's c_kv and k_pe from the c_kv | k_pe row, one element, rows narrower than the guard band
- * (a negative slot used as a row would land there), a decode token that is skipped. */
+/* kv_write into f32 and bf16 caches: K of a fused q|k|v row into a [n_head_kv][d_head] cache row,
+ * V of odd width, k_pe shared by every head (src_head_stride 0) into DeepSeek's naive cache after
+ * k_nope, the latent cache's c_kv and k_pe from the c_kv | k_pe row, one element, rows narrower
+ * than the guard band (a negative slot used as a row would land there), a decode token that is
+ * skipped, caches at offsets that do and do not allow the 4-column path. */
 static void run_kv_write(harness *h)
 {
     /* n_tokens, n_head, width, src row / head stride, src offset, cache row / head stride, cache
@@ -2097,73 +2234,98 @@ static void run_kv_write(harness *h)
         {{1, 8, 128, 8 * 128, 128, 0, 8 * 128, 128, 0, 16, 1}, false},
         {{33, 10, 96, 60 * 96, 96, 40 * 96, 10 * 96, 96, 0, 77, 1}, false},
         {{300, 8, 128, 48 * 128, 128, 32 * 128, 8 * 128, 128, 0, 4096, 5}, true},
+        /* the cache 4 (bf16: 8) bytes past a 16-byte boundary with every stride a multiple of 4,
+           then 16 (bf16: 8) past: the scalar and the 4-column path of each dtype; an odd offset
+           and width */
+        {{16, 4, 64, 4 * 64, 64, 0, 4 * 64 + 4, 64, 2, 50, 1}, false},
+        {{16, 4, 64, 4 * 64, 64, 4, 4 * 64 + 4, 64, 4, 50, 1}, false},
+        {{12, 3, 63, 3 * 63 + 1, 63, 1, 3 * 63 + 2, 63, 1, 31, 2}, false},
     };
-    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
-        if (!h->small || !kv[i].big)
-            case_kv_write(h, kv[i].c);
+    static const eng_kv_dtype dts[] = {ENG_KV_F32, ENG_KV_BF16};
+    for (int d = 0; d < 2; d++)
+        for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
+            if (!h->small || !kv[i].big)
+                case_kv_write(h, kv[i].c, dts[d]);
 }
 
-static void run_attention(harness *h)
+/* Attention over f32 caches, then over bf16 caches: the same mix with fewer of the grid's cases
+ * (each d_qk/d_v pair once, every GQA ratio and block size twice) and of the long prefills. */
+static void run_attention(harness *h, eng_kv_dtype kv)
 {
+    const bool f32 = kv == ENG_KV_F32;
     /* GQA 1:1, 4:1, 5:1, 8:1 with every (d_qk, d_v), block sizes 1, 5, 16, 64, one sequence (a
      * short prefill after a short prefix) or three (one of them empty) */
     static const int dims[][2] = {{24, 24}, {64, 64}, {128, 128}, {192, 128}, {192, 100}, {24, 100}, {64, 128}, {128, 100}};
     static const int ratio[] = {1, 4, 5, 8}, blocks[] = {1, 5, 16, 64};
     for (int d = 0; d < 8; d++)
         for (int r = 0; r < 4; r++) {
-            int kv = d % 2 ? 2 : 1;
+            if (!f32 && r != (d + d / 4) % 4)
+                continue;
+            int n_kv = d % 2 ? 2 : 1;
             seq_spec sq = d % 2 ? seq_list(3, (int[]){3, 0, 5}, (int[]){4, 6, 11}) : seq_one(5, 3);
-            case_attention(h, (attn_case){ratio[r] * kv, kv, dims[d][0], dims[d][1], 0, 0, 0}, sq, blocks[(d + r) % 4]);
+            case_attention(h, (attn_case){ratio[r] * n_kv, n_kv, dims[d][0], dims[d][1], 0, 0, 0}, sq,
+                           blocks[(d + r) % 4], kv);
         }
     /* strided as Phi-3 lays out q | k | v and DeepSeek's naive cache */
-    case_attention(h, (attn_case){8, 2, 64, 64, 2 * 2 * 64, 2 * 64 + 3, 5}, seq_list(2, (int[]){7, 2}, (int[]){9, 0}), 16);
-    case_attention(h, (attn_case){4, 4, 192, 128, 0, 0, 0}, seq_one(3, 20), 5);
+    case_attention(h, (attn_case){8, 2, 64, 64, 2 * 2 * 64, 2 * 64 + 3, 5}, seq_list(2, (int[]){7, 2}, (int[]){9, 0}), 16,
+                   kv);
+    case_attention(h, (attn_case){4, 4, 192, 128, 0, 0, 0}, seq_one(3, 20), 5, kv);
     /* decode batches, a ragged prefill + decode mix (an empty sequence in it), an empty last
      * sequence */
-    case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_list(4, (int[]){1, 1, 1, 1}, (int[]){0, 9, 63, 300}), 16);
-    case_attention(h, (attn_case){10, 2, 128, 128, 0, 0, 0}, seq_decode(8, 0, 100), 1);
-    case_attention(h, (attn_case){8, 2, 64, 64, 0, 0, 0}, seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 40, 200}), 5);
-    case_attention(h, (attn_case){4, 4, 64, 64, 0, 0, 0}, seq_list(3, (int[]){3, 1, 0}, (int[]){20, 0, 7}), 16);
+    case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_list(4, (int[]){1, 1, 1, 1}, (int[]){0, 9, 63, 300}),
+                   16, kv);
+    case_attention(h, (attn_case){10, 2, 128, 128, 0, 0, 0}, seq_decode(8, 0, 100), 1, kv);
+    case_attention(h, (attn_case){8, 2, 64, 64, 0, 0, 0}, seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 40, 200}), 5,
+                   kv);
+    case_attention(h, (attn_case){4, 4, 64, 64, 0, 0, 0}, seq_list(3, (int[]){3, 1, 0}, (int[]){20, 0, 7}), 16, kv);
     if (h->small) {
-        case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_one(1, 63), 64);
-        case_attention(h, (attn_case){4, 1, 64, 64, 0, 0, 0}, seq_one(17, 0), 64);
+        case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_one(1, 63), 64, kv);
+        case_attention(h, (attn_case){4, 1, 64, 64, 0, 0, 0}, seq_one(17, 0), 64, kv);
         return;
     }
     /* decode: one token over a long cache */
     static const int pos[] = {0, 1, 255, 4096, 32767};
     for (int i = 0; i < 5; i++) {
-        case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_one(1, pos[i]), 16);
-        case_attention(h, (attn_case){4, 4, 192, 128, 0, 0, 0}, seq_one(1, pos[i]), 64);
+        if (!f32 && i % 2)
+            continue;
+        case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_one(1, pos[i]), 16, kv);
+        case_attention(h, (attn_case){4, 4, 192, 128, 0, 0, 0}, seq_one(1, pos[i]), 64, kv);
     }
-    case_attention(h, (attn_case){32, 4, 100, 100, 0, 0, 0}, seq_one(1, 20000), 5);
+    case_attention(h, (attn_case){32, 4, 100, 100, 0, 0, 0}, seq_one(1, 20000), 5, kv);
     /* decode batches: contexts 1 .. 5000 at every block size; 16 sequences at ~4k */
     static const attn_case dec[] = {{16, 2, 128, 128, 0, 0, 0}, {40, 8, 128, 128, 0, 0, 0},
                                     {8, 8, 64, 64, 0, 0, 0}, {32, 4, 128, 128, 0, 0, 0}};
     for (int i = 0; i < 4; i++)
-        case_attention(h, dec[i], seq_list(4, (int[]){1, 1, 1, 1}, (int[]){0, 9, 1000, 4999}), blocks[(i + 2) % 4]);
-    case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_decode(16, 3990, 4200), 16);
-    case_attention(h, (attn_case){32, 4, 128, 128, 0, 0, 0}, seq_decode(16, 3900, 4100), 64);
-    case_attention(h, (attn_case){20, 4, 64, 64, 0, 0, 0}, seq_decode(16, 0, 15), 5);
+        case_attention(h, dec[i], seq_list(4, (int[]){1, 1, 1, 1}, (int[]){0, 9, 1000, 4999}), blocks[(i + 2) % 4], kv);
+    case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_decode(16, 3990, 4200), 16, kv);
+    if (f32)
+        case_attention(h, (attn_case){32, 4, 128, 128, 0, 0, 0}, seq_decode(16, 3900, 4100), 64, kv);
+    case_attention(h, (attn_case){20, 4, 64, 64, 0, 0, 0}, seq_decode(16, 0, 15), 5, kv);
     /* ragged prefill + decode mixes */
     static const attn_case mix[] = {{8, 2, 128, 128, 0, 0, 0}, {4, 4, 192, 128, 0, 0, 0},
                                     {10, 2, 64, 64, 0, 0, 0}, {8, 1, 24, 100, 0, 0, 0}};
     for (int i = 0; i < 4; i++)
-        case_attention(h, mix[i], seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 100, 2000}), blocks[(i + 2) % 4]);
+        case_attention(h, mix[i], seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 100, 2000}), blocks[(i + 2) % 4],
+                       kv);
     case_attention(h, (attn_case){16, 2, 128, 128, 0, 0, 0},
-                   seq_list(5, (int[]){64, 1, 17, 130, 3}, (int[]){0, 3000, 50, 500, 7}), 16);
+                   seq_list(5, (int[]){64, 1, 17, 130, 3}, (int[]){0, 3000, 50, 500, 7}), 16, kv);
     case_attention(h, (attn_case){8, 2, 64, 64, 128, 3, 0},
-                   seq_list(8, (int[]){1, 2, 3, 5, 8, 13, 21, 34}, (int[]){100, 0, 7, 1000, 64, 3, 500, 2}), 7);
+                   seq_list(8, (int[]){1, 2, 3, 5, 8, 13, 21, 34}, (int[]){100, 0, 7, 1000, 64, 3, 500, 2}), 7, kv);
     /* prefill of one long sequence, and prefill after a cached prefix */
-    case_attention(h, (attn_case){8, 2, 128, 128, 0, 0, 0}, seq_one(300, 0), 16);
-    case_attention(h, (attn_case){4, 4, 64, 64, 0, 0, 0}, seq_one(300, 0), 64);
-    case_attention(h, (attn_case){8, 1, 192, 100, 0, 0, 0}, seq_one(300, 0), 5);
-    case_attention(h, (attn_case){8, 2, 128, 128, 0, 0, 0}, seq_one(64, 500), 1);
-    case_attention(h, (attn_case){16, 2, 64, 64, 128, 3, 0}, seq_one(133, 1000), 16);
-    case_attention(h, (attn_case){4, 1, 24, 100, 0, 0, 0}, seq_one(17, 31000), 64);
+    if (f32) {
+        case_attention(h, (attn_case){8, 2, 128, 128, 0, 0, 0}, seq_one(300, 0), 16, kv);
+        case_attention(h, (attn_case){4, 4, 64, 64, 0, 0, 0}, seq_one(300, 0), 64, kv);
+    }
+    case_attention(h, (attn_case){8, 1, 192, 100, 0, 0, 0}, seq_one(300, 0), 5, kv);
+    case_attention(h, (attn_case){8, 2, 128, 128, 0, 0, 0}, seq_one(64, 500), 1, kv);
+    case_attention(h, (attn_case){16, 2, 64, 64, 128, 3, 0}, seq_one(133, 1000), 16, kv);
+    case_attention(h, (attn_case){4, 1, 24, 100, 0, 0, 0}, seq_one(17, 31000), 64, kv);
 }
 
-static void run_mla(harness *h)
+/* MLA over f32 latent caches, then over bf16 ones (every case but a few single-sequence ones). */
+static void run_mla(harness *h, eng_kv_dtype kv)
 {
+    const bool f32 = kv == ENG_KV_F32;
     /* one sequence: heads, rank, d_nope, d_rope, d_v, q_pad, kv_b format; n_tokens, pos0, block */
     static const struct { mla_case c; int n_tokens, pos0, block_size; } one[] = {
         {{4, 32, 16, 8, 16, 0, 1}, 1, 0, 64},
@@ -2185,21 +2347,26 @@ static void run_mla(harness *h)
         const mla_case *c = &one[i].c;
         if (h->small && (one[i].n_tokens > 17 || one[i].pos0 > 64 || c->n_head * c->kv_lora_rank > 1600))
             continue;
-        case_mla(h, *c, seq_one(one[i].n_tokens, one[i].pos0), one[i].block_size);
+        if (!f32 && i >= 10) /* the kv_b formats' cases: the cache dtype does not meet them */
+            continue;
+        case_mla(h, *c, seq_one(one[i].n_tokens, one[i].pos0), one[i].block_size, kv);
     }
     /* batches: decode, a ragged prefill + decode mix with an empty sequence */
-    case_mla(h, (mla_case){4, 32, 16, 8, 16, 0, 1}, seq_list(4, (int[]){7, 0, 3, 1}, (int[]){0, 12, 40, 60}), 5);
-    case_mla(h, (mla_case){3, 512, 16, 8, 16, 0, 3}, seq_list(3, (int[]){1, 1, 1}, (int[]){0, 17, 64}), 64);
-    case_mla(h, (mla_case){2, 32, 16, 64, 128, 3, 9}, seq_decode(8, 0, 70), 1);
+    case_mla(h, (mla_case){4, 32, 16, 8, 16, 0, 1}, seq_list(4, (int[]){7, 0, 3, 1}, (int[]){0, 12, 40, 60}), 5, kv);
+    case_mla(h, (mla_case){3, 512, 16, 8, 16, 0, 3}, seq_list(3, (int[]){1, 1, 1}, (int[]){0, 17, 64}), 64, kv);
+    case_mla(h, (mla_case){2, 32, 16, 64, 128, 3, 9}, seq_decode(8, 0, 70), 1, kv);
     if (h->small)
         return;
-    case_mla(h, (mla_case){8, 512, 128, 64, 128, 0, 1}, seq_list(4, (int[]){1, 1, 1, 1}, (int[]){0, 63, 64, 1000}), 64);
-    case_mla(h, (mla_case){4, 512, 128, 64, 128, 0, 3}, seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 100, 300}), 5);
-    case_mla(h, (mla_case){8, 512, 128, 64, 128, 5, 6}, seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 100, 300}), 64);
-    case_mla(h, (mla_case){16, 512, 128, 64, 128, 0, 1}, seq_decode(16, 1000, 4000), 64);
-    case_mla(h, (mla_case){16, 512, 128, 64, 128, 0, 0}, seq_one(1, 8000), 16);
+    case_mla(h, (mla_case){8, 512, 128, 64, 128, 0, 1}, seq_list(4, (int[]){1, 1, 1, 1}, (int[]){0, 63, 64, 1000}), 64,
+             kv);
+    case_mla(h, (mla_case){4, 512, 128, 64, 128, 0, 3}, seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 100, 300}), 5,
+             kv);
+    case_mla(h, (mla_case){8, 512, 128, 64, 128, 5, 6}, seq_list(4, (int[]){7, 0, 33, 1}, (int[]){0, 12, 100, 300}), 64,
+             kv);
+    case_mla(h, (mla_case){16, 512, 128, 64, 128, 0, 1}, seq_decode(16, 1000, 4000), 64, kv);
+    case_mla(h, (mla_case){16, 512, 128, 64, 128, 0, 0}, seq_one(1, 8000), 16, kv);
     case_mla(h, (mla_case){4, 512, 128, 64, 128, 0, 10},
-             seq_list(5, (int[]){64, 1, 17, 130, 3}, (int[]){0, 3000, 50, 500, 7}), 13);
+             seq_list(5, (int[]){64, 1, 17, 130, 3}, (int[]){0, 3000, 50, 500, 7}), 13, kv);
 }
 
 static void run_moe(harness *h)
@@ -2271,8 +2438,10 @@ int main(int argc, char **argv)
     run_matmul_bf16(&h);
     run_elementwise(&h);
     run_kv_write(&h);
-    run_attention(&h);
-    run_mla(&h);
+    run_attention(&h, ENG_KV_F32);
+    run_attention(&h, ENG_KV_BF16);
+    run_mla(&h, ENG_KV_F32);
+    run_mla(&h, ENG_KV_BF16);
     run_moe(&h);
     run_argmax(&h);
     if (cuda)
