@@ -4,8 +4,10 @@
  * and one or two workers; each worker is a thread with its own request queue, its own backend
  * (eng_model_fork shares the weights) and a paged KV cache, generating up to PARAPHYM_MAX_BATCH
  * requests at once (continuous batching: each step is one eng_forward_batch of every decoding
- * request's next token and, in the room left under the prefill step, newcomers' prompt chunks) and pushing chunks into each request's stream. The governor decides how many workers a cold start gets and holds their
- * memory until the slot is evicted. A maintenance thread evicts idle slots and replaces workers
+ * request's next token and, in the room left under the prefill step, newcomers' prompt chunks)
+ * and pushing chunks into each request's stream. Workers run on the CUDA backend (GPU workers)
+ * when the governor counts devices, else on the CPU. The governor decides how many workers a
+ * cold start gets and holds their memory until the slot is evicted. A maintenance thread evicts idle slots and replaces workers
  * that died (a device fault, or the fault-injection hook: PARAPHYM_FAULT_SPAWN_FAIL,
  * PARAPHYM_FAULT_KILL_AFTER_TOKENS).
  *
@@ -616,16 +618,16 @@ static void batch_admit(worker *w, batch *b, request *r)
     b->run[b->n++] = x;
 }
 
-/* One forward step: a prompt chunk of one request alone (prefills and decode steps take turns),
- * or the next token of every request past its prompt. Returns false when the worker died
- * (an injected kill, or a device fault that leaves its backend unusable); why then says why.
- * No lock held. */
 /* What one step ran, for the worker's stats. */
 typedef struct step_info {
     size_t n_decode; /* requests that generated a token */
     bool mixed;      /* prompt chunks ran beside them */
 } step_info;
 
+/* One forward step: the next token of every request past its prompt, and prompt chunks of the
+ * others in the room left under the prefill step; *step says what ran. Returns false when the
+ * worker died (an injected kill, or a device fault that leaves its backend unusable); why then
+ * says why. No lock held. */
 static bool batch_step(worker *w, batch *b, step_info *step, char *why, size_t why_len)
 {
     /* a cancelled request, or a stopping worker, ends before its next step */
