@@ -767,39 +767,18 @@ static void case_embedding_bad_ids(harness *h)
 
 /* ---- matmul ---------------------------------------------------------------------------------- */
 
-static void case_matmul(harness *h, const wfmt_case *f, int n_out, int n_in, int n_tokens, int x_pad, int y_pad)
+/* matmul, or with bf16 matmul_bf16 (the bf16 mode's products: tensor cores on CUDA for BF16
+ * weights from 17 tokens, matmul otherwise) over bf16-valued x; the reference is the CPU's matmul
+ * over the same x either way. */
+static void case_matmul_op(harness *h, const wfmt_case *f, int n_out, int n_in, int n_tokens, int x_pad, int y_pad,
+                           bool bf16)
 {
+    const char *op = bf16 ? "matmul_bf16" : "matmul";
     tcase tc;
-    if (!case_begin(h, &tc, "matmul", BOUND_REDUCTION, "n_out=%d n_in=%d n_tokens=%d x_stride=%d y_stride=%d %s",
-                    n_out, n_in, n_tokens, n_in + x_pad, n_out + y_pad, f->name))
+    if (!case_begin(h, &tc, op, BOUND_REDUCTION, "n_out=%d n_in=%d n_tokens=%d x_stride=%d y_stride=%d %s", n_out,
+                    n_in, n_tokens, n_in + x_pad, n_out + y_pad, f->name))
         return;
-    test_weight tw;
-    weight_make(&tw, f, n_out, n_in, &tc.r);
-    layout lx = rows(n_tokens, n_in, n_in + x_pad), ly = rows(n_tokens, n_out, n_out + y_pad);
-    gbuf x = {0}, y = {0};
-    if (gbuf_random(&tc, &x, &lx, -1.0f, 1.0f) && gbuf_output(&tc, &y, layout_extent(&ly)) &&
-        op_ok(&tc, h->cpu->ops->matmul(h->cpu, x.cpu, lx.row_stride, &tw.w, y.cpu, ly.row_stride, n_tokens), true,
-              "matmul") &&
-        op_ok(&tc, tc.dut->ops->matmul(tc.dut, x.dut, lx.row_stride, &tw.w, y.dut, ly.row_stride, n_tokens), false,
-              "matmul"))
-        check_f32(&tc, &y, &ly, "y");
-    gbuf_free(&tc, &x);
-    gbuf_free(&tc, &y);
-    weight_free(&tw);
-    case_end(&tc);
-}
-
-/* matmul_bf16 (the bf16 mode's products: tensor cores on CUDA for BF16 weights from 17 tokens,
- * matmul otherwise) against the CPU's matmul over the same bf16-valued x. */
-static void case_matmul_bf16(harness *h, const wfmt_case *f, int n_out, int n_in, int n_tokens, int x_pad,
-                             int y_pad)
-{
-    tcase tc;
-    if (!case_begin(h, &tc, "matmul_bf16", BOUND_REDUCTION,
-                    "n_out=%d n_in=%d n_tokens=%d x_stride=%d y_stride=%d %s", n_out, n_in, n_tokens, n_in + x_pad,
-                    n_out + y_pad, f->name))
-        return;
-    if (!tc.dut->ops->matmul_bf16) {
+    if (bf16 && !tc.dut->ops->matmul_bf16) {
         tc.unsupported = true;
         printf("      unsupported by %s: no matmul_bf16 op\n", h->dut_name);
         case_end(&tc);
@@ -809,16 +788,30 @@ static void case_matmul_bf16(harness *h, const wfmt_case *f, int n_out, int n_in
     weight_make(&tw, f, n_out, n_in, &tc.r);
     layout lx = rows(n_tokens, n_in, n_in + x_pad), ly = rows(n_tokens, n_out, n_out + y_pad);
     gbuf x = {0}, y = {0};
-    if (gbuf_random_bf16(&tc, &x, &lx, -1.0f, 1.0f) && gbuf_output(&tc, &y, layout_extent(&ly)) &&
+    bool made = bf16 ? gbuf_random_bf16(&tc, &x, &lx, -1.0f, 1.0f) : gbuf_random(&tc, &x, &lx, -1.0f, 1.0f);
+    if (made && gbuf_output(&tc, &y, layout_extent(&ly)) &&
         op_ok(&tc, h->cpu->ops->matmul(h->cpu, x.cpu, lx.row_stride, &tw.w, y.cpu, ly.row_stride, n_tokens), true,
               "matmul") &&
-        op_ok(&tc, tc.dut->ops->matmul_bf16(tc.dut, x.dut, lx.row_stride, &tw.w, y.dut, ly.row_stride, n_tokens),
-              false, "matmul_bf16"))
+        op_ok(&tc,
+              (bf16 ? tc.dut->ops->matmul_bf16 : tc.dut->ops->matmul)(tc.dut, x.dut, lx.row_stride, &tw.w, y.dut,
+                                                                      ly.row_stride, n_tokens),
+              false, op))
         check_f32(&tc, &y, &ly, "y");
     gbuf_free(&tc, &x);
     gbuf_free(&tc, &y);
     weight_free(&tw);
     case_end(&tc);
+}
+
+static void case_matmul(harness *h, const wfmt_case *f, int n_out, int n_in, int n_tokens, int x_pad, int y_pad)
+{
+    case_matmul_op(h, f, n_out, n_in, n_tokens, x_pad, y_pad, false);
+}
+
+static void case_matmul_bf16(harness *h, const wfmt_case *f, int n_out, int n_in, int n_tokens, int x_pad,
+                             int y_pad)
+{
+    case_matmul_op(h, f, n_out, n_in, n_tokens, x_pad, y_pad, true);
 }
 
 /* ---- elementwise ------------------------------------------------------------------------------ */
