@@ -47,6 +47,9 @@ typedef enum eng_kv_dtype {
     ENG_KV_BF16,
 } eng_kv_dtype;
 
+/* Bytes of one KV cache element of dtype. */
+static inline size_t eng_kv_elem_bytes(eng_kv_dtype dtype) { return dtype == ENG_KV_BF16 ? 2 : 4; }
+
 /* The sequences of one forward pass and where their keys live: the KV cache is paged.
  * The batch's query tokens are its sequences' tokens concatenated: sequence s owns batch rows
  * seq_start[s] .. seq_start[s + 1] - 1; its i-th token sits at position seq_pos0[s] + i and sees

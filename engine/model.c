@@ -556,7 +556,7 @@ pp_status eng_kv_cache_create(eng_model *m, int n_blocks, int block_size, eng_kv
     if (!kv->k_cache || !kv->v_cache || !kv->free_ids)
         goto oom;
     kv->dtype = m->kv_dtype;
-    size_t rows = (size_t)n_blocks * (size_t)block_size, elem = kv->dtype == ENG_KV_BF16 ? 2 : 4;
+    size_t rows = (size_t)n_blocks * (size_t)block_size, elem = eng_kv_elem_bytes(kv->dtype);
     for (int l = 0; l < L; l++)
         if (m->be->ops->alloc(m->be, rows * (size_t)kv->k_width * elem, &kv->k_cache[l]) != PP_STATUS_OK ||
             m->be->ops->alloc(m->be, rows * (size_t)kv->v_width * elem, &kv->v_cache[l]) != PP_STATUS_OK)
@@ -572,8 +572,7 @@ oom:
     return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "KV cache: cannot allocate %d blocks of %d positions (%zu MiB)",
                     n_blocks, block_size,
                     (size_t)(((uint64_t)n_blocks * (uint64_t)block_size * (uint64_t)L *
-                              (uint64_t)(kv->k_width + kv->v_width) * (m->kv_dtype == ENG_KV_BF16 ? 2 : 4)) >>
-                             20));
+                              (uint64_t)(kv->k_width + kv->v_width) * eng_kv_elem_bytes(m->kv_dtype)) >> 20));
 }
 
 void eng_kv_cache_free(eng_kv_cache *kv)
@@ -850,13 +849,18 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
     /* greedy picks: made where the logits are, then one download of n_seq int32 */
     int32_t *dpick = dmeta + n_meta;
     bool any_pick = false;
-    for (int i = 0; i < n_seq; i++) {
-        if (!seqs[i].token)
+    for (int i = 0; i < n_seq;) { /* one launch per run of sequences picking from the same columns */
+        if (!seqs[i].token) {
+            i++;
             continue;
+        }
+        int cols = seqs[i].token_vocab > 0 ? seqs[i].token_vocab : c->n_vocab, j = i + 1;
+        while (j < n_seq && seqs[j].token && (seqs[j].token_vocab > 0 ? seqs[j].token_vocab : c->n_vocab) == cols)
+            j++;
         const float *row = lg + (size_t)(all_logits ? n_tokens - 1 : i) * (size_t)c->n_vocab;
-        int cols = seqs[i].token_vocab > 0 ? seqs[i].token_vocab : c->n_vocab;
-        ENG_TRY(be->ops->argmax(be, row, c->n_vocab, 1, cols, dpick + i));
+        ENG_TRY(be->ops->argmax(be, row, c->n_vocab, j - i, cols, dpick + i));
         any_pick = true;
+        i = j;
     }
     if (any_pick) {
         ENG_TRY(be->ops->download(be, kv->meta, dpick, (size_t)n_seq * sizeof(int32_t)));

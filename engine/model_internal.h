@@ -27,7 +27,7 @@ typedef struct eng_fwd {
 /* Element `at` of a KV cache of dtype elements. */
 static inline void *eng_kv_at(void *cache, eng_kv_dtype dtype, int64_t at)
 {
-    return (char *)cache + at * (dtype == ENG_KV_BF16 ? 2 : 4);
+    return (char *)cache + at * (int64_t)eng_kv_elem_bytes(dtype);
 }
 
 typedef struct eng_family {
