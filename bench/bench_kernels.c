@@ -7,9 +7,11 @@
  * 8192^3 with f32 accumulation (the FLOP ceiling). Then, filtered by --only: cuBLAS bf16
  * decode-shaped products, kern_matmul at decode and prefill shapes, a whole Phi-4 layer at M = 1,
  * kern_moe_experts, kern_attention (decode at batch 1 and 16 over f32 and bf16 KV caches, and
- * prefill) and kern_mla_absorbed (decode at batch 1 and 16, f32 and bf16 latents), and the CUDA
- * backend's matmul_bf16 op at prefill shapes (the bf16 mode's products: x packed to bf16, then
- * cuBLAS), at the shapes of Phi-4, Qwen3-Coder-30B-A3B and Kimi K2 (shared/docs/PERFORMANCE.md,
+ * prefill), kern_attention_tc (the bf16 mode's tensor-core prefill attention), kern_mla_absorbed
+ * (decode at batch 1 and 16, f32 and bf16 latents), kern_matmul_tc (our tensor-core prefill
+ * product, every weight format) and the CUDA backend's matmul_bf16 op at prefill shapes (the
+ * bf16 mode's products: x packed to bf16, then cuBLAS), at the shapes of Phi-4,
+ * Qwen3-Coder-30B-A3B and Kimi K2 (shared/docs/PERFORMANCE.md,
  * KERNELS.md). Attention reads paged KV caches: decode through a shuffled block table, so a
  * sequence's keys are scattered blocks, never one stream.
  *
@@ -741,6 +743,18 @@ done:
     return rc;
 }
 
+/* kern_attention_tc over the same contexts (no workspace). */
+static int attn_tc_enqueue(void *p, cudaStream_t s)
+{
+    attn_ctx *c = p;
+    int rc = -1;
+    for (int i = 0; i < c->n_calls; i++)
+        CK(kern_attention_tc(&c->args[i % c->n_args], s));
+    rc = 0;
+done:
+    return rc;
+}
+
 typedef struct mla_ctx {
     const kern_mla_args *args; /* [n_args], one per (cache, kv_b) copy */
     int n_args, n_calls;
@@ -1430,9 +1444,12 @@ done:
 
 /* Prefill attention: one sequence, causal, pos0 0, n_tokens 2048 and 4096, 32/4 heads, d 128
  * (Qwen3-Coder), its K/V already in a paged cache (ATTN_BLOCK positions per block, identity
- * table); FLOPs = 4 * n_tokens^2 / 2 * d * n_head (QK^T and PV, half of them under the mask). */
-static int run_attn_prefill(bench *b, const char *name)
+ * table); FLOPs = 4 * n_tokens^2 / 2 * d * n_head (QK^T and PV, half of them under the mask).
+ * tc: kern_attention_tc (the bf16 mode's prefill attention: bf16 cache, tensor cores) instead of
+ * kern_attention over an f32 cache. */
+static int run_attn_prefill(bench *b, bool tc, const char *name)
 {
+    const size_t kv_elem = tc ? 2 : sizeof(float);
     int rc = -1;
     devlist dl = {0};
     const attn_cfg *cfg = &ATTN_CFGS[1];
@@ -1441,8 +1458,7 @@ static int run_attn_prefill(bench *b, const char *name)
         const int n = PREFILL_TOKENS[ni];
         const int max_blocks = (n + ATTN_BLOCK - 1) / ATTN_BLOCK;
         const size_t q_b = (size_t)n * (size_t)(cfg->n_head * d) * sizeof(float);
-        const size_t kv_b = (size_t)max_blocks * ATTN_BLOCK * (size_t)(cfg->n_head_kv * d) *
-                            sizeof(float);
+        const size_t kv_b = (size_t)max_blocks * ATTN_BLOCK * (size_t)(cfg->n_head_kv * d) * kv_elem;
         float *q, *k, *v, *out;
         int32_t *table, *seq_start, *seq_pos0;
         void *ws = NULL;
@@ -1454,8 +1470,8 @@ static int run_attn_prefill(bench *b, const char *name)
         char shape[64];
         if (!(q = dev_alloc(&dl, q_b)) || !(k = dev_alloc(&dl, kv_b)) ||
             !(v = dev_alloc(&dl, kv_b)) || !(out = dev_alloc(&dl, q_b)) ||
-            dev_fill(b, q, q_b, FILL_F32, 11) || dev_fill(b, k, kv_b, FILL_F32, 12) ||
-            dev_fill(b, v, kv_b, FILL_F32, 13) ||
+            dev_fill(b, q, q_b, FILL_F32, 11) || dev_fill(b, k, kv_b, tc ? FILL_BF16 : FILL_F32, 12) ||
+            dev_fill(b, v, kv_b, tc ? FILL_BF16 : FILL_F32, 13) ||
             !(table = block_table_make(&dl, 1, max_blocks, false, 0)) ||
             seqs_make(&dl, 1, n, 0, &seq_start, &seq_pos0))
             goto done;
@@ -1467,21 +1483,22 @@ static int run_attn_prefill(bench *b, const char *name)
         a.scale = 1.0f / sqrtf((float)d);
         a.q = q;
         a.q_stride = (int64_t)cfg->n_head * d;
+        a.kv_dtype = tc ? KERN_DT_BF16 : KERN_DT_F32;
         a.k = k;
         a.k_stride = (int64_t)cfg->n_head_kv * d;
         a.v = v;
         a.v_stride = (int64_t)cfg->n_head_kv * d;
         a.out = out;
         a.out_stride = (int64_t)cfg->n_head * d;
-        ws_bytes = kern_attention_workspace_bytes(&a);
+        ws_bytes = tc ? 0 : kern_attention_workspace_bytes(&a);
         if (ws_bytes && !(ws = dev_alloc(&dl, ws_bytes)))
             goto done;
         attn_ctx c = {&a, 1, 1, ws};
-        if (graph_time(b, attn_enqueue, &c, b->quick ? 3 : 10, &us, &us_min, &reps))
+        if (graph_time(b, tc ? attn_tc_enqueue : attn_enqueue, &c, b->quick ? 3 : 10, &us, &us_min, &reps))
             goto done;
         flops = 4.0 * (double)n * (double)n / 2.0 * d * cfg->n_head;
         snprintf(shape, sizeof shape, "%d/%d heads x %d, causal", cfg->n_head, cfg->n_head_kv, d);
-        result_init(&r, name, shape, "f32");
+        result_init(&r, name, shape, tc ? "bf16_tc" : "f32");
         r.m = n;
         r.batch = 1;
         r.context = n;
@@ -1551,6 +1568,76 @@ static int run_matmul_prefill(bench *b, bool cublas, const char *name)
         }
         result_pct(b, &r);
         result_emit(b, &r);
+    }
+    rc = 0;
+done:
+    if (devlist_free(&dl))
+        rc = -1;
+    return rc;
+}
+
+/* kern_matmul_tc over one weight: the bf16 x (already packed) times W, f32 out. */
+typedef struct tc_ctx {
+    const kern_weight *w;
+    int m;
+    const uint16_t *xb; /* [m][n_in] bf16, device */
+    float *y;           /* [m][n_out] f32, device */
+} tc_ctx;
+
+static int tc_enqueue(void *p, cudaStream_t s)
+{
+    tc_ctx *c = p;
+    int rc = -1;
+    CK(kern_matmul_tc(c->xb, c->w->n_in, c->w, c->y, c->w->n_out, c->m, s));
+    rc = 0;
+done:
+    return rc;
+}
+
+/* Our tensor-core prefill kernel (kern_matmul_tc, the bf16 mode's products over quantized
+ * weights) at 7680x5120 (Phi-4 qkv), M = 512 and 2048, for every DECODE_FMTS format (BF16 too,
+ * so it stands beside cuBLAS on the same weights); x packed to bf16 beforehand, f32 out;
+ * TFLOP/s against the GEMM ceiling and vs_cublas = cuBLAS's raw bf16 GEMM time of the shape
+ * (cublas_prefill_bf16) over ours. */
+static int run_matmul_tc(bench *b, const char *name)
+{
+    const mat_shape *sh = &PHI4_DECODE[0];
+    const int m_max = PREFILL_M[1];
+    const size_t x_elems = (size_t)m_max * (size_t)sh->n_in;
+    int rc = -1;
+    devlist dl = {0};
+    uint16_t *xb;
+    float *y;
+    if (!(xb = dev_alloc(&dl, x_elems * 2)) || dev_fill(b, xb, x_elems * 2, FILL_BF16, 15) ||
+        !(y = dev_alloc(&dl, (size_t)m_max * (size_t)sh->n_out * sizeof(float))))
+        goto done;
+    for (int fi = 0; fi < N_DECODE_FMTS; fi++) {
+        kern_weight w;
+        if (weight_make(b, &dl, DECODE_FMTS[fi].fmt, sh->n_out, sh->n_in, 710 + (uint64_t)fi, &w))
+            goto done;
+        for (int mi = 0; mi < 2; mi++) {
+            const int m = PREFILL_M[mi];
+            double us = 0.0, us_min = 0.0;
+            int reps = 0;
+            result r;
+            char shape[64];
+            tc_ctx tc = {&w, m, xb, y};
+            if (graph_time(b, tc_enqueue, &tc, b->quick ? 3 : 10, &us, &us_min, &reps))
+                goto done;
+            shape_str(shape, sizeof shape, sh->n_out, sh->n_in);
+            result_init(&r, name, shape, DECODE_FMTS[fi].name);
+            r.m = m;
+            r.us = us;
+            r.us_min = us_min;
+            r.tflops = 2.0 * m * (double)sh->n_out * (double)sh->n_in / us / 1e6;
+            r.reps = reps;
+            r.calls = 1;
+            if (b->cublas_prefill_us[mi] > 0.0)
+                r.vs_cublas = b->cublas_prefill_us[mi] / us;
+            snprintf(r.note, sizeof r.note, "phi4 qkv, kern_matmul_tc, bf16 x, f32 out");
+            result_pct(b, &r);
+            result_emit(b, &r);
+        }
     }
     rc = 0;
 done:
@@ -1884,7 +1971,12 @@ int main(int argc, char **argv)
     if (alive && group_begin(&b, "attn_prefill_qwen3_coder")) {
         t0 = now_s();
         alive = group_end(&b, "attn_prefill_qwen3_coder",
-                          run_attn_prefill(&b, "attn_prefill_qwen3_coder"), t0);
+                          run_attn_prefill(&b, false, "attn_prefill_qwen3_coder"), t0);
+    }
+    if (alive && group_begin(&b, "attn_tc_prefill_qwen3_coder")) {
+        t0 = now_s();
+        alive = group_end(&b, "attn_tc_prefill_qwen3_coder",
+                          run_attn_prefill(&b, true, "attn_tc_prefill_qwen3_coder"), t0);
     }
     if (alive && group_begin(&b, "cublas_prefill_bf16")) {
         t0 = now_s();
@@ -1895,6 +1987,10 @@ int main(int argc, char **argv)
         t0 = now_s();
         alive = group_end(&b, "matmul_prefill_bf16",
                           run_matmul_prefill(&b, false, "matmul_prefill_bf16"), t0);
+    }
+    if (alive && group_begin(&b, "matmul_tc_prefill")) {
+        t0 = now_s();
+        alive = group_end(&b, "matmul_tc_prefill", run_matmul_tc(&b, "matmul_tc_prefill"), t0);
     }
     if (alive && group_begin(&b, "matmul_bf16_op_prefill")) {
         t0 = now_s();

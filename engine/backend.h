@@ -141,6 +141,15 @@ typedef struct eng_moe_args {
                                       quant_act_fp8 does, in groups of this many columns (the
                                       checkpoint's weight_block_size[1], every FP8 weight's
                                       block_in) */
+    bool x_bf16;                   /* every x element is a bf16 value (the bf16 mode, set by the
+                                      decorator): a backend may then run the gate/up products in
+                                      bf16 on tensor cores (exact products, f32 sums, as
+                                      matmul_bf16); the result is the same sum in another order */
+    bool h_bf16;                   /* h = silu(gate x) * up x is rounded to the nearest bf16 (ties
+                                      to even, eng_round_bf16) before the down products and before
+                                      act_quant_group's quantization (the bf16 mode: HF's h is a
+                                      bf16 tensor); the down products may then run on tensor
+                                      cores too */
 } eng_moe_args;
 
 typedef struct eng_backend_ops {
@@ -197,6 +206,16 @@ typedef struct eng_backend_ops {
     pp_status (*swiglu)(eng_backend *be, const float *gate, int64_t gate_stride, const float *up,
                         int64_t up_stride, float *out, int64_t out_stride, int n_tokens, int d_ff);
     pp_status (*attention)(eng_backend *be, const eng_attn_args *args);
+    /* Optional (may be NULL: the CPU reference has none): attention for the bf16 compute mode,
+     * whose q and KV cache hold bf16 values. Same arguments and output as attention, but the
+     * backend may compute it as flash-attention kernels on tensor cores do (CUDA: a BF16 cache,
+     * the head dims kernels/kernels.h's kern_attention_tc_supported lists, prefill-sized
+     * batches): q.k exact in f32, the softmax probabilities rounded to bf16 before they
+     * multiply V, the row sum over those rounded values. The output then differs from
+     * attention's by that rounding (relative error up to 2^-8 per probability, about 1.6e-3
+     * rms), as Hugging Face's bf16
+     * path does on a GPU (SDPA's flash kernel). Other arguments run attention. */
+    pp_status (*attention_bf16)(eng_backend *be, const eng_attn_args *args);
     pp_status (*mla_absorbed)(eng_backend *be, const eng_mla_args *args);
     pp_status (*moe_route)(eng_backend *be, const eng_route_args *args);
     pp_status (*moe_experts)(eng_backend *be, const eng_moe_args *args);

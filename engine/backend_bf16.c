@@ -9,8 +9,9 @@
  *
  * Rounded: embedding rows, matmul outputs (logits included: HF's lm_head runs in bf16), RMSNorm
  * outputs, residual / shared-expert adds, the rotated RoPE slices, SwiGLU outputs, attention and
- * MLA outputs, routed-expert outputs, and Qwen3-MoE's combine weights (softmax router: HF casts
- * them to bf16, `routing_weights.to(hidden_states.dtype)`).
+ * MLA outputs, routed-expert outputs and, inside the experts op, each expert's silu(gate) * up
+ * (eng_moe_args.h_bf16; HF's is a bf16 tensor), and Qwen3-MoE's combine weights (softmax
+ * router: HF casts them to bf16, `routing_weights.to(hidden_states.dtype)`).
  * Not rounded: DeepSeek-V3's combine weights (sigmoid router: fp32 in HF, and its router logits
  * are computed in fp32, which model.c does on eng_backend_bf16_inner), memory ops (copies and
  * KV-cache writes), quant_act_fp8's output (below), and argmax (its output is token ids).
@@ -40,6 +41,9 @@
  * matmul under fp8_act_quant keeps the inner matmul. The experts and MLA ops run their products
  * inside the inner op (no op-table matmul); DeepSeek-V3's router matmul runs on
  * eng_backend_bf16_inner, f32. This decorator's own matmul_bf16 is NULL: its matmul is that.
+ * Likewise attention runs the inner backend's attention_bf16 when it has one (CUDA: flash
+ * attention on tensor cores for prefill over a bf16 cache, its probabilities rounded to bf16 as
+ * FlashAttention kernels round them), because q and the cache hold rounded values.
  *
  * Where HF rounds inside what is one op here, this mode rounds only the op's output:
  *   - RMSNorm: HF rounds x * rsqrt(var + eps) to bf16 before multiplying by the weight (two
@@ -49,9 +53,10 @@
  *   - RoPE: HF casts cos/sin to bf16 and rounds x*cos, rotate(x)*sin and their sum; here f32
  *     cos/sin and one rounding of the result. (q and k enter RoPE already bf16.)
  *   - SwiGLU: HF rounds silu(gate) before the product; attention in eager mode rounds scores and
- *     probabilities (SDPA, HF's default, does not); routed experts' gate/up/down outputs and
- *     Qwen3-MoE's bf16 index_add accumulation happen inside the experts op (so an FP8 expert's
- *     down input is quantized from the f32 silu(gate) * up, where HF quantizes its bf16 copy).
+ *     probabilities (SDPA, HF's default, rounds the probabilities in its flash kernel on a GPU,
+ *     as attention_bf16 does, and neither on a CPU); routed experts' gate/up/down outputs and
+ *     Qwen3-MoE's bf16 index_add accumulation happen inside the experts op (which rounds only
+ *     silu(gate) * up, before an FP8 expert's down input is quantized from it, as HF's is).
  * Thread safety and lifetime are the inner backend's; the decorator owns it.
  */
 #include <limits.h>
@@ -229,10 +234,12 @@ static pp_status bf16_swiglu(eng_backend *be, const float *gate, int64_t gate_st
 }
 
 /* out [n_tokens][n_head * d_v], rows out_stride apart */
+/* The inner backend's attention_bf16 where it has one: q (RoPE's rounded output) and the cache
+ * (filled from rounded values) hold bf16 values, as that op asks. */
 static pp_status bf16_attention(eng_backend *be, const eng_attn_args *a)
 {
     eng_backend *in = inner_of(be);
-    pp_status st = in->ops->attention(in, a);
+    pp_status st = in->ops->attention_bf16 ? in->ops->attention_bf16(in, a) : in->ops->attention(in, a);
     return st != PP_STATUS_OK ? st
                               : round_rows(in, a->out, a->out_stride, a->batch.n_tokens,
                                            (int64_t)a->n_head * a->d_v);
@@ -268,6 +275,8 @@ static pp_status bf16_moe_experts(eng_backend *be, const eng_moe_args *a)
     if (as_bf16(be)->w8a8 && a->n_expert > 0 && a->gate[0].fmt == ENG_WFMT_FP8_BLOCK && a->up[0].fmt == ENG_WFMT_FP8_BLOCK &&
         a->down[0].fmt == ENG_WFMT_FP8_BLOCK)
         q.act_quant_group = a->gate[0].block_in;
+    q.x_bf16 = true; /* x is an RMSNorm output of this decorator, rounded */
+    q.h_bf16 = true; /* HF's silu(gate) * up is a bf16 tensor */
     pp_status st = in->ops->moe_experts(in, &q);
     return st != PP_STATUS_OK ? st : round_rows(in, a->out, a->d_model, a->n_tokens, a->d_model);
 }

@@ -556,8 +556,8 @@ static pp_status cpu_moe_route(eng_backend *be, const eng_route_args *a)
 
 /* Per expert e: its tokens' rows gathered into xe, g = gate_e xe and u = up_e xe, g = silu(g) * u,
  * ye = down_e g, each ye row added into its token's out row with the combine weight. With
- * act_quant_group, x is quantized once per token (xq) before the gather, and g per row after the
- * SwiGLU. */
+ * h_bf16 g is rounded to bf16 after the SwiGLU; with act_quant_group, x is quantized once per
+ * token (xq) before the gather, and g per row after the SwiGLU (and the rounding). */
 static pp_status cpu_moe_experts(eng_backend *be, const eng_moe_args *a)
 {
     int T = a->n_tokens, K = a->n_expert_used, D = a->d_model, F = a->d_ff_expert;
@@ -597,6 +597,9 @@ static pp_status cpu_moe_experts(eng_backend *be, const eng_moe_args *a)
             (st = cpu_matmul(be, xe, D, &a->up[e], u, F, n)) != PP_STATUS_OK)
             goto done;
         cpu_swiglu(be, g, F, u, F, g, F, n, F);
+        if (a->h_bf16)
+            for (size_t i = 0; i < (size_t)n * (size_t)F; i++)
+                g[i] = eng_round_bf16(g[i]);
         if (group)
             cpu_quant_act_fp8(be, g, F, g, F, n, F, group);
         if ((st = cpu_matmul(be, g, F, &a->down[e], ye, D, n)) != PP_STATUS_OK)

@@ -13,10 +13,11 @@
  *     (OUT_OF_MEMORY for an allocation) and keeps a message for last_error; a sticky error (an
  *     illegal address, a launch failure: the CUDA context is lost) marks the backend dead, and
  *     from then on every op returns PP_STATUS_DEVICE without touching the device.
- *   - matmul_bf16 (the bf16 mode's products) runs BF16 weights at prefill sizes through cuBLAS
- *     on tensor cores: one handle per backend, made on first use, bound to the backend's stream
- *     with a workspace the backend allocated (cuBLAS allocates nothing while a product runs);
- *     a cuBLAS failure is recorded as a CUDA one (its status name in last_error).
+ *   - matmul_bf16 (the bf16 mode's products) runs on tensor cores at prefill sizes: BF16
+ *     weights through cuBLAS (one handle per backend, made on first use, bound to the backend's
+ *     stream with a workspace the backend allocated, so cuBLAS allocates nothing while a product
+ *     runs; a cuBLAS failure is recorded as a CUDA one, its status name in last_error), FP8 /
+ *     INT8 / INT4 weights through kern_matmul_tc.
  * A backend is used by one thread at a time; backends sharing a cache may run on two threads.
  */
 #include <cublas_v2.h>
@@ -38,8 +39,8 @@
 /* Device copies of RoPE frequency tables a backend keeps (one per model and rope in practice). */
 #define ROPE_SLOTS 4
 
-/* matmul_bf16 takes cuBLAS from this many tokens on. Below it kern_matmul runs its GEMV
- * (n_tokens <= 16, kernels/matmul.cu), which reads the weight once at memory speed: a product
+/* matmul_bf16 takes the tensor cores (cuBLAS, kern_matmul_tc) from this many tokens on. Below
+ * it kern_matmul runs its GEMV (n_tokens <= 16, kernels/matmul.cu), which reads the weight once at memory speed: a product
  * of 16 rows or fewer is bound by those reads whatever multiplies, so tensor cores gain nothing
  * there and the conversion of x would be pure cost. From 17 tokens kern_matmul switches to its
  * SIMT tiled GEMM (f32 FMA, 64 x 64 tiles, a small fraction of the bf16 tensor-core rate), which
@@ -171,6 +172,7 @@ typedef struct rope_slot {
 typedef struct cuda_backend {
     eng_backend base;
     int device;
+    int cc_major;   /* the device's compute capability major (kern_matmul_tc needs >= 8) */
     cudaStream_t stream;
     weight_cache *wc;
     bool dead;      /* a sticky CUDA error was seen: the context is unusable */
@@ -421,7 +423,9 @@ static pp_status cache_tensor(cuda_backend *cb, const void *host, size_t bytes, 
 }
 
 /* Describes w for the kernels, its data and scales made resident. */
-static pp_status weight_resolve(cuda_backend *cb, const eng_weight *w, kern_weight *kw)
+/* kw = w's descriptor with w's host pointers (false for an unknown format or scale dtype, or a
+ * quantized weight without scales): what kern_*_supported checks look at before any upload. */
+static bool weight_desc(const eng_weight *w, kern_weight *kw)
 {
     memset(kw, 0, sizeof *kw);
     switch (w->fmt) {
@@ -431,14 +435,12 @@ static pp_status weight_resolve(cuda_backend *cb, const eng_weight *w, kern_weig
     case ENG_WFMT_FP8_BLOCK: kw->fmt = KERN_W_FP8_BLOCK; break;
     case ENG_WFMT_INT4_GROUP: kw->fmt = KERN_W_INT4_GROUP; break;
     case ENG_WFMT_INT8_CHANNEL: kw->fmt = KERN_W_INT8_CHANNEL; break;
-    default: return set_fail(cb, PP_STATUS_INVALID_ARG, "unknown weight format %d", (int)w->fmt);
+    default: return false;
     }
     bool quantized = w->fmt == ENG_WFMT_FP8_BLOCK || w->fmt == ENG_WFMT_INT4_GROUP ||
                      w->fmt == ENG_WFMT_INT8_CHANNEL;
     if (!w->data || (quantized && (!w->scale || !kern_dtype_of(w->scale_dtype, &kw->scale_dtype))))
-        return set_fail(cb, PP_STATUS_INVALID_ARG,
-                        "[%lld][%lld] weight without data, or without a F32/BF16/F16 scale grid",
-                        (long long)w->n_out, (long long)w->n_in);
+        return false;
     kw->n_out = w->n_out;
     kw->n_in = w->n_in;
     kw->block_out = w->block_out;
@@ -447,6 +449,21 @@ static pp_status weight_resolve(cuda_backend *cb, const eng_weight *w, kern_weig
     kw->packed_cols = w->packed_cols;
     /* INT8's scale is [n_out] (scale_cols 1 by definition; the CPU reference never reads it) */
     kw->scale_cols = w->fmt == ENG_WFMT_INT8_CHANNEL ? 1 : w->scale_cols;
+    kw->data = w->data;
+    kw->scale = quantized ? w->scale : NULL;
+    return true;
+}
+
+static pp_status weight_resolve(cuda_backend *cb, const eng_weight *w, kern_weight *kw)
+{
+    if (!weight_desc(w, kw)) {
+        if ((unsigned)w->fmt > ENG_WFMT_INT8_CHANNEL)
+            return set_fail(cb, PP_STATUS_INVALID_ARG, "unknown weight format %d", (int)w->fmt);
+        return set_fail(cb, PP_STATUS_INVALID_ARG,
+                        "[%lld][%lld] weight without data, or without a F32/BF16/F16 scale grid",
+                        (long long)w->n_out, (long long)w->n_in);
+    }
+    bool quantized = kw->scale != NULL;
     pp_status st = cache_tensor(cb, w->data, weight_data_bytes(w), &kw->data);
     if (st == PP_STATUS_OK && quantized)
         st = cache_tensor(cb, w->scale, weight_scale_bytes(w), &kw->scale);
@@ -675,9 +692,7 @@ static pp_status blas_ready(cuda_backend *cb)
     if (cb->blas)
         return PP_STATUS_OK;
     if (!cb->blas_ws) {
-        int major = 0;
-        CUDA_TRY(cb, cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, cb->device));
-        size_t bytes = major >= 9 ? BLAS_WS_HOPPER : BLAS_WS_OTHER;
+        size_t bytes = cb->cc_major >= 9 ? BLAS_WS_HOPPER : BLAS_WS_OTHER;
         pp_status st = dev_alloc(cb, bytes, &cb->blas_ws);
         if (st != PP_STATUS_OK)
             return st;
@@ -698,43 +713,63 @@ static pp_status blas_ready(cuda_backend *cb)
     return PP_STATUS_OK;
 }
 
-/* Whether matmul_bf16 has its cuBLAS path for these arguments: a BF16 weight, at least
- * BF16_GEMM_MIN_TOKENS tokens, and every dimension cuBLAS takes as an int within range
- * (ldc = y_stride >= n_out, as cuBLAS requires). */
-static bool bf16_gemm_fits(const eng_weight *w, int64_t y_stride, int n_tokens)
+/* Which product matmul_bf16 runs: cuBLAS for a BF16 weight, kern_matmul_tc (our tensor-core
+ * kernel) for the quantized formats it takes on an sm_80+ device, both from BF16_GEMM_MIN_TOKENS
+ * tokens on and with every dimension cuBLAS takes as an int within range (ldc = y_stride >=
+ * n_out, as cuBLAS requires; the same bounds serve kern_matmul_tc); kern_matmul otherwise. */
+typedef enum bf16_path { BF16_PATH_NONE, BF16_PATH_CUBLAS, BF16_PATH_TC } bf16_path;
+
+static bf16_path bf16_path_of(const cuda_backend *cb, const eng_weight *w, const kern_weight *kw, int64_t y_stride,
+                              int n_tokens)
 {
     int64_t ld = (w->n_in + BF16_LD_ALIGN - 1) / BF16_LD_ALIGN * BF16_LD_ALIGN;
-    return w->fmt == ENG_WFMT_BF16 && n_tokens >= BF16_GEMM_MIN_TOKENS && w->n_out >= 1 && w->n_in >= 1 &&
-           ld <= INT_MAX && w->n_out <= INT_MAX && y_stride >= w->n_out && y_stride <= INT_MAX;
+    if (n_tokens < BF16_GEMM_MIN_TOKENS || w->n_out < 1 || w->n_in < 1 || ld > INT_MAX || w->n_out > INT_MAX ||
+        y_stride < w->n_out || y_stride > INT_MAX)
+        return BF16_PATH_NONE;
+    if (w->fmt == ENG_WFMT_BF16)
+        return BF16_PATH_CUBLAS;
+    bool quantized = w->fmt == ENG_WFMT_FP8_BLOCK || w->fmt == ENG_WFMT_INT8_CHANNEL || w->fmt == ENG_WFMT_INT4_GROUP;
+    return quantized && cb->cc_major >= 8 && kern_matmul_tc_supported(kw) ? BF16_PATH_TC : BF16_PATH_NONE;
 }
 
 /* y [n_tokens][n_out] (rows y_stride apart, f32) = x W^T with x bf16-representable (backend.h).
  * x [n_tokens][n_in] (rows x_stride apart, f32) is packed by kern_f32_to_bf16 into work as
  * xb [n_tokens][ld] bf16 (ld = n_in rounded up to BF16_LD_ALIGN; exact for bf16 values), then
- * one cublasGemmEx, bf16 x bf16 on tensor cores, f32 accumulation and output. cuBLAS is
- * column-major: a row-major [R][C] matrix with row stride s is a column-major C x R matrix with
- * leading dimension s, so W (row-major [n_out][n_in]) is the n_in x n_out matrix W^T (lda n_in),
- * xb is the n_in x n_tokens matrix x^T (ldb ld) and y is the n_out x n_tokens matrix y^T (ldc
- * y_stride). y^T = W x^T = op_T(W^T) * op_N(x^T): transa T, transb N, m = n_out,
- * n = n_tokens, k = n_in. beta = 0, so y is never read (the NaN guard bands of test_ops stay
- * out of the sum). Other weights and small n_tokens run cuda_matmul. */
+ * either kern_matmul_tc (FP8 / INT8 / INT4 weights, kernels/matmul_tc.cu: the stored values
+ * widened to bf16 on tensor cores, scales applied to per-block sums) or one cublasGemmEx, bf16 x
+ * bf16 on tensor cores, f32 accumulation and output. cuBLAS is column-major: a row-major [R][C]
+ * matrix with row stride s is a column-major C x R matrix with leading dimension s, so W
+ * (row-major [n_out][n_in]) is the n_in x n_out matrix W^T (lda n_in), xb is the n_in x n_tokens
+ * matrix x^T (ldb ld) and y is the n_out x n_tokens matrix y^T (ldc y_stride).
+ * y^T = W x^T = op_T(W^T) * op_N(x^T): transa T, transb N, m = n_out, n = n_tokens, k = n_in.
+ * beta = 0, so y is never read (the NaN guard bands of test_ops stay out of the sum). Other
+ * weights and small n_tokens run cuda_matmul. */
 static pp_status cuda_matmul_bf16(eng_backend *be, const float *x, int64_t x_stride, const eng_weight *w,
                                   float *y, int64_t y_stride, int n_tokens)
 {
-    if (!bf16_gemm_fits(w, y_stride, n_tokens))
+    if (n_tokens < BF16_GEMM_MIN_TOKENS || w->fmt == ENG_WFMT_F32 || w->fmt == ENG_WFMT_F16)
         return cuda_matmul(be, x, x_stride, w, y, y_stride, n_tokens);
     cuda_backend *cb = as_cuda(be);
     pp_status st = op_begin(cb);
     if (st != PP_STATUS_OK)
         return st;
     kern_weight kw;
-    if ((st = weight_resolve(cb, w, &kw)) != PP_STATUS_OK || (st = blas_ready(cb)) != PP_STATUS_OK)
+    if ((st = weight_resolve(cb, w, &kw)) != PP_STATUS_OK)
+        return st;
+    bf16_path path = bf16_path_of(cb, w, &kw, y_stride, n_tokens);
+    if (path == BF16_PATH_NONE)
+        return cuda_matmul(be, x, x_stride, w, y, y_stride, n_tokens);
+    if (path == BF16_PATH_CUBLAS && (st = blas_ready(cb)) != PP_STATUS_OK)
         return st;
     int64_t ld = (w->n_in + BF16_LD_ALIGN - 1) / BF16_LD_ALIGN * BF16_LD_ALIGN;
     if ((st = scratch_reserve(cb, &cb->work, &cb->work_bytes, (size_t)n_tokens * (size_t)ld * 2)) != PP_STATUS_OK)
         return st;
     uint16_t *xb = cb->work; /* [n_tokens][ld] bf16, device */
     CUDA_TRY(cb, kern_f32_to_bf16(x, x_stride, xb, ld, n_tokens, w->n_in, cb->stream));
+    if (path == BF16_PATH_TC) {
+        CUDA_TRY(cb, kern_matmul_tc(xb, ld, &kw, y, y_stride, n_tokens, cb->stream));
+        return PP_STATUS_OK;
+    }
     const float one = 1.0f, zero = 0.0f;
     CUBLAS_TRY(cb, cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->n_out, n_tokens, (int)w->n_in, &one,
                                 kw.data, CUDA_R_16BF, (int)w->n_in, xb, CUDA_R_16BF, (int)ld, &zero, y, CUDA_R_32F,
@@ -859,6 +894,37 @@ static pp_status cuda_attention(eng_backend *be, const eng_attn_args *a)
     return PP_STATUS_OK;
 }
 
+/* attention_bf16 takes kern_attention_tc when the longest sequence of the batch has at least
+ * this many tokens (a prefill chunk: its 64-row tiles fill up and every key tile serves many
+ * rows); decode steps and short chunks run kern_attention, whose key splits keep the GPU busy
+ * when there are few rows. Not measured yet (bench_kernels' attention_tc_prefill rows). */
+#define ATTN_TC_MIN_SEQ_TOKENS 16
+
+/* The bf16 mode's attention (backend.h): kern_attention_tc for prefill-sized batches over a
+ * BF16 cache with head dims it has, cuda_attention otherwise. */
+static pp_status cuda_attention_bf16(eng_backend *be, const eng_attn_args *a)
+{
+    cuda_backend *cb = as_cuda(be);
+    if (a->kv_dtype != ENG_KV_BF16 || a->batch.max_seq_tokens < ATTN_TC_MIN_SEQ_TOKENS || cb->cc_major < 8)
+        return cuda_attention(be, a);
+    kern_attn_args ka = {
+        .batch = kv_batch_of(&a->batch), .n_head = a->n_head, .n_head_kv = a->n_head_kv,
+        .d_qk = a->d_qk, .d_v = a->d_v, .scale = a->scale,
+        .q = a->q, .q_stride = a->q_stride,
+        .kv_dtype = KERN_DT_BF16,
+        .k = a->k, .k_stride = a->k_stride,
+        .v = a->v, .v_stride = a->v_stride,
+        .out = a->out, .out_stride = a->out_stride,
+    };
+    if (!kern_attention_tc_supported(&ka))
+        return cuda_attention(be, a);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK)
+        return st;
+    CUDA_TRY(cb, kern_attention_tc(&ka, cb->stream));
+    return PP_STATUS_OK;
+}
+
 static pp_status cuda_mla_absorbed(eng_backend *be, const eng_mla_args *a)
 {
     cuda_backend *cb = as_cuda(be);
@@ -914,6 +980,34 @@ static pp_status cuda_moe_route(eng_backend *be, const eng_route_args *a)
     return PP_STATUS_OK;
 }
 
+/* Whether every weight of ws[0 .. n) (and of ws2, when not NULL) is [n_out][n_in] of one format
+ * kern_matmul_tc takes; *fmt gets that format. */
+static bool experts_tc_fmt(const eng_weight *ws, const eng_weight *ws2, int n, int64_t n_out, int64_t n_in,
+                           kern_wfmt *fmt)
+{
+    for (int e = 0; e < n; e++)
+        for (int j = 0; j < (ws2 ? 2 : 1); j++) {
+            const eng_weight *w = j ? &ws2[e] : &ws[e];
+            kern_weight kw;
+            if (!weight_desc(w, &kw) || w->fmt != ws[0].fmt || w->n_out != n_out || w->n_in != n_in ||
+                !kern_matmul_tc_supported(&kw))
+                return false;
+            *fmt = kw.fmt;
+        }
+    return n > 0;
+}
+
+/* Sets which expert products may run on tensor cores (kern_moe_args.tc_gate_up / tc_down): an
+ * sm_80+ device, no activation quantization, bf16 inputs (x_bf16 for gate/up, h_bf16 for down)
+ * and weights experts_tc_fmt takes. */
+static void experts_tc(const cuda_backend *cb, const eng_moe_args *a, kern_moe_args *ka)
+{
+    if (cb->cc_major < 8 || a->act_quant_group != 0)
+        return;
+    ka->tc_gate_up = a->x_bf16 && experts_tc_fmt(a->gate, a->up, a->n_expert, a->d_ff_expert, a->d_model, &ka->tc_fmt);
+    ka->tc_down = a->h_bf16 && experts_tc_fmt(a->down, NULL, a->n_expert, a->d_model, a->d_ff_expert, &ka->tc_down_fmt);
+}
+
 static pp_status cuda_moe_experts(eng_backend *be, const eng_moe_args *a)
 {
     cuda_backend *cb = as_cuda(be);
@@ -934,6 +1028,8 @@ static pp_status cuda_moe_experts(eng_backend *be, const eng_moe_args *a)
         .out = a->out,
         .act_quant_group = a->act_quant_group,
     };
+    ka.h_bf16 = a->h_bf16;
+    experts_tc(cb, a, &ka);
     size_t ws = kern_moe_workspace_bytes(&ka);
     if (ws && (st = scratch_reserve(cb, &cb->work, &cb->work_bytes, ws)) != PP_STATUS_OK)
         return st;
@@ -1029,6 +1125,7 @@ static const eng_backend_ops cuda_ops = {
     .kv_write = cuda_kv_write,
     .swiglu = cuda_swiglu,
     .attention = cuda_attention,
+    .attention_bf16 = cuda_attention_bf16,
     .mla_absorbed = cuda_mla_absorbed,
     .moe_route = cuda_moe_route,
     .moe_experts = cuda_moe_experts,
@@ -1074,6 +1171,8 @@ pp_status eng_backend_cuda_create(int device, eng_backend *share_with, eng_backe
     cb->base.ops = &cuda_ops;
     cb->device = device;
     cudaError_t e = cudaSetDevice(device);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&cb->cc_major, cudaDevAttrComputeCapabilityMajor, device);
     if (e == cudaSuccess)
         e = cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {

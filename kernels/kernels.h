@@ -191,6 +191,24 @@ int kern_quant_act_fp8(const float *x, int64_t x_stride, float *out, int64_t out
 int kern_matmul(const float *x, int64_t x_stride, const kern_weight *w, float *y,
                 int64_t y_stride, int n_tokens, kern_stream stream);
 
+/* ---- tensor-core matmul (kernels/matmul_tc.cu) ----------------------------------------------- */
+
+/* Whether kern_matmul_tc takes w: a valid BF16 or INT8_CHANNEL weight, or FP8_BLOCK / INT4_GROUP
+ * whose block_in / group is a multiple of 16, with n_out <= 8388480. */
+bool kern_matmul_tc_supported(const kern_weight *w);
+
+/* The bf16 mode's prefill product on tensor cores: y[t][n] = sum_k x[t][k] * W[n][k] for
+ * t < n_tokens, n < w->n_out (y rows y_stride >= n_out floats apart), where x is given as bf16:
+ * xb [n_tokens][xb_stride] uint16 (kern_f32_to_bf16's output), xb_stride a multiple of 8 and
+ * >= n_in rounded up to 8, xb 16-byte aligned; its columns >= n_in are never used. Products are
+ * exact (every supported weight stores bf16 values: bf16, e4m3, int8, int4), sums f32; FP8 /
+ * INT4 scales multiply each scale block's partial sum, INT8's row scale the total, so results
+ * are the f32 path's up to summation order and the rounding of those scaled sums. Needs compute
+ * capability >= 8.0 (cudaErrorInvalidDevice otherwise); cudaErrorInvalidValue for a weight
+ * kern_matmul_tc_supported refuses or a bad layout. y must not alias xb. */
+int kern_matmul_tc(const uint16_t *xb, int64_t xb_stride, const kern_weight *w, float *y,
+                   int64_t y_stride, int n_tokens, kern_stream stream);
+
 /* ---- attention (kernels/attention.cu) -------------------------------------------------------- */
 
 /* The sequences of one forward pass and where their keys live (a paged KV cache).
@@ -248,6 +266,22 @@ size_t kern_attention_workspace_bytes(const kern_attn_args *args);
  * not a multiple of n_head_kv, a batch field out of range (n_seq < 1, block_size < 1, max_blocks
  * too small for max_ctx), a NULL tensor or a missing workspace. */
 int kern_attention(const kern_attn_args *args, void *workspace, kern_stream stream);
+
+/* ---- tensor-core attention (kernels/attention_tc.cu) ------------------------------------------ */
+
+/* Whether kern_attention_tc takes these args: a BF16 cache, n_head a multiple of n_head_kv,
+ * (d_qk, d_v) one of (32, 32), (48, 48), (64, 64), (128, 128), (48, 32), (96, 64), (192, 128),
+ * k_stride and v_stride multiples of 8 and k, v 16-byte aligned. Looks at no batch field. */
+bool kern_attention_tc_supported(const kern_attn_args *args);
+
+/* The bf16 mode's prefill attention: kern_attention's contract (the same batch and layout rules)
+ * except the numerics: q is rounded to the nearest bf16 (exact for bf16 values), the
+ * probabilities are rounded to bf16 before they multiply V, and the row sum adds those rounded
+ * values (attention_tc.cu's header). No workspace: one CTA per 64 query rows of a sequence and
+ * KV head, all keys in it, so meant for prefill-sized batches. Needs compute capability >= 8.0
+ * (cudaErrorInvalidDevice otherwise); cudaErrorInvalidValue for args kern_attention_tc_supported
+ * refuses or kern_attention would refuse. */
+int kern_attention_tc(const kern_attn_args *args, kern_stream stream);
 
 /* MLA, absorbed form (DeepSeek-V3), over a paged latent cache for a batch of sequences
  * (kern_kv_batch; ckv and kpe rows are indexed by the same cache rows): per head h
@@ -313,7 +347,25 @@ typedef struct kern_moe_args {
     const float *weight;         /* [n_tokens][n_expert_used] */
     float *out;                  /* [n_tokens][d_model], overwritten */
     int act_quant_group;         /* 0: no activation quantization; > 0: its group (columns) */
+    bool h_bf16;                 /* h = silu(gate x) * up x is rounded to the nearest bf16 (ties
+                                    to even) before the down products and their quantization
+                                    (the bf16 mode: Hugging Face's h is a bf16 tensor) */
+    bool tc_gate_up;             /* the gate/up products may run on tensor cores (matmul_tc.cuh;
+                                    from KERN_MOE_TC_MIN_TOKENS tokens on an sm_80+ device): x holds
+                                    bf16 values, act_quant_group is 0, and every gate and up
+                                    weight is [d_ff_expert][d_model] of format tc_fmt, which
+                                    kern_matmul_tc_supported takes. The caller checks this (the
+                                    descriptors are device memory here). */
+    kern_wfmt tc_fmt;
+    bool tc_down;                /* likewise the down products: h_bf16, act_quant_group 0, every
+                                    down weight [d_model][d_ff_expert] of format tc_down_fmt */
+    kern_wfmt tc_down_fmt;
 } kern_moe_args;
+
+/* kern_moe_experts runs the gate/up products on tensor cores (tc_gate_up) from this many tokens:
+ * below it the pairs of an expert are too few to fill a 64-pair tile, and the SIMT grouped
+ * kernel reads each weight row once for all of them anyway. Not measured yet. */
+#define KERN_MOE_TC_MIN_TOKENS 64
 
 size_t kern_moe_workspace_bytes(const kern_moe_args *args);
 int kern_moe_experts(const kern_moe_args *args, void *workspace, kern_stream stream);

@@ -7,7 +7,9 @@
 // round trip), moe_grouped<true> computes h = silu(gate_e x) * up_e x for every pair and
 // moe_grouped<false> y = down_e h, one warp per weight row reading each dequantized row once
 // for up to GR_PAIRS pairs routed to that expert, then moe_combine sums each token's products
-// in slot order. Invariant: h and y are indexed by pair id p = t * n_expert_used + i, so no
+// in slot order. In the bf16 mode (tc_gate_up) prefill-sized batches compute h on tensor cores
+// instead (moe_gate_up_tc, matmul_tc.cuh: 64 pairs of one expert x 64 rows of gate and up per
+// CTA, x rounded to bf16, which it already is there; exact products, f32 sums). Invariant: h and y are indexed by pair id p = t * n_expert_used + i, so no
 // result depends on the order inside an expert's bucket; weights are dequantized exactly.
 // With act_quant_group (W8A8, the bf16 mode over FP8 experts) kern_quant_act_fp8 quantizes x
 // into the workspace (xq) before moe_grouped<true>, and h in place before moe_grouped<false>,
@@ -21,6 +23,7 @@
 
 #include "dequant.cuh"
 #include "kernels.h"
+#include "matmul_tc.cuh"
 #include "reduce.cuh"
 
 #define ROUTE_MAX_EXPERT 1024
@@ -290,6 +293,7 @@ typedef struct moe_params {
     float *out;              // [n_tokens][d_model]
     bool x_vec;              // x 16-byte aligned and d_model % 8 == 0 (x: the caller's, or xq)
     bool h_vec;              // h 16-byte aligned and d_ff % 8 == 0
+    bool h_round;            // h rounded to the nearest bf16 (h_bf16)
     // workspace
     float *h;      // [n_pairs][d_ff] silu(gate x) * up x per pair
     float *y;      // [n_pairs][d_model] down h per pair
@@ -439,6 +443,12 @@ static __device__ __forceinline__ void granule8(const kern_weight &w, int64_t n,
     }
 }
 
+// An h element as stored: rounded to the nearest bf16 (ties to even) when round (h_bf16).
+static __device__ __forceinline__ float moe_h(float h, bool round)
+{
+    return round ? __bfloat162float(__float2bfloat16_rn(h)) : h;
+}
+
 // One warp, weight row n of expert e (w0 = gate or down, w1 = up when GATED), for the pairs
 // at positions [beg, end) of order, GR_PAIRS at a time. FMT < 0: any format, one column per
 // lane per step (dq_weight_at); else the 8-column granules of FMT (granule8_ok holds for w0,
@@ -507,7 +517,7 @@ static __device__ void grouped_row(const moe_params &p, const kern_weight &w0,
                 if (GATED) {
                     float u = warp_sum(a1[j]);
                     if (lane == 0)
-                        p.h[(int64_t)pid[j] * p.d_ff + n] = g / (1.0f + expf(-g)) * u;
+                        p.h[(int64_t)pid[j] * p.d_ff + n] = moe_h(g / (1.0f + expf(-g)) * u, p.h_round);
                 } else if (lane == 0) {
                     p.y[(int64_t)pid[j] * p.d_model + n] = g;
                 }
@@ -578,6 +588,11 @@ static __global__ void __launch_bounds__(COMBINE_THREADS) moe_combine(moe_params
 
 static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
 
+static bool moe_tc_fmt_ok(kern_wfmt f)
+{
+    return f == KERN_W_BF16 || f == KERN_W_FP8_BLOCK || f == KERN_W_INT8_CHANNEL || f == KERN_W_INT4_GROUP;
+}
+
 static bool moe_args_ok(const kern_moe_args *a)
 {
     if (!a || a->n_tokens < 0 || a->d_model < 1 || a->d_ff_expert < 1 || a->n_expert < 1 ||
@@ -585,6 +600,9 @@ static bool moe_args_ok(const kern_moe_args *a)
         (int64_t)a->n_tokens * a->n_expert_used > INT32_MAX)
         return false;
     if (a->act_quant_group < 0)
+        return false;
+    if ((a->tc_gate_up && (a->act_quant_group != 0 || !moe_tc_fmt_ok(a->tc_fmt))) ||
+        (a->tc_down && (a->act_quant_group != 0 || !a->h_bf16 || !moe_tc_fmt_ok(a->tc_down_fmt))))
         return false;
     return a->n_tokens == 0 || (a->x && a->gate && a->up && a->down && a->idx && a->weight &&
                                 a->out);
@@ -621,9 +639,58 @@ extern "C" size_t kern_moe_workspace_bytes(const kern_moe_args *args)
     return moe_layout_make(args).bytes;
 }
 
-// Launches moe_sort, moe_grouped<true>, moe_grouped<false> and moe_combine on `stream` (with
-// act_quant_group, kern_quant_act_fp8 of x into xq before moe_grouped<true> and of h in place
-// before moe_grouped<false>: h rows of pairs whose expert id is invalid hold whatever the
+// The experts' products on tensor cores (matmul_tc.cuh's tc_kernel): MODE TC_GATED computes
+// h = silu(gate x) * up x (rounded to bf16 with h_bf16) for every pair, TC_DOWN y = down h. Grid
+// (64-row (GATED) or 128-row (DOWN) tiles of the output, expert slots, 64-pair tiles of the
+// largest possible bucket, which holds at most n_tokens pairs as a token picks an expert once);
+// CTAs past the device's n_active or past their expert's pairs return at once. VEC: every
+// weight row starts 16-byte aligned (n_in % 8 == 0; the backend uploads each expert tensor to
+// its own allocation).
+template <int FMT, int MODE>
+static cudaError_t moe_tc_fmt(const kern_moe_args *a, const moe_params &mp, unsigned slots, cudaStream_t st)
+{
+    constexpr bool GATED = MODE == TC_GATED;
+    tc_params p = {};
+    p.x = GATED ? mp.x : mp.h;
+    p.x_vec = GATED ? mp.x_vec : mp.h_vec;
+    p.n_used = mp.n_used;
+    p.gate = mp.gate;
+    p.up = mp.up;
+    p.down = mp.down;
+    p.order = mp.order;
+    p.offset = mp.offset;
+    p.active = mp.active;
+    p.n_active = mp.n_active;
+    p.out = GATED ? mp.h : mp.y;
+    p.h_round = mp.h_round;
+    const int n_out = GATED ? a->d_ff_expert : a->d_model, n_in = GATED ? a->d_model : a->d_ff_expert;
+    const int rows = GATED ? TC_BN / 2 : TC_BN;
+    dim3 grid((unsigned)((n_out + rows - 1) / rows), slots, (unsigned)((a->n_tokens + TC_BM - 1) / TC_BM));
+    if (FMT != KERN_W_INT4_GROUP && n_in % 8 == 0)
+        tc_kernel<FMT, true, MODE><<<grid, TC_THREADS, 0, st>>>(p);
+    else
+        tc_kernel<FMT, false, MODE><<<grid, TC_THREADS, 0, st>>>(p);
+    return cudaGetLastError();
+}
+
+template <int MODE>
+static cudaError_t moe_tc(const kern_moe_args *a, kern_wfmt fmt, const moe_params &p, unsigned slots,
+                          cudaStream_t st)
+{
+    if ((a->n_tokens + TC_BM - 1) / TC_BM > 65535)
+        return cudaErrorInvalidValue;
+    switch (fmt) {
+    case KERN_W_BF16: return moe_tc_fmt<KERN_W_BF16, MODE>(a, p, slots, st);
+    case KERN_W_FP8_BLOCK: return moe_tc_fmt<KERN_W_FP8_BLOCK, MODE>(a, p, slots, st);
+    case KERN_W_INT8_CHANNEL: return moe_tc_fmt<KERN_W_INT8_CHANNEL, MODE>(a, p, slots, st);
+    default: return moe_tc_fmt<KERN_W_INT4_GROUP, MODE>(a, p, slots, st);
+    }
+}
+
+// Launches moe_sort, moe_grouped<true> (or moe_gate_up_tc: tc_gate_up from
+// KERN_MOE_TC_MIN_TOKENS tokens on an sm_80+ device), moe_grouped<false> and moe_combine on
+// `stream` (with act_quant_group, kern_quant_act_fp8 of x into xq before moe_grouped<true> and
+// of h in place before moe_grouped<false>: h rows of pairs whose expert id is invalid hold whatever the
 // workspace held, are quantized all the same, and are never read); the grids are sized for
 // the worst case (every pair on its own expert) and CTAs past the device's n_active return at
 // once.
@@ -667,6 +734,7 @@ extern "C" int kern_moe_experts(const kern_moe_args *args, void *workspace, kern
     p.n_active = (int *)(ws + l.n_active);
     p.order = (int *)(ws + l.order);
     p.x_vec = (uintptr_t)p.x % 16 == 0 && a->d_model % 8 == 0;
+    p.h_round = a->h_bf16;
     p.h_vec = (uintptr_t)p.h % 16 == 0 && a->d_ff_expert % 8 == 0;
 
     cudaError_t e;
@@ -675,20 +743,34 @@ extern "C" int kern_moe_experts(const kern_moe_args *args, void *workspace, kern
         return (int)e;
     const int n_pairs = a->n_tokens * a->n_expert_used;
     const unsigned slots = (unsigned)(a->n_expert < n_pairs ? a->n_expert : n_pairs);
-    dim3 gu((unsigned)((a->d_ff_expert + GR_WARPS - 1) / GR_WARPS), slots);
-    moe_grouped<true><<<gu, GR_WARPS * 32, 0, st>>>(p);
-    if ((e = cudaGetLastError()) != cudaSuccess)
+    bool tc = false;
+    if ((a->tc_gate_up || a->tc_down) && a->n_tokens >= KERN_MOE_TC_MIN_TOKENS &&
+        (e = tc_device_ok(&tc)) != cudaSuccess)
         return (int)e;
+    if (tc && a->tc_gate_up) {
+        if ((e = moe_tc<TC_GATED>(a, a->tc_fmt, p, slots, st)) != cudaSuccess)
+            return (int)e;
+    } else {
+        dim3 gu((unsigned)((a->d_ff_expert + GR_WARPS - 1) / GR_WARPS), slots);
+        moe_grouped<true><<<gu, GR_WARPS * 32, 0, st>>>(p);
+        if ((e = cudaGetLastError()) != cudaSuccess)
+            return (int)e;
+    }
     if (a->act_quant_group > 0) {
         int qe = kern_quant_act_fp8(p.h, a->d_ff_expert, p.h, a->d_ff_expert, n_pairs,
                                     a->d_ff_expert, a->act_quant_group, stream);
         if (qe != 0)
             return qe;
     }
-    dim3 dn((unsigned)((a->d_model + GR_WARPS - 1) / GR_WARPS), slots);
-    moe_grouped<false><<<dn, GR_WARPS * 32, 0, st>>>(p);
-    if ((e = cudaGetLastError()) != cudaSuccess)
-        return (int)e;
+    if (tc && a->tc_down) {
+        if ((e = moe_tc<TC_DOWN>(a, a->tc_down_fmt, p, slots, st)) != cudaSuccess)
+            return (int)e;
+    } else {
+        dim3 dn((unsigned)((a->d_model + GR_WARPS - 1) / GR_WARPS), slots);
+        moe_grouped<false><<<dn, GR_WARPS * 32, 0, st>>>(p);
+        if ((e = cudaGetLastError()) != cudaSuccess)
+            return (int)e;
+    }
     dim3 cg((unsigned)a->n_tokens,
             (unsigned)((a->d_model + COMBINE_THREADS - 1) / COMBINE_THREADS));
     moe_combine<<<cg, COMBINE_THREADS, 0, st>>>(p);

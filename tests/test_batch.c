@@ -62,10 +62,35 @@ static double rel_l2(const float *a, const float *b, int n)
 static double worst;
 static bool exact_expected;
 
+/* The bf16 compute mode on a GPU: a product or attention of a batched step runs another kernel
+ * than the lone run's smaller step (GEMV below 17 tokens, tensor cores from there; the split or
+ * the tensor-core attention), so their f32 sums differ in order, and the bf16 rounding after
+ * every op turns some of those last-bit differences into whole bf16 ulps (2^-8) that propagate.
+ * Rows are then not compared one by one: their errors are collected and their median must stay
+ * within the issue's bf16 bound (a flipped expert choice can make single rows far off, as it
+ * does between Hugging Face's own bf16 runs). */
+#define BF16_MEDIAN_MAX 2e-2
+#define MAX_TOLERANT_ROWS 4096
+static bool tolerant;
+static double tolerant_err[MAX_TOLERANT_ROWS];
+static int n_tolerant;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* Compares a batched row with the lone run's row. */
 static void compare(const char *what, int s, int tok, const float *got, const float *want, int n_vocab)
 {
     double e = rel_l2(got, want, n_vocab);
+    if (tolerant) {
+        CHECK(n_tolerant < MAX_TOLERANT_ROWS && isfinite(e), "%s: sequence %d token %d: rel L2 %.3g", what, s, tok, e);
+        if (n_tolerant < MAX_TOLERANT_ROWS)
+            tolerant_err[n_tolerant++] = e;
+        return;
+    }
     worst = e > worst ? e : worst;
     CHECK(e <= REL_L2_MAX, "%s: sequence %d token %d: rel L2 %.3g > %g", what, s, tok, e, REL_L2_MAX);
     if (exact_expected)
@@ -151,11 +176,17 @@ out:
 }
 
 /* The bf16 KV cache: in the bf16 compute mode K and V are bf16 values, so a cache that stores
- * them as bf16 must give the logits an f32 cache gives, bit for bit, on any backend (attention
- * reads the same f32 values); and its batched runs must equal its lone runs as the f32 cache's
- * do. Returns the number of sequences compared. */
-static int check_bf16_kv(const char *dir, const eng_model_opts *base, seq *qs, int n_vocab)
+ * them as bf16 must give the logits an f32 cache gives, bit for bit, on the CPU (attention reads
+ * the same f32 values); and its batched runs must equal its lone runs as the f32 cache's do. On
+ * another backend the bf16 cache also selects other kernels (CUDA: tensor-core attention for
+ * prefill chunks, whose probabilities are bf16) and batched steps run other kernels than lone
+ * ones, so both comparisons are tolerant there (BF16_MEDIAN_MAX). Returns the number of sequences
+ * compared; *median gets the tolerant comparisons' median row error (0 on the CPU). */
+static int check_bf16_kv(const char *dir, const eng_model_opts *base, seq *qs, int n_vocab, double *median)
 {
+    *median = 0;
+    tolerant = !exact_expected;
+    n_tolerant = 0;
     eng_model_opts o = *base;
     o.dtype = ENG_DTYPE_MODE_BF16;
     eng_model *m32 = NULL, *m16 = NULL;
@@ -177,10 +208,15 @@ static int check_bf16_kv(const char *dir, const eng_model_opts *base, seq *qs, i
             q32.ref = calloc((size_t)qs[i].n * (size_t)n_vocab, sizeof(float));
             q16[i].ref = calloc((size_t)qs[i].n * (size_t)n_vocab, sizeof(float));
             if (run_alone(m32, &q32, n_vocab) == 0 && run_alone(m16, &q16[i], n_vocab) == 0) {
-                for (int t = q32.prefill - 1; t < q32.n; t++)
-                    CHECK(memcmp(q32.ref + (size_t)t * n_vocab, q16[i].ref + (size_t)t * n_vocab,
-                                 (size_t)n_vocab * sizeof(float)) == 0,
-                          "bf16 KV: sequence %d token %d: logits differ from the f32 cache's", i, t);
+                for (int t = q32.prefill - 1; t < q32.n; t++) {
+                    if (tolerant)
+                        compare("bf16 KV vs f32 KV", i, t, q16[i].ref + (size_t)t * n_vocab,
+                                q32.ref + (size_t)t * n_vocab, n_vocab);
+                    else
+                        CHECK(memcmp(q32.ref + (size_t)t * n_vocab, q16[i].ref + (size_t)t * n_vocab,
+                                     (size_t)n_vocab * sizeof(float)) == 0,
+                              "bf16 KV: sequence %d token %d: logits differ from the f32 cache's", i, t);
+                }
                 n++;
             } else {
                 CHECK(false, "bf16 KV: lone runs of sequence %d failed", i);
@@ -199,6 +235,16 @@ static int check_bf16_kv(const char *dir, const eng_model_opts *base, seq *qs, i
     }
     eng_model_free(m32);
     eng_model_free(m16);
+    if (tolerant) {
+        CHECK(n_tolerant > 0, "bf16 KV: no row compared");
+        if (n_tolerant > 0) {
+            qsort(tolerant_err, (size_t)n_tolerant, sizeof tolerant_err[0], cmp_double);
+            *median = tolerant_err[n_tolerant / 2];
+            CHECK(*median <= BF16_MEDIAN_MAX, "bf16 KV: median row rel L2 %.3g > %g over %d rows", *median,
+                  BF16_MEDIAN_MAX, n_tolerant);
+        }
+        tolerant = false;
+    }
     return n;
 }
 
@@ -365,12 +411,18 @@ int main(int argc, char **argv)
     check_exhaustion(m, qs, n_vocab);
     check_refusals(m, qs);
     CHECK(n_picks > 0, "no greedy pick was checked");
-    int n_kv16 = check_bf16_kv(argv[1], &o, qs, n_vocab);
+    double kv16_median = 0;
+    int n_kv16 = check_bf16_kv(argv[1], &o, qs, n_vocab, &kv16_median);
 
     printf("%s on %s%s: %d sequences, worst rel L2 vs the lone runs %.3g (bound %g%s); %d greedy picks by the "
            "backend equal to eng_argmax of the logits\n", argv[1], backend, o.mla == ENG_MLA_NAIVE ? " (naive MLA)" : "",
            N_SEQ, worst, REL_L2_MAX, exact_expected ? ", bit-identical required" : "", n_picks);
-    printf("bf16 compute mode: %d sequences with a bf16 KV cache bit-identical to an f32 one\n", n_kv16);
+    if (exact_expected)
+        printf("bf16 compute mode: %d sequences with a bf16 KV cache bit-identical to an f32 one\n", n_kv16);
+    else
+        printf("bf16 compute mode: %d sequences with a bf16 KV cache; its lone and batched runs against the f32 "
+               "cache's and the lone runs: median row rel L2 %.3g over %d rows (bound %g)\n",
+               n_kv16, kv16_median, n_tolerant, BF16_MEDIAN_MAX);
     for (int i = 0; i < N_SEQ; i++)
         free(qs[i].ref);
     eng_model_free(m);

@@ -452,7 +452,7 @@ static void test_bf16_decorator(void)
         fp8_weight(F, D, &up[e], &bufs[6 * e + 2], &bufs[6 * e + 3]);
         fp8_weight(D, F, &down[e], &bufs[6 * e + 4], &bufs[6 * e + 5]);
     }
-    float mx[T * D], mxq[T * D], out[T * D], ref[T * D], g[F], u[F], y[D];
+    float mx[T * D], mxq[T * D], out[T * D], ref[T * D], ref16[T * D], g[F], g16[F], u[F], y[D], y16[D];
     for (int i = 0; i < T * D; i++)
         mx[i] = eng_round_bf16(frand());
     for (int c = 0; c < 128; c++)
@@ -463,9 +463,11 @@ static void test_bf16_decorator(void)
         .n_tokens = T, .d_model = D, .d_ff_expert = F, .n_expert = E, .n_expert_used = K,
         .x = mx, .gate = gate, .up = up, .down = down, .idx = idx, .weight = wts, .out = out,
     };
-    /* by hand, in the CPU experts' order: out[t] = (0 + w0 y0) + w1 y1 */
+    /* by hand, in the CPU experts' order: out[t] = (0 + w0 y0) + w1 y1; ref16 with h rounded to
+     * bf16 before its quantization (h_bf16, the bf16 mode) */
     bool ok = cpu->ops->quant_act_fp8(cpu, mx, D, mxq, D, T, D, 128) == PP_STATUS_OK;
     memset(ref, 0, sizeof ref);
+    memset(ref16, 0, sizeof ref16);
     for (int e = 0; e < E && ok; e++)
         for (int t = 0; t < T; t++)
             for (int i = 0; i < K; i++) {
@@ -473,11 +475,17 @@ static void test_bf16_decorator(void)
                     continue;
                 ok = ok && cpu->ops->matmul(cpu, mxq + t * D, D, &gate[e], g, F, 1) == PP_STATUS_OK &&
                      cpu->ops->matmul(cpu, mxq + t * D, D, &up[e], u, F, 1) == PP_STATUS_OK &&
-                     cpu->ops->swiglu(cpu, g, F, u, F, g, F, 1, F) == PP_STATUS_OK &&
-                     cpu->ops->quant_act_fp8(cpu, g, F, g, F, 1, F, 128) == PP_STATUS_OK &&
-                     cpu->ops->matmul(cpu, g, F, &down[e], y, D, 1) == PP_STATUS_OK;
-                for (int d = 0; d < D; d++)
+                     cpu->ops->swiglu(cpu, g, F, u, F, g, F, 1, F) == PP_STATUS_OK;
+                for (int f = 0; f < F; f++)
+                    g16[f] = eng_round_bf16(g[f]);
+                ok = ok && cpu->ops->quant_act_fp8(cpu, g, F, g, F, 1, F, 128) == PP_STATUS_OK &&
+                     cpu->ops->matmul(cpu, g, F, &down[e], y, D, 1) == PP_STATUS_OK &&
+                     cpu->ops->quant_act_fp8(cpu, g16, F, g16, F, 1, F, 128) == PP_STATUS_OK &&
+                     cpu->ops->matmul(cpu, g16, F, &down[e], y16, D, 1) == PP_STATUS_OK;
+                for (int d = 0; d < D; d++) {
                     ref[t * D + d] += wts[t * K + i] * y[d];
+                    ref16[t * D + d] += wts[t * K + i] * y16[d];
+                }
             }
     ma.act_quant_group = 128;
     check(ok && cpu->ops->moe_experts(cpu, &ma) == PP_STATUS_OK && n_bits_differ(out, ref, T * D) == 0,
@@ -486,10 +494,11 @@ static void test_bf16_decorator(void)
     for (int d = 0; d < D; d++)
         zero &= out[2 * D + d] == 0.0f;
     check(zero, "experts: a token with an all-zero group of x gets a zero row");
-    check(cpu->ops->round_bf16(cpu, ref, D, T, D) == PP_STATUS_OK, "round");
-    ma.act_quant_group = 0; /* the decorator sets it for FP8 experts */
-    check(bf->ops->moe_experts(bf, &ma) == PP_STATUS_OK && n_bits_differ(out, ref, T * D) == 0,
-          "bf16 mode FP8 experts = round(experts with act_quant_group 128)");
+    check(n_bits_differ(ref, ref16, T * D) > 0, "rounding h changes the experts' output");
+    check(cpu->ops->round_bf16(cpu, ref16, D, T, D) == PP_STATUS_OK, "round");
+    ma.act_quant_group = 0; /* the decorator sets it for FP8 experts, and h_bf16 */
+    check(bf->ops->moe_experts(bf, &ma) == PP_STATUS_OK && n_bits_differ(out, ref16, T * D) == 0,
+          "bf16 mode FP8 experts = round(experts with h rounded to bf16 and act_quant_group 128)");
     check(cpu->ops->moe_experts(cpu, &ma) == PP_STATUS_OK && n_bits_differ(out, ref, T * D) > T * D / 2,
           "experts without act_quant_group differ (f32 mode: no quantization)");
     for (int i = 0; i < 6 * E; i++)

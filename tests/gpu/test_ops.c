@@ -12,6 +12,8 @@
  *      expf / cosf / sinf):
  *        BOUND_ELEMENTWISE 1e-5  embedding, rmsnorm, add, rope, swiglu, moe_route's weights
  *        BOUND_REDUCTION   1e-4  matmul, matmul_bf16, attention, MLA, MoE experts
+ *        BOUND_ATTN_BF16   2^-7  attention_bf16 (bf16 probabilities, see its definition)
+ *        BOUND_EXPERTS_HBF16 1e-3 MoE experts with h rounded to bf16 (see its definition)
  *      (the issue's bounds: they are not to be widened to make a case pass); round_bf16,
  *      quant_act_fp8 and kv_write must match bit for bit (bound 0, reported as the fraction of
  *      differing elements; kv_write compares the whole cache, the rows it must not touch
@@ -55,6 +57,23 @@
 
 #define BOUND_ELEMENTWISE 1e-5
 #define BOUND_REDUCTION 1e-4
+/* attention_bf16 rounds every probability to bf16 (relative error up to 2^-8, about 1.6e-3 rms)
+ * before it weighs its value row, so the output's relative L2 error is about that rms whatever
+ * the context length (a convex combination of the value rows, each weight off by its own
+ * rounding). A host emulation of the kernel over 7266 cases (head dims 32 .. 192, GQA 1 .. 8,
+ * 1 .. 2100 keys, peaked and flat scores) measured per-row medians of 1.5e-3 and a worst row of
+ * 3.4e-3 (3.7e-3 for one (token, head) slice; the tails grow as the rows narrow). 2^-7 leaves a
+ * factor of about 2 above that worst row, while a wrong mask, scale, fragment or rescaling gives
+ * errors of order 1. */
+#define BOUND_ATTN_BF16 (1.0 / 128)
+/* moe_experts with h_bf16: h = silu(gate x) * up x is rounded to bf16 on both sides, but the two
+ * backends' f32 sums before the rounding differ in their last bits, so an element lying that
+ * close to a rounding boundary rounds the other way: one bf16 step (up to 2^-7 relative) in a small
+ * fraction of the elements. A host simulation of these cases' shapes (f32 sums against f64 ones,
+ * random bf16 x and weights) flipped 2-4e-4 of the h elements and moved the worst output row by
+ * 1.4e-4 (7.7e-4 at 2048 -> 768); leaving h unrounded moved it by 2.0e-3 .. 2.7e-3. 1e-3 sits
+ * between the two. */
+#define BOUND_EXPERTS_HBF16 1e-3
 
 #define GUARD 64              /* elements of guard band on each side of every buffer */
 #define SENTINEL 0xffbadbadu  /* guard bands and gaps of outputs: a NaN no op writes */
@@ -162,6 +181,7 @@ typedef struct wfmt_case {
     eng_wfmt fmt;
     eng_dtype scale_dtype; /* FP8 / INT4 / INT8 */
     int group;             /* INT4 */
+    int block_out, block_in; /* FP8; 0: 128 (the checkpoints' 128 x 128 blocks) */
 } wfmt_case;
 
 static const wfmt_case FORMATS[] = {
@@ -184,7 +204,7 @@ static const wfmt_case FORMATS[] = {
 typedef struct test_weight {
     eng_weight w;
     void *data;  /* [n_out][n_in] stored dtype, or [n_out][packed_cols] uint32 */
-    void *scale; /* FP8: [ceil(n_out/128)][ceil(n_in/128)], INT4: [n_out][ceil(n_in/group)],
+    void *scale; /* FP8: [ceil(n_out/block_out)][ceil(n_in/block_in)], INT4: [n_out][ceil(n_in/group)],
                     INT8: [n_out] */
 } test_weight;
 
@@ -224,9 +244,10 @@ static void weight_make(test_weight *t, const wfmt_case *f, int64_t n_out, int64
             d[i] = b;
         }
         t->data = d;
-        w->block_out = w->block_in = 128;
-        w->scale_cols = ceil_div(n_in, 128);
-        n_scale = (size_t)(ceil_div(n_out, 128) * w->scale_cols);
+        w->block_out = f->block_out ? f->block_out : 128;
+        w->block_in = f->block_in ? f->block_in : 128;
+        w->scale_cols = ceil_div(n_in, w->block_in);
+        n_scale = (size_t)(ceil_div(n_out, w->block_out) * w->scale_cols);
         s_lo = 1.0f / 512, s_hi = 1.0f / 128;
         break;
     }
@@ -372,7 +393,7 @@ typedef struct harness {
     const char *only;     /* run only this op's cases (NULL: all) */
     uint64_t seed;
     int n_cases, n_failed, n_unsupported;
-    double worst_elementwise, worst_reduction;
+    double worst_elementwise, worst_reduction, worst_attn_bf16, worst_experts_hbf16;
     bool stop;            /* the device is lost: no further cases */
 } harness;
 
@@ -444,7 +465,10 @@ static void case_end(tcase *tc)
         h->n_failed++;
     else if (tc->unsupported)
         h->n_unsupported++;
-    double *worst = tc->bound >= BOUND_REDUCTION ? &h->worst_reduction : &h->worst_elementwise;
+    double *worst = tc->bound == BOUND_ATTN_BF16       ? &h->worst_attn_bf16
+                    : tc->bound == BOUND_EXPERTS_HBF16 ? &h->worst_experts_hbf16
+                    : tc->bound >= BOUND_REDUCTION     ? &h->worst_reduction
+                                                       : &h->worst_elementwise;
     if (tc->max_rel > *worst)
         *worst = tc->max_rel;
     printf("%-5s %-12s %-66s max rel L2 %8.2e (bound %.0e)\n",
@@ -767,8 +791,9 @@ static void case_embedding_bad_ids(harness *h)
 
 /* ---- matmul ---------------------------------------------------------------------------------- */
 
-/* matmul, or with bf16 matmul_bf16 (the bf16 mode's products: tensor cores on CUDA for BF16
- * weights from 17 tokens, matmul otherwise) over bf16-valued x; the reference is the CPU's matmul
+/* matmul, or with bf16 matmul_bf16 (the bf16 mode's products: tensor cores on CUDA from 17
+ * tokens for BF16 weights and the quantized formats kern_matmul_tc takes, matmul otherwise) over
+ * bf16-valued x; the reference is the CPU's matmul
  * over the same x either way. */
 static void case_matmul_op(harness *h, const wfmt_case *f, int n_out, int n_in, int n_tokens, int x_pad, int y_pad,
                            bool bf16)
@@ -1297,15 +1322,22 @@ typedef struct attn_case {
 
 /* Over an F32 or a BF16 cache; a BF16 case also runs the backend under test over the same cache
  * widened to f32 (check_same_bits). */
-static void case_attention(harness *h, attn_case p, seq_spec sq, int block_size, eng_kv_dtype kv)
+static void case_attention_op(harness *h, attn_case p, seq_spec sq, int block_size, eng_kv_dtype kv, bool bf16_op)
 {
     tcase tc;
     char seqs[128];
     seq_desc(&sq, seqs, sizeof seqs);
-    if (!case_begin(h, &tc, "attention", BOUND_REDUCTION, "heads=%d/%d d_qk=%d d_v=%d block=%d %s%s%s", p.n_head,
+    const char *op = bf16_op ? "attention_bf16" : "attention";
+    if (!case_begin(h, &tc, op, bf16_op ? BOUND_ATTN_BF16 : BOUND_REDUCTION, "heads=%d/%d d_qk=%d d_v=%d block=%d %s%s%s", p.n_head,
                     p.n_head_kv, p.d_qk, p.d_v, block_size, seqs, p.q_pad || p.kv_pad || p.out_pad ? " strided" : "",
                     kv == ENG_KV_BF16 ? " kv bf16" : ""))
         return;
+    if (bf16_op && !tc.dut->ops->attention_bf16) {
+        tc.unsupported = true;
+        printf("      unsupported by %s: no attention_bf16 op\n", h->dut_name);
+        case_end(&tc);
+        return;
+    }
     const bool bf16 = kv == ENG_KV_BF16;
     paged pg;
     bool ok = paged_make(&tc, &pg, &sq, block_size);
@@ -1330,10 +1362,10 @@ static void case_attention(harness *h, attn_case p, seq_spec sq, int block_size,
     if (ok && op_ok(&tc, h->cpu->ops->attention(h->cpu, &a), true, "attention") &&
         check_cpu_finite(&tc, &o, &lo, "out")) {
         a.batch = pg.dut, a.q = q.dut, a.k = k.dut, a.v = v.dut, a.out = o.dut;
-        if (op_ok(&tc, tc.dut->ops->attention(tc.dut, &a), false, "attention")) {
+        if (op_ok(&tc, (bf16_op ? tc.dut->ops->attention_bf16 : tc.dut->ops->attention)(tc.dut, &a), false, op)) {
             check_f32(&tc, &o, &lo, "out");
             a.kv_dtype = ENG_KV_F32, a.k = kw.dut, a.v = vw.dut, a.out = ow.dut;
-            if (bf16 && op_ok(&tc, tc.dut->ops->attention(tc.dut, &a), false, "attention over the widened cache"))
+            if (bf16 && !bf16_op && op_ok(&tc, tc.dut->ops->attention(tc.dut, &a), false, "attention over the widened cache"))
                 check_same_bits(&tc, &o, &ow, "out");
         }
     }
@@ -1346,6 +1378,47 @@ static void case_attention(harness *h, attn_case p, seq_spec sq, int block_size,
     gbuf_free(&tc, &ow);
     paged_free(&tc, &pg);
     case_end(&tc);
+}
+
+static void case_attention(harness *h, attn_case p, seq_spec sq, int block_size, eng_kv_dtype kv)
+{
+    case_attention_op(h, p, sq, block_size, kv, false);
+}
+
+/* attention_bf16 over bf16 caches and bf16 q: every head-dim pair kern_attention_tc has and two
+ * it has not (24 / 24, 128 / 100: attention runs them), GQA 1:1 .. 8:1, block sizes 1, 5, 16, 64;
+ * prefills of 16 .. 600 tokens (one or several 64-row tiles, several key tiles, a context before
+ * them), batches mixing prefills with decode tokens and an empty sequence, q / out strided and
+ * cache rows strided by whole 16-byte units (the tensor-core path) or not (attention), and
+ * batches below the prefill threshold (attention). */
+static void run_attention_bf16(harness *h)
+{
+    static const int dims[][2] = {{32, 32}, {48, 48}, {64, 64}, {128, 128}, {48, 32}, {96, 64}, {192, 128},
+                                  {24, 24}, {128, 100}};
+    static const int ratio[] = {1, 4, 5, 8}, blocks[] = {16, 5, 1, 64};
+    const eng_kv_dtype kv = ENG_KV_BF16;
+    for (int d = 0; d < 9; d++) {
+        int r = d % 4, n_kv = d % 3 ? 2 : 1;
+        seq_spec sq = d % 2 ? seq_list(3, (int[]){40, 0, 17}, (int[]){0, 6, 30}) : seq_one(70, d);
+        case_attention_op(h, (attn_case){ratio[r] * n_kv, n_kv, dims[d][0], dims[d][1], 0, 0, 0}, sq,
+                          blocks[d % 4], kv, true);
+    }
+    /* strided q / out, cache rows padded by 8 (tensor cores) and by 3 (attention) */
+    case_attention_op(h, (attn_case){8, 2, 64, 64, 2 * 2 * 64, 8, 5}, seq_list(2, (int[]){33, 2}, (int[]){9, 0}), 16,
+                      kv, true);
+    case_attention_op(h, (attn_case){8, 2, 64, 64, 3, 3, 0}, seq_one(20, 0), 16, kv, true);
+    /* below the prefill threshold: decode tokens only */
+    case_attention_op(h, (attn_case){16, 2, 128, 128, 0, 0, 0}, seq_list(3, (int[]){1, 1, 15}, (int[]){0, 90, 7}), 16,
+                      kv, true);
+    if (h->small)
+        return;
+    /* a prefill + decode mix with an empty sequence; several row and key tiles */
+    case_attention_op(h, (attn_case){16, 2, 128, 128, 0, 0, 0},
+                      seq_list(4, (int[]){130, 0, 1, 40}, (int[]){0, 5, 300, 64}), 16, kv, true);
+    case_attention_op(h, (attn_case){4, 4, 192, 128, 0, 0, 0}, seq_one(300, 0), 64, kv, true);
+    case_attention_op(h, (attn_case){32, 4, 128, 128, 0, 0, 0}, seq_one(257, 1000), 16, kv, true);
+    /* Phi-4's heads (40 / 10) over a chunk after a long context */
+    case_attention_op(h, (attn_case){40, 10, 128, 128, 0, 0, 0}, seq_one(600, 1500), 16, kv, true);
 }
 
 typedef struct mla_case {
@@ -1533,11 +1606,16 @@ static void case_route(harness *h, route_case p)
     case_end(&tc);
 }
 
-static void case_moe_experts(harness *h, const wfmt_case *f, int n_expert, int K, int n_tokens, int d_model, int d_ff)
+/* x_bf16: x rounded to bf16 and eng_moe_args.x_bf16 set (CUDA: the gate/up products on tensor
+ * cores from KERN_MOE_TC_MIN_TOKENS tokens); h_bf16 also sets eng_moe_args.h_bf16, as the bf16
+ * mode calls the op (CUDA: the down products on tensor cores too), against its own bound. */
+static void case_moe_experts_x(harness *h, const wfmt_case *f, int n_expert, int K, int n_tokens, int d_model,
+                               int d_ff, bool x_bf16, bool h_bf16)
 {
     tcase tc;
-    if (!case_begin(h, &tc, "moe_experts", BOUND_REDUCTION, "n_tokens=%d experts=%d/%d d_model=%d d_ff=%d %s",
-                    n_tokens, K, n_expert, d_model, d_ff, f->name))
+    if (!case_begin(h, &tc, "moe_experts", h_bf16 ? BOUND_EXPERTS_HBF16 : BOUND_REDUCTION,
+                    "n_tokens=%d experts=%d/%d d_model=%d d_ff=%d %s%s%s", n_tokens, K, n_expert, d_model, d_ff,
+                    f->name, x_bf16 ? " x bf16" : "", h_bf16 ? " h bf16" : ""))
         return;
     test_experts ex;
     experts_make(&ex, f, n_expert, d_model, d_ff, &tc.r);
@@ -1559,11 +1637,13 @@ static void case_moe_experts(harness *h, const wfmt_case *f, int n_expert, int K
         }
     layout lx = rows(n_tokens, d_model, d_model);
     gbuf x = {0}, idx = {0}, w = {0}, o = {0};
-    bool ok = gbuf_random(&tc, &x, &lx, -1.0f, 1.0f) && gbuf_values(&tc, &idx, ids, n_sel) &&
-              gbuf_values(&tc, &w, wts, n_sel) && gbuf_output(&tc, &o, layout_extent(&lx));
+    bool ok = (x_bf16 ? gbuf_random_bf16(&tc, &x, &lx, -1.0f, 1.0f) : gbuf_random(&tc, &x, &lx, -1.0f, 1.0f)) &&
+              gbuf_values(&tc, &idx, ids, n_sel) && gbuf_values(&tc, &w, wts, n_sel) &&
+              gbuf_output(&tc, &o, layout_extent(&lx));
     eng_moe_args a = {
         .n_tokens = n_tokens, .d_model = d_model, .d_ff_expert = d_ff, .n_expert = n_expert, .n_expert_used = K,
         .x = x.cpu, .gate = ex.gate, .up = ex.up, .down = ex.down, .idx = idx.cpu, .weight = w.cpu, .out = o.cpu,
+        .x_bf16 = x_bf16, .h_bf16 = h_bf16,
     };
     if (ok && op_ok(&tc, h->cpu->ops->moe_experts(h->cpu, &a), true, "moe_experts")) {
         a.x = x.dut, a.idx = idx.dut, a.weight = w.dut, a.out = o.dut;
@@ -1578,6 +1658,11 @@ static void case_moe_experts(harness *h, const wfmt_case *f, int n_expert, int K
     free(wts);
     experts_free(&ex);
     case_end(&tc);
+}
+
+static void case_moe_experts(harness *h, const wfmt_case *f, int n_expert, int K, int n_tokens, int d_model, int d_ff)
+{
+    case_moe_experts_x(h, f, n_expert, K, n_tokens, d_model, d_ff, false, false);
 }
 
 /* ---- the shared weight cache (CUDA only) ------------------------------------------------------ */
@@ -1764,29 +1849,66 @@ static void run_matmul(harness *h)
     }
 }
 
-/* matmul_bf16: BF16 weights at n_tokens 17 .. 1000 (the cuBLAS path on CUDA) over Phi-4's qkv
- * (5120 -> 7680), Qwen3-Coder's expert-sized 2048 -> 768 and small ragged shapes (n_in and n_out
- * not multiples of 8, 16 or 64), with odd and padded x / y strides; then the fallbacks to
- * matmul: 16 tokens and fewer, and weights that are not BF16. {n_out, n_in, n_tokens, x_pad,
- * y_pad, format, in --small}. */
+/* matmul_bf16's weight formats: BF16 (cuBLAS on CUDA), the quantized formats kern_matmul_tc
+ * takes (FP8 with 128 x 128 blocks and with 64 x 48 ones, whose scale blocks change every third
+ * k16 step and every 64 rows, so inside a CTA's 128-row tile; INT4 with groups of 32 and 128;
+ * INT8), scales of all three dtypes, and the weights that fall back to matmul on CUDA: F32, and
+ * FP8 with 8-column blocks (not whole k16 steps). */
+static const wfmt_case BF16_FORMATS[] = {
+    {"bf16", ENG_WFMT_BF16, ENG_DTYPE_UNKNOWN, 0, 0, 0},
+    {"fp8/f32", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_F32, 0, 0, 0},
+    {"fp8b64x48/bf16", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_BF16, 0, 64, 48},
+    {"int4g32/bf16", ENG_WFMT_INT4_GROUP, ENG_DTYPE_BF16, 32, 0, 0},
+    {"int4g128/f16", ENG_WFMT_INT4_GROUP, ENG_DTYPE_F16, 128, 0, 0},
+    {"int8/f32", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_F32, 0, 0, 0},
+    {"int8/bf16", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_BF16, 0, 0, 0},
+    {"f32", ENG_WFMT_F32, ENG_DTYPE_UNKNOWN, 0, 0, 0},
+    {"fp8b8x8/f16", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_F16, 0, 8, 8},
+};
+#define N_BF16_FORMATS ((int)(sizeof BF16_FORMATS / sizeof BF16_FORMATS[0]))
+
+/* matmul_bf16 at n_tokens 17 .. 1000 (the tensor-core paths on CUDA) and at 16 and 1 (below the
+ * threshold: matmul) over every format of BF16_FORMATS: small ragged shapes (n_in and n_out not
+ * multiples of 8, 16, 32 or 64; n_in below one stage; n_in a multiple of 8 but not of 32, so the
+ * last stage is partly past n_in), token counts around the 64-token tile, odd and padded x / y
+ * strides; the large shapes (Phi-4's qkv 5120 -> 7680, Qwen3-Coder's expert-sized 2048 -> 768,
+ * a ragged 2051 -> 257) for a few formats each. {n_out, n_in, n_tokens, x_pad, y_pad, in
+ * --small}. */
 static void run_matmul_bf16(harness *h)
 {
     static const struct {
-        int n_out, n_in, n_tokens, x_pad, y_pad, fmt;
+        int n_out, n_in, n_tokens, x_pad, y_pad;
         bool small;
-    } mb[] = {
-        {7680, 5120, 100, 0, 0, 1, false}, {7680, 5120, 33, 64, 8, 1, false},
-        {768, 2048, 257, 5, 3, 1, false},  {768, 2048, 1000, 0, 0, 1, false},
-        {37, 100, 17, 0, 0, 1, true},      {37, 100, 33, 3, 1, 1, true},
-        {65, 129, 128, 0, 0, 1, false},    {65, 129, 1000, 1, 7, 1, false},
-        {8, 8, 17, 0, 0, 1, true},         {8, 8, 257, 9, 0, 1, true},
-        {768, 2048, 16, 0, 0, 1, true},    {37, 100, 1, 3, 0, 1, true},   /* below the threshold */
-        {257, 136, 64, 0, 0, 0, true},     {257, 2051, 33, 5, 3, 4, false}, /* f32, fp8/bf16 */
+    } every[] = {
+        {37, 100, 17, 0, 0, true},   {37, 100, 33, 3, 1, true},  {8, 8, 17, 0, 0, true},
+        {8, 8, 257, 9, 0, true},     {65, 129, 128, 0, 0, true}, {129, 264, 65, 1, 7, true},
+        {200, 96, 64, 0, 2, false},  {65, 129, 1000, 1, 7, false}, {300, 520, 200, 0, 0, false},
+        {37, 100, 16, 0, 0, true},   {37, 100, 1, 3, 0, true}, /* below the threshold */
     };
-    for (size_t i = 0; i < sizeof mb / sizeof mb[0]; i++)
-        if (!h->small || mb[i].small)
-            case_matmul_bf16(h, &FORMATS[mb[i].fmt], mb[i].n_out, mb[i].n_in, mb[i].n_tokens, mb[i].x_pad,
-                             mb[i].y_pad);
+    static const struct {
+        int n_out, n_in, n_tokens, x_pad, y_pad;
+        const char *fmt; /* a name in BF16_FORMATS */
+    } large[] = {
+        {7680, 5120, 100, 0, 0, "bf16"},        {7680, 5120, 33, 64, 8, "bf16"},
+        {7680, 5120, 100, 0, 0, "fp8/f32"},     {7680, 5120, 47, 0, 0, "int4g128/f16"},
+        {768, 2048, 257, 5, 3, "bf16"},         {768, 2048, 1000, 0, 0, "bf16"},
+        {768, 2048, 257, 0, 0, "fp8/f32"},      {768, 2048, 300, 0, 1, "int4g32/bf16"},
+        {768, 2048, 130, 0, 0, "int8/bf16"},    {257, 2051, 33, 5, 3, "fp8/f32"},
+        {257, 2051, 90, 0, 0, "int4g32/bf16"},  {257, 2051, 64, 1, 0, "fp8b64x48/bf16"},
+        {257, 2051, 33, 5, 3, "f32"},           {257, 2051, 40, 0, 0, "fp8b8x8/f16"},
+    };
+    for (int fi = 0; fi < N_BF16_FORMATS; fi++)
+        for (size_t i = 0; i < sizeof every / sizeof every[0]; i++)
+            if (!h->small || every[i].small)
+                case_matmul_bf16(h, &BF16_FORMATS[fi], every[i].n_out, every[i].n_in, every[i].n_tokens,
+                                 every[i].x_pad, every[i].y_pad);
+    if (h->small)
+        return;
+    for (size_t i = 0; i < sizeof large / sizeof large[0]; i++)
+        for (int fi = 0; fi < N_BF16_FORMATS; fi++)
+            if (!strcmp(BF16_FORMATS[fi].name, large[i].fmt))
+                case_matmul_bf16(h, &BF16_FORMATS[fi], large[i].n_out, large[i].n_in, large[i].n_tokens,
+                                 large[i].x_pad, large[i].y_pad);
 }
 
 /* round_bf16 in place over [n_rows][n_cols] rows `stride` apart (stride 0: one row rounded
@@ -2388,6 +2510,20 @@ static void run_moe(harness *h)
         for (int i = 0; i < 3; i++)
             case_moe_experts(h, &FORMATS[fi], 64, 8, moe_tok[i], i % 2 ? 257 : 200, i % 2 ? 100 : 136);
     }
+
+    /* x bf16 (CUDA: gate/up on tensor cores from 64 tokens), then also h bf16 (the bf16 mode;
+     * CUDA: down on tensor cores too) over matmul_bf16's formats: 64 tokens over 4 experts each picked by every token (64 pairs each: one full
+     * tile), 300 over 8 (about 75 pairs per expert: a full tile and a partial one), 130 over 4
+     * (every expert 130 pairs: three tiles), 63 below the threshold; d_model a multiple of 8
+     * (vector x loads) and not, d_ff not a multiple of the 64-row tile */
+    static const int xb[][5] = {{4, 4, 64, 200, 136}, {8, 2, 300, 136, 100}, {4, 4, 130, 257, 70},
+                                {16, 4, 63, 64, 40}};
+    for (int fi = 0; fi < N_BF16_FORMATS; fi++)
+        for (int i = 0; i < 4; i++)
+            if (!h->small || i == 0)
+                for (int hb = 0; hb < 2; hb++)
+                    case_moe_experts_x(h, &BF16_FORMATS[fi], xb[i][0], xb[i][1], xb[i][2], xb[i][3], xb[i][4], true,
+                                       hb);
 }
 
 int main(int argc, char **argv)
@@ -2433,6 +2569,7 @@ int main(int argc, char **argv)
     run_kv_write(&h);
     run_attention(&h, ENG_KV_F32);
     run_attention(&h, ENG_KV_BF16);
+    run_attention_bf16(&h);
     run_mla(&h, ENG_KV_F32);
     run_mla(&h, ENG_KV_BF16);
     run_moe(&h);
@@ -2441,9 +2578,10 @@ int main(int argc, char **argv)
         case_shared_cache(&h);
     eng_backend_destroy(h.cpu);
     printf("test_ops: %d cases, %d failed, %d unsupported; worst relative L2 error: elementwise %.2e "
-           "(bound %.0e), reductions %.2e (bound %.0e)%s\n",
+           "(bound %.0e), reductions %.2e (bound %.0e), attention_bf16 %.2e (bound %.1e), experts with bf16 h "
+           "%.2e (bound %.0e)%s\n",
            h.n_cases, h.n_failed, h.n_unsupported, h.worst_elementwise, BOUND_ELEMENTWISE, h.worst_reduction,
-           BOUND_REDUCTION,
+           BOUND_REDUCTION, h.worst_attn_bf16, BOUND_ATTN_BF16, h.worst_experts_hbf16, BOUND_EXPERTS_HBF16,
            h.stop ? "; stopped early: the device was lost" : "");
     return h.n_failed || h.n_cases == 0 ? 1 : 0;
 }
