@@ -40,12 +40,13 @@
 #define ROPE_SLOTS 4
 
 /* matmul_bf16 takes the tensor cores (cuBLAS, kern_matmul_tc) from this many tokens on. Below
- * it kern_matmul runs its GEMV (n_tokens <= 16, kernels/matmul.cu), which reads the weight once at memory speed: a product
- * of 16 rows or fewer is bound by those reads whatever multiplies, so tensor cores gain nothing
- * there and the conversion of x would be pure cost. From 17 tokens kern_matmul switches to its
- * SIMT tiled GEMM (f32 FMA, 64 x 64 tiles, a small fraction of the bf16 tensor-core rate), which
- * a tensor-core GEMM beats while still bound by the same weight reads. Set from the kernels'
- * dispatch, not measured yet (bench_kernels' matmul_bf16_op rows do at 512 and 2048 tokens). */
+ * it kern_matmul runs its GEMV (n_tokens <= 16, kernels/matmul.cu), which reads the weight once
+ * at memory speed: a product of 16 rows or fewer is bound by those reads whatever multiplies, so
+ * tensor cores gain nothing there and the conversion of x would be pure cost. From 17 tokens
+ * kern_matmul switches to its SIMT tiled GEMM (f32 FMA, 64 x 64 tiles, a small fraction of the
+ * bf16 tensor-core rate), which a tensor-core GEMM beats while still bound by the same weight
+ * reads. Set from the kernels' dispatch, not measured yet (bench_kernels' matmul_bf16_op and
+ * matmul_tc_prefill rows do at 512 and 2048 tokens). */
 #define BF16_GEMM_MIN_TOKENS 17
 
 /* Columns of matmul_bf16's bf16 copy of x are padded to a multiple of 8 (16 bytes): cuBLAS's
@@ -422,7 +423,6 @@ static pp_status cache_tensor(cuda_backend *cb, const void *host, size_t bytes, 
     return st;
 }
 
-/* Describes w for the kernels, its data and scales made resident. */
 /* kw = w's descriptor with w's host pointers (false for an unknown format or scale dtype, or a
  * quantized weight without scales): what kern_*_supported checks look at before any upload. */
 static bool weight_desc(const eng_weight *w, kern_weight *kw)
@@ -454,6 +454,7 @@ static bool weight_desc(const eng_weight *w, kern_weight *kw)
     return true;
 }
 
+/* Describes w for the kernels, its data and scales made resident. */
 static pp_status weight_resolve(cuda_backend *cb, const eng_weight *w, kern_weight *kw)
 {
     if (!weight_desc(w, kw)) {
@@ -897,7 +898,7 @@ static pp_status cuda_attention(eng_backend *be, const eng_attn_args *a)
 /* attention_bf16 takes kern_attention_tc when the longest sequence of the batch has at least
  * this many tokens (a prefill chunk: its 64-row tiles fill up and every key tile serves many
  * rows); decode steps and short chunks run kern_attention, whose key splits keep the GPU busy
- * when there are few rows. Not measured yet (bench_kernels' attention_tc_prefill rows). */
+ * when there are few rows. Not measured yet (bench_kernels' attn_tc_prefill_qwen3_coder rows). */
 #define ATTN_TC_MIN_SEQ_TOKENS 16
 
 /* The bf16 mode's attention (backend.h): kern_attention_tc for prefill-sized batches over a

@@ -30,6 +30,7 @@
 #include <stdint.h>
 
 #include "kernels.h"
+#include "mma.cuh"
 
 #define TA_WARPS 4
 #define TA_THREADS (TA_WARPS * 32)
@@ -52,22 +53,6 @@ typedef struct ta_params {
     float *out;
     int64_t out_stride;
 } ta_params;
-
-// d += a * b for one m16n8k16 tile (PTX ISA fragment layouts, lane = 4 g + q):
-// a[0] = A[g][2q..2q+1], a[1] = A[g+8][2q..], a[2] = A[g][2q+8..], a[3] = A[g+8][2q+8..];
-// b[0] = B[2q..2q+1][g], b[1] = B[2q+8..2q+9][g]; d[0..1] = D[g][2q..2q+1], d[2..3] = D[g+8][..].
-static __device__ __forceinline__ void ta_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                              uint32_t b1)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    __trap(); // kern_attention_tc refuses devices before sm_80
-#endif
-}
 
 static __device__ __forceinline__ uint16_t ta_bf16(float f)
 {
@@ -193,7 +178,7 @@ static __global__ void __launch_bounds__(TA_THREADS) attention_tc_kernel(ta_para
 #pragma unroll
             for (int j = 0; j < TA_KEYS / 8; j++) {
                 const uint16_t *kbp = ks + (j * 8 + g) * QS + k0 + 2 * q;
-                ta_mma(s[j], a, *(const uint32_t *)kbp, *(const uint32_t *)(kbp + 8));
+                mma_bf16_16816(s[j], a, *(const uint32_t *)kbp, *(const uint32_t *)(kbp + 8));
             }
         }
 
@@ -260,7 +245,7 @@ static __global__ void __launch_bounds__(TA_THREADS) attention_tc_kernel(ta_para
 #pragma unroll
             for (int n = 0; n < DV / 8; n++) {
                 const uint16_t *vb = vt + (n * 8 + g) * VS + kk * 16 + 2 * q;
-                ta_mma(o[n], a, *(const uint32_t *)vb, *(const uint32_t *)(vb + 8));
+                mma_bf16_16816(o[n], a, *(const uint32_t *)vb, *(const uint32_t *)(vb + 8));
             }
         }
     }

@@ -10,6 +10,7 @@
 
 #include "dequant.cuh"
 #include "kernels.h"
+#include "mma.cuh"
 
 #define TC_BM 64      // tokens per CTA tile
 #define TC_BN 128     // weight rows per CTA tile
@@ -25,24 +26,6 @@
 static_assert(TC_BM == TC_WARPS_M * 32 && TC_BN == TC_WARPS_N * 32, "a warp tile is 32 x 32");
 static_assert(TC_BM * TC_BK / 8 == TC_THREADS, "one x chunk per thread per stage");
 static_assert(TC_BN * TC_BK / 8 == 2 * TC_THREADS, "two weight chunks per thread per stage");
-
-// d = a * b + d for one m16n8k16 tile (row-major A 16 x 16 tokens x columns, column-major B
-// 16 x 8 columns x rows, i.e. weight rows with their columns contiguous). Fragments per lane
-// (g = lane / 4, q = lane % 4): a[0] = A[g][2q..2q+1], a[1] = A[g+8][2q..], a[2] = A[g][2q+8..],
-// a[3] = A[g+8][2q+8..]; b[0] = B[2q..2q+1][g], b[1] = B[2q+8..][g]; d[0..1] = D[g][2q..2q+1],
-// d[2..3] = D[g+8][2q..2q+1] (PTX ISA, "Matrix fragments for mma.m16n8k16").
-static __device__ __forceinline__ void tc_mma(float (&d)[4], const uint32_t (&a)[4],
-                                              const uint32_t (&b)[2])
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#else
-    __trap(); // kern_matmul_tc refuses devices before sm_80
-#endif
-}
 
 // The bf16 bits of an f32 that is a bf16 value (the widened e4m3 / int8 / int4 values).
 static __device__ __forceinline__ uint32_t tc_bf16_bits(float f) { return __float_as_uint(f) >> 16; }
@@ -203,9 +186,9 @@ struct tc_params {
 // ceil(n_tokens / 64)); DOWN (ceil(d_model / 128), expert slots, ceil(n_tokens / 64)). Block
 // TC_THREADS. Thread tid loads the x chunk of tile row l_row = 8 (tid / 32) + tid % 8 (columns
 // l_col = 8 (tid / 8 % 4) ..) and two weight chunks of the same columns: rows l_row and l_row +
-// 64 of the tile (GATED: gate row and up row l_row). Warp (wm, wn) = (warp % 2, warp / 2) owns tile rows 32 wm .. + 32 and B
-// rows 32 wn .. + 32 (GATED: wn 0-1 the gate rows 0 .. 63, wn 2-3 the up rows 0 .. 63 of the
-// CTA's 64 output rows).
+// 64 of the tile (GATED: gate row and up row l_row). Warp (wm, wn) = (warp % 2, warp / 2) owns
+// tile rows 32 wm .. + 32 and B rows 32 wn .. + 32 (GATED: wn 0-1 the gate rows 0 .. 63, wn 2-3
+// the up rows 0 .. 63 of the CTA's 64 output rows).
 template <int FMT, bool VEC, int MODE>
 static __global__ void __launch_bounds__(TC_THREADS, 2) tc_kernel(tc_params p)
 {
@@ -277,7 +260,8 @@ static __global__ void __launch_bounds__(TC_THREADS, 2) tc_kernel(tc_params p)
                 xf[e] = 0.0f;
             if (x_ok && k < n_in) {
                 if (p.x_vec) {
-                    const float4 a = __ldg((const float4 *)(xfrow + k)), b = __ldg((const float4 *)(xfrow + k) + 1);
+                    const float4 a = __ldg((const float4 *)(xfrow + k));
+                    const float4 b = __ldg((const float4 *)(xfrow + k) + 1);
                     xf[0] = a.x, xf[1] = a.y, xf[2] = a.z, xf[3] = a.w;
                     xf[4] = b.x, xf[5] = b.y, xf[6] = b.z, xf[7] = b.w;
                 } else {
@@ -387,7 +371,7 @@ static __global__ void __launch_bounds__(TC_THREADS, 2) tc_kernel(tc_params p)
             for (int i = 0; i < 2; i++)
 #pragma unroll
                 for (int j = 0; j < 4; j++)
-                    tc_mma(BLOCKED ? part[i][j] : acc[i][j], a[i], bq[j]);
+                    mma_bf16_16816(BLOCKED ? part[i][j] : acc[i][j], a[i], bq[j][0], bq[j][1]);
         }
     }
     if constexpr (BLOCKED)
