@@ -251,6 +251,17 @@ typedef struct eng_backend_ops {
      * not touched then); n_rows == 0 does nothing. */
     pp_status (*argmax)(eng_backend *be, const float *x, int64_t stride, int n_rows, int64_t n_cols,
                         int32_t *out);
+    /* Sampling candidates, on the backend (so a sampled token downloads k (value, id) pairs per
+     * sequence, not a row of logits): for r < n_rows and row r = x + r * stride (rows stride
+     * floats apart), vals[r * k + j] and ids[r * k + j] (backend memory, f32 and int32) = what
+     * engine/sampler.h's eng_topk(row, n_cols, k) writes, the same on every backend: the row's
+     * first min(k, n_cols) columns in the candidate order (values descending, equal values lower
+     * column first, -0 == +0; a NaN at column 0 first, other NaNs after every number) and their
+     * values bit for bit; -inf and -1 for j >= n_cols. The first id is argmax's pick.
+     * INVALID_ARG for n_rows < 0, n_cols < 1, n_cols > INT32_MAX, stride < n_cols, or k outside
+     * 1 .. ENG_TOPK_MAX (engine/sampler.h; nothing is written then); n_rows == 0 does nothing. */
+    pp_status (*topk)(eng_backend *be, const float *x, int64_t stride, int n_rows, int64_t n_cols, int k,
+                      float *vals, int32_t *ids);
 
     /* Optional (may be NULL): the backend's message for its last failed op, "" when the last op
      * succeeded (for CUDA: the call, the CUDA error's name and text, and whether the device is

@@ -14,7 +14,8 @@
  * router: HF casts them to bf16, `routing_weights.to(hidden_states.dtype)`).
  * Not rounded: DeepSeek-V3's combine weights (sigmoid router: fp32 in HF, and its router logits
  * are computed in fp32, which model.c does on eng_backend_bf16_inner), memory ops (copies and
- * KV-cache writes), quant_act_fp8's output (below), and argmax (its output is token ids).
+ * KV-cache writes), quant_act_fp8's output (below), argmax (its output is token ids) and topk
+ * (ids, and values copied from its input).
  *
  * Quantized when the decorator is made with fp8_act_quant (`--act-quant fp8`; off by default:
  * the FP8 fixtures' references do not quantize activations, and no reference of HF's W8A8
@@ -303,6 +304,14 @@ static pp_status bf16_argmax(eng_backend *be, const float *x, int64_t stride, in
     return in->ops->argmax(in, x, stride, n_rows, n_cols, out);
 }
 
+/* not rounded: ids, and values copied from x */
+static pp_status bf16_topk(eng_backend *be, const float *x, int64_t stride, int n_rows, int64_t n_cols, int k,
+                           float *vals, int32_t *ids)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->topk(in, x, stride, n_rows, n_cols, k, vals, ids);
+}
+
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
 static const char *bf16_last_error(eng_backend *be)
@@ -344,6 +353,7 @@ static const eng_backend_ops bf16_ops = {
     .quant_act_fp8 = bf16_quant_act_fp8,
     .round_bf16 = bf16_round_bf16,
     .argmax = bf16_argmax,
+    .topk = bf16_topk,
     .last_error = bf16_last_error,
 };
 

@@ -645,6 +645,20 @@ static pp_status cpu_argmax(eng_backend *be, const float *x, int64_t stride, int
     return PP_STATUS_OK;
 }
 
+/* ---- sampling candidates --------------------------------------------------------------------- */
+
+/* eng_topk of each row (the rule lives in engine/sampler.c, shared with the sampler). */
+static pp_status cpu_topk(eng_backend *be, const float *x, int64_t stride, int n_rows, int64_t n_cols, int k,
+                          float *vals, int32_t *ids)
+{
+    (void)be;
+    if (n_rows < 0 || n_cols < 1 || n_cols > INT32_MAX || stride < n_cols || k < 1 || k > ENG_TOPK_MAX)
+        return PP_STATUS_INVALID_ARG;
+    for (int r = 0; r < n_rows; r++)
+        eng_topk(x + (int64_t)r * stride, (int32_t)n_cols, k, vals + (int64_t)r * k, ids + (int64_t)r * k);
+    return PP_STATUS_OK;
+}
+
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
 /* The CPU backend fails only for host memory, which its ops' statuses already say. */
@@ -692,6 +706,7 @@ static const eng_backend_ops cpu_ops = {
     .quant_act_fp8 = cpu_quant_act_fp8,
     .round_bf16 = cpu_round_bf16,
     .argmax = cpu_argmax,
+    .topk = cpu_topk,
     .last_error = cpu_last_error,
 };
 

@@ -30,6 +30,7 @@
 
 #include "backend.h"
 #include "kernels.h"
+#include "sampler.h"
 
 /* Device allocations are rounded up to this many bytes (and the tail of an uploaded tensor is
  * zeroed), so a kernel's vector load of the last elements of an odd-sized tensor stays inside
@@ -178,7 +179,7 @@ typedef struct cuda_backend {
     weight_cache *wc;
     bool dead;      /* a sticky CUDA error was seen: the context is unusable */
     char msg[512];  /* the last failure, "" after a successful op */
-    void *work;     /* kernel workspace (attention, MLA, MoE; matmul_bf16's bf16 copy of x),
+    void *work;     /* kernel workspace (attention, MLA, MoE, topk; matmul_bf16's bf16 copy of x),
                        work_bytes, device; nothing in it outlives an op */
     size_t work_bytes;
     cublasHandle_t blas; /* matmul_bf16's cuBLAS handle on stream, NULL until first used */
@@ -1079,6 +1080,32 @@ static pp_status cuda_argmax(eng_backend *be, const float *x, int64_t stride, in
     return PP_STATUS_OK;
 }
 
+/* ---- sampling candidates --------------------------------------------------------------------- */
+
+_Static_assert(KERN_TOPK_MAX == ENG_TOPK_MAX, "kern_topk serves every k the topk op accepts");
+
+/* kern_topk over the backend's workspace (the split rows' partial keys; nothing in it outlives
+ * the op). */
+static pp_status cuda_topk(eng_backend *be, const float *x, int64_t stride, int n_rows, int64_t n_cols, int k,
+                           float *vals, int32_t *ids)
+{
+    cuda_backend *cb = as_cuda(be);
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK)
+        return st;
+    if (n_rows < 0 || n_cols < 1 || n_cols > INT32_MAX || stride < n_cols || k < 1 || k > ENG_TOPK_MAX)
+        return set_fail(cb, PP_STATUS_INVALID_ARG, "topk: n_rows %d, n_cols %lld, stride %lld, k %d (want n_rows >= 0, "
+                        "1 <= n_cols <= INT32_MAX, stride >= n_cols, 1 <= k <= %d)", n_rows, (long long)n_cols,
+                        (long long)stride, k, ENG_TOPK_MAX);
+    if (n_rows == 0)
+        return PP_STATUS_OK;
+    size_t ws = kern_topk_workspace_bytes(n_rows, n_cols, k);
+    if (ws && (st = scratch_reserve(cb, &cb->work, &cb->work_bytes, ws)) != PP_STATUS_OK)
+        return st;
+    CUDA_TRY(cb, kern_topk(x, stride, n_rows, n_cols, k, vals, ids, ws ? cb->work : NULL, cb->stream));
+    return PP_STATUS_OK;
+}
+
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
 static const char *cuda_last_error(eng_backend *be) { return as_cuda(be)->msg; }
@@ -1133,6 +1160,7 @@ static const eng_backend_ops cuda_ops = {
     .quant_act_fp8 = cuda_quant_act_fp8,
     .round_bf16 = cuda_round_bf16,
     .argmax = cuda_argmax,
+    .topk = cuda_topk,
     .last_error = cuda_last_error,
 };
 
@@ -1178,7 +1206,7 @@ pp_status eng_backend_cuda_create(int device, eng_backend *share_with, eng_backe
         e = cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking);
     if (e != cudaSuccess) {
         cb->stream = NULL;
-        pp_status st = cuda_fail(cb, e, "cudaSetDevice + cudaStreamCreateWithFlags", __LINE__);
+        pp_status st = cuda_fail(cb, e, "cudaSetDevice + cudaDeviceGetAttribute + cudaStreamCreateWithFlags", __LINE__);
         eng_fail(err, st, "%s", cb->msg);
         cuda_destroy(&cb->base);
         return st;

@@ -170,6 +170,7 @@ struct eng_gen {
     int chunk_limit;     /* most prompt tokens per chunk besides p->n_batch; 0: none */
     int n_ctx;
     int32_t n_text_vocab;
+    int32_t vocab;       /* the ids the sampler picks from: 0 .. min(n_text_vocab, n_vocab) - 1 */
     text_buf pending, out;
     bool by_stop_string;
     bool done;           /* the final chunk was handed out */
@@ -214,9 +215,10 @@ pp_status eng_gen_create(eng_model *model, eng_kv_cache *kv, const eng_tokenizer
     g->n_ctx = eng_gen_context(model, p, n_prompt);
     g->n_prompt = n_prompt;
     g->n_text_vocab = eng_tokenizer_n_vocab(tok);
+    g->vocab = g->n_text_vocab > 0 && g->n_text_vocab < c->n_vocab ? g->n_text_vocab : c->n_vocab;
     if ((st = kv ? eng_session_create_in(kv, g->n_ctx, &g->sess, err) : eng_session_create(model, g->n_ctx, &g->sess, err)) !=
             PP_STATUS_OK ||
-        (st = eng_sampler_create(&p->sampling, c->n_vocab, &g->sampler, err)) != PP_STATUS_OK ||
+        (st = eng_sampler_create(&p->sampling, g->vocab, &g->sampler, err)) != PP_STATUS_OK ||
         (st = eng_detok_create(tok, &g->detok, err)) != PP_STATUS_OK) {
         eng_gen_free(g);
         return st;
@@ -318,22 +320,23 @@ bool eng_gen_advance(eng_gen *g, float *logits, eng_err *err)
         return true; /* more of the prompt to run before the first sample */
     const eng_config *c = eng_model_config(g->model);
     /* Rows past the tokenizer's vocabulary are padding (Qwen pads 151669 ids to 151936): they
-     * have no text, so they are never chosen (HF does not mask them). */
+     * have no text, so they are never chosen (HF does not mask them): the sampler reads only the
+     * first g->vocab logits, and the others are masked for whoever reads the row after. */
     for (int32_t v = g->n_text_vocab; v < c->n_vocab; v++)
         logits[v] = -INFINITY;
     return gen_accept(g, eng_sampler_sample(g->sampler, logits, g->history, g->n_hist), err);
 }
 
-int eng_gen_pick_vocab(const eng_gen *g)
+int eng_gen_pick_vocab(const eng_gen *g) { return eng_sampler_is_argmax(g->sampler) ? g->vocab : 0; }
+
+int eng_gen_candidates_k(const eng_gen *g, int *vocab)
 {
-    if (!eng_sampler_is_argmax(g->sampler))
-        return 0;
-    int32_t n_vocab = eng_model_config(g->model)->n_vocab; /* a tokenizer may name more ids */
-    return g->n_text_vocab < n_vocab ? g->n_text_vocab : n_vocab;
+    *vocab = g->vocab;
+    return eng_sampler_is_argmax(g->sampler) ? 0 : eng_sampler_candidates_k(g->sampler);
 }
 
-/* The masked padding rows (-inf) can never win eng_argmax's strict comparison, so the pick over
- * the first n_text_vocab logits is the one eng_gen_advance's sampler makes. */
+/* The sampler reads the first g->vocab logits only, so the pick over them is the one
+ * eng_gen_advance's sampler makes. */
 bool eng_gen_advance_token(eng_gen *g, int32_t id, eng_err *err)
 {
     if (g->done)
@@ -341,6 +344,15 @@ bool eng_gen_advance_token(eng_gen *g, int32_t id, eng_err *err)
     if (!gen_prompt_done(g))
         return true;
     return gen_accept(g, id, err);
+}
+
+bool eng_gen_advance_candidates(eng_gen *g, const float *logits, const int32_t *ids, int n, eng_err *err)
+{
+    if (g->done)
+        return false;
+    if (!gen_prompt_done(g))
+        return true;
+    return gen_accept(g, eng_sampler_sample_candidates(g->sampler, logits, ids, n), err);
 }
 
 /* Takes the sampled id: history, stop ids, detokenized text, stop strings, length, and the
@@ -417,18 +429,24 @@ pp_status eng_generate(eng_model *model, const eng_tokenizer *tok, const int32_t
         eng_gen_free(g);
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
     }
-    /* greedy: the backend picks the token, no logits row crosses to the host */
-    int pick_vocab = eng_gen_pick_vocab(g);
+    /* greedy: the backend picks the token; sampling with few enough candidates: the backend
+     * picks those (eng_gen_candidates_k); either way no logits row crosses to the host */
+    int pick_vocab = eng_gen_pick_vocab(g), cand_vocab = 0, cand_k = eng_gen_candidates_k(g, &cand_vocab);
+    float cand_logits[ENG_TOPK_MAX];
+    int32_t cand_ids[ENG_TOPK_MAX];
     for (bool more = true; more;) {
         int32_t id = 0;
-        eng_batch_seq one = {.session = g->sess, .logits = pick_vocab ? NULL : logits,
-                             .token = pick_vocab ? &id : NULL, .token_vocab = pick_vocab};
+        eng_batch_seq one = {.session = g->sess, .logits = pick_vocab || cand_k ? NULL : logits,
+                             .token = pick_vocab ? &id : NULL, .token_vocab = pick_vocab ? pick_vocab : cand_vocab,
+                             .cand_k = cand_k, .cand_logits = cand_logits, .cand_ids = cand_ids};
         eng_gen_input(g, &one.ids, &one.n_tokens);
         if ((st = eng_forward_batch(&one, 1, err)) != PP_STATUS_OK) {
             eng_gen_fail(g, st);
             break;
         }
-        more = pick_vocab ? eng_gen_advance_token(g, id, err) : eng_gen_advance(g, logits, err);
+        more = pick_vocab ? eng_gen_advance_token(g, id, err)
+               : cand_k   ? eng_gen_advance_candidates(g, cand_logits, cand_ids, cand_k, err)
+                          : eng_gen_advance(g, logits, err);
     }
     st = g->status;
     free(logits);

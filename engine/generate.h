@@ -115,6 +115,16 @@ int eng_gen_pick_vocab(const eng_gen *g);
 /* eng_gen_advance for a forward that returned only its greedy pick (eng_gen_pick_vocab > 0):
  * the same chunks and results as eng_gen_advance on those logits. */
 bool eng_gen_advance_token(eng_gen *g, int32_t id, eng_err *err);
+/* When the next token is drawn from few enough candidates (sampling whose sampler qualifies,
+ * eng_sampler_candidates_k; never for greedy picks, which eng_gen_pick_vocab serves): k, 1 ..
+ * ENG_TOPK_MAX, and *vocab = the vocabulary to pick from (as eng_gen_pick_vocab's), so that the
+ * forward can pick the candidates on the backend (eng_batch_seq.cand_k = k, token_vocab =
+ * *vocab) and eng_gen_advance_candidates draw from them. 0 when the sampler needs the logits. */
+int eng_gen_candidates_k(const eng_gen *g, int *vocab);
+/* eng_gen_advance for a forward that returned only the candidates of eng_gen_candidates_k
+ * (logits / ids [n], n = that k, as eng_batch_seq.cand_logits / cand_ids hold them): the same
+ * chunks, results and sampler state as eng_gen_advance on those logits, bit for bit. */
+bool eng_gen_advance_candidates(eng_gen *g, const float *logits, const int32_t *ids, int n, eng_err *err);
 /* The forward failed with st: hands out the final ERROR chunk (once); eng_gen_status is st. */
 void eng_gen_fail(eng_gen *g, pp_status st);
 /* Ends the generation now with a final CANCELLED chunk (once). */

@@ -1,6 +1,7 @@
 /* model.c: loading a checkpoint directory, sessions (KV cache + scratch) and the parts of the
  * forward pass every family shares: embedding, final norm, lm_head. */
 #include "model_internal.h"
+#include "sampler.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -723,9 +724,14 @@ static pp_status batch_check(const eng_batch_seq *seqs, int n_seq, int *blocks_n
             if (seqs[i].ids[t] < 0 || seqs[i].ids[t] >= c->n_vocab)
                 return eng_fail(err, PP_STATUS_INVALID_ARG, "token id %d at index %d is outside [0, %d)",
                                 seqs[i].ids[t], t, c->n_vocab);
-        if (seqs[i].token && seqs[i].token_vocab > c->n_vocab)
+        if ((seqs[i].token || seqs[i].cand_k) && seqs[i].token_vocab > c->n_vocab)
             return eng_fail(err, PP_STATUS_INVALID_ARG, "forward: token_vocab %d exceeds the vocabulary of %d",
                             seqs[i].token_vocab, c->n_vocab);
+        if (seqs[i].cand_k && (seqs[i].cand_k < 0 || seqs[i].cand_k > ENG_TOPK_MAX || !seqs[i].cand_logits ||
+                               !seqs[i].cand_ids))
+            return eng_fail(err, PP_STATUS_INVALID_ARG,
+                            "forward: cand_k %d (want 0, or 1 .. %d with cand_logits and cand_ids given)",
+                            seqs[i].cand_k, ENG_TOPK_MAX);
         int want = (int)eng_ceil_div(s->pos + n, kv->block_size);
         need += want > s->n_blocks ? want - s->n_blocks : 0;
     }
@@ -769,12 +775,19 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
      * seq_start [n_seq + 1], seq_pos0 [n_seq], pos [T], slot [T], ids [T], block_table
      * [n_seq][max_blocks] */
     size_t n_meta = (size_t)(2 * n_seq + 1) + 3 * (size_t)n_tokens + (size_t)n_seq * (size_t)max_blocks;
-    if (kv->meta_cap < n_meta) {
-        int32_t *p = realloc(kv->meta, n_meta * sizeof *p);
+    /* what the backend picks comes back to the same host buffer: n_seq greedy picks, then the
+     * candidates' n_cand logits and n_cand ids */
+    size_t n_cand = 0;
+    for (int i = 0; i < n_seq; i++)
+        n_cand += (size_t)seqs[i].cand_k;
+    size_t n_picked = (size_t)n_seq + 2 * n_cand;
+    size_t n_host = n_meta > n_picked ? n_meta : n_picked;
+    if (kv->meta_cap < n_host) {
+        int32_t *p = realloc(kv->meta, n_host * sizeof *p);
         if (!p)
             return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "forward: out of memory");
         kv->meta = p;
-        kv->meta_cap = n_meta;
+        kv->meta_cap = n_host;
     }
     int32_t *seq_start = kv->meta, *seq_pos0 = seq_start + n_seq + 1, *pos = seq_pos0 + n_seq;
     int32_t *slot = pos + n_tokens, *ids = slot + n_tokens, *table = ids + n_tokens;
@@ -794,8 +807,9 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
     }
 
     int n_out = all_logits ? n_tokens : n_seq;
-    /* device int32: the tables, then each sequence's greedy pick (not uploaded) */
-    size_t meta_floats = (n_meta + (size_t)n_seq + 63) & ~(size_t)63; /* float arrays 256-byte aligned */
+    /* device int32: the tables, then each sequence's greedy pick and the candidates' logits and
+     * ids (n_cand of each; not uploaded) */
+    size_t meta_floats = (n_meta + n_picked + 63) & ~(size_t)63; /* float arrays 256-byte aligned */
     size_t n_h = (size_t)n_tokens * (size_t)c->d_model;
     size_t n_g = all_logits || n_seq == 1 ? 0 : (size_t)n_seq * (size_t)c->d_model;
     size_t n_logits = (size_t)n_out * (size_t)c->n_vocab;
@@ -846,8 +860,11 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
                 ENG_TRY(be->ops->download(be, seqs[i].logits, lg + (size_t)i * (size_t)c->n_vocab,
                                           (size_t)c->n_vocab * sizeof(float)));
     }
-    /* greedy picks: made where the logits are, then one download of n_seq int32 */
+    /* greedy picks and sampling candidates: made where the logits are, then one download of
+     * n_seq picks and the candidates' n_cand logits and n_cand ids */
     int32_t *dpick = dmeta + n_meta;
+    float *dcand_logits = (float *)(dpick + n_seq);
+    int32_t *dcand_ids = dpick + n_seq + n_cand;
     bool any_pick = false;
     for (int i = 0; i < n_seq;) { /* one launch per run of sequences picking from the same columns */
         if (!seqs[i].token) {
@@ -862,11 +879,35 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
         any_pick = true;
         i = j;
     }
-    if (any_pick) {
-        ENG_TRY(be->ops->download(be, kv->meta, dpick, (size_t)n_seq * sizeof(int32_t)));
-        for (int i = 0; i < n_seq; i++)
+    /* the candidates of the sequences asking for them, in batch order, k apart: a run of
+     * sequences with the same columns and k is one launch writing consecutive rows */
+    size_t at = 0;
+    for (int i = 0; i < n_seq;) {
+        if (!seqs[i].cand_k) {
+            i++;
+            continue;
+        }
+        int cols = seqs[i].token_vocab > 0 ? seqs[i].token_vocab : c->n_vocab, k = seqs[i].cand_k, j = i + 1;
+        while (j < n_seq && seqs[j].cand_k == k && (seqs[j].token_vocab > 0 ? seqs[j].token_vocab : c->n_vocab) == cols)
+            j++;
+        const float *row = lg + (size_t)(all_logits ? n_tokens - 1 : i) * (size_t)c->n_vocab;
+        ENG_TRY(be->ops->topk(be, row, c->n_vocab, j - i, cols, k, dcand_logits + at, dcand_ids + at));
+        at += (size_t)(j - i) * (size_t)k;
+        i = j;
+    }
+    if (any_pick || n_cand) {
+        ENG_TRY(be->ops->download(be, kv->meta, dpick, n_picked * sizeof(int32_t)));
+        at = 0;
+        for (int i = 0; i < n_seq; i++) {
             if (seqs[i].token)
                 *seqs[i].token = kv->meta[i];
+            if (seqs[i].cand_k) {
+                size_t k = (size_t)seqs[i].cand_k;
+                memcpy(seqs[i].cand_logits, kv->meta + n_seq + at, k * sizeof(float));
+                memcpy(seqs[i].cand_ids, kv->meta + n_seq + n_cand + at, k * sizeof(int32_t));
+                at += k;
+            }
+        }
     }
     for (int i = 0; i < n_seq; i++)
         seqs[i].session->pos += seqs[i].n_tokens;

@@ -157,7 +157,15 @@ typedef struct eng_batch_seq {
                             engine/sampler.h's eng_argmax over their first token_vocab entries,
                             made by the backend's argmax op where the logits are (on CUDA only
                             this int32 crosses to the host) */
-    int token_vocab;     /* 1 .. n_vocab; <= 0: n_vocab */
+    int token_vocab;     /* the columns token and the candidates come from: 1 .. n_vocab; <= 0:
+                            n_vocab */
+    int cand_k;          /* 0: none; 1 .. ENG_TOPK_MAX (engine/sampler.h): the sampling
+                            candidates of the last token's logits, engine/sampler.h's
+                            eng_topk(their first token_vocab entries, cand_k) into cand_logits /
+                            cand_ids, made by the backend's topk op where the logits are (on
+                            CUDA only these pairs cross to the host) */
+    float *cand_logits;  /* host [cand_k] when cand_k > 0: the candidates' logits, bit for bit */
+    int32_t *cand_ids;   /* host [cand_k] when cand_k > 0: their ids (-1 past token_vocab) */
 } eng_batch_seq;
 
 /* One forward pass over several sequences at once (continuous batching): every sequence's

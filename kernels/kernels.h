@@ -384,6 +384,33 @@ int kern_moe_experts(const kern_moe_args *args, void *workspace, kern_stream str
 int kern_argmax(const float *x, int64_t stride, int n_rows, int64_t n_cols, int32_t *out,
                 kern_stream stream);
 
+/* The most candidates kern_topk gives per row: engine/sampler.h's ENG_TOPK_MAX (the backend
+ * checks that they agree). */
+#define KERN_TOPK_MAX 1024
+
+/* Device bytes kern_topk needs as workspace for these dims (0 when the rows are not split;
+ * at most kern_topk_workspace_max(), kernels/workspace.h). */
+size_t kern_topk_workspace_bytes(int n_rows, int64_t n_cols, int k);
+
+/* Sampling candidates: for each row r of x ([n_rows][n_cols], rows stride floats apart), the
+ * first min(k, n_cols) columns in engine/sampler.c's candidate order (eng_topk, bit for bit):
+ * a strict total order given by one 64-bit key per column, larger first: high half the value
+ * made monotone (the sign bit set for positives, all bits flipped for negatives, -0 as +0;
+ * +inf's key for a NaN at column 0, 0 for other NaNs), low half ~column. ids[r * k + j] (device
+ * int32) = the j-th column, vals[r * k + j] (device f32) = its value bit for bit; j >= n_cols
+ * gets -1 and -inf. Each CTA selects the k largest keys of its columns by an MSB-first radix
+ * select (8-bit digits, histograms in shared memory, stopping once the keys at or above the
+ * prefix found are exactly k), gathers them and sorts them by a bitonic sort in shared memory.
+ * A row goes to one CTA, or, when the rows alone give too few CTAs, to several that each take
+ * a range of at least max(4096, 8k) columns and leave their best k keys in the workspace, then
+ * one CTA per row selects the row's best k of those. 512 threads a CTA. workspace:
+ * kern_topk_workspace_bytes(n_rows, n_cols, k) bytes of device memory, 8-byte aligned (NULL
+ * when that is 0). cudaErrorInvalidValue for n_rows < 0, n_cols < 1, n_cols > INT32_MAX,
+ * stride < n_cols, k outside 1 .. KERN_TOPK_MAX, x not 4-byte aligned, NULL x, vals or ids,
+ * or a workspace missing; n_rows == 0 launches nothing. */
+int kern_topk(const float *x, int64_t stride, int n_rows, int64_t n_cols, int k, float *vals, int32_t *ids,
+              void *workspace, kern_stream stream);
+
 #ifdef __cplusplus
 }
 #endif

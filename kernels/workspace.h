@@ -1,7 +1,7 @@
 /* workspace.h: how the split-key attention kernels plan their grids, and the most device
- * workspace kern_attention, kern_mla_absorbed and kern_moe_experts can ask for. Plain C with no
- * CUDA types: the kernels take their planning constants from here, and the registry's VRAM
- * estimate (registry/registry.c) takes the bounds, so the two cannot drift apart; CPU-only
+ * workspace kern_attention, kern_mla_absorbed, kern_moe_experts and kern_topk can ask for. Plain
+ * C with no CUDA types: the kernels take their planning constants from here, and the registry's
+ * VRAM estimate (registry/registry.c) takes the bounds, so the two cannot drift apart; CPU-only
  * builds include it too. tests/test_workspace.c checks the bounds against the launchers'
  * *_workspace_bytes over many batches.
  */
@@ -59,6 +59,19 @@ static inline size_t kern_moe_workspace_max(int n_tokens, int d_model, int d_ff_
         bytes += KERN_ALIGN16((size_t)n_tokens * (size_t)d_model * sizeof(float));
     return bytes;
 #undef KERN_ALIGN16
+}
+
+/* Sampling candidates (kernels/sample.cu): rows are split over several CTAs only while the rows
+ * alone give fewer than KERN_TOPK_TARGET_CTAS (4 of 512 threads on each of 132 SMs), into at
+ * most ceil(target / n_rows) column ranges, each leaving at most KERN_TOPK_MAX 8-byte keys. */
+#define KERN_TOPK_TARGET_CTAS (4 * 132)
+
+/* The most kern_topk_workspace_bytes returns, whatever the rows: a split needs n_rows < target,
+ * so n_rows * n_split <= n_rows * ceil(target / n_rows) < 2 * target ranges of KERN_TOPK_MAX
+ * (kernels.h; 1024) keys. */
+static inline size_t kern_topk_workspace_max(void)
+{
+    return (size_t)2 * KERN_TOPK_TARGET_CTAS * 1024 * sizeof(uint64_t);
 }
 
 #endif /* PP_KERNELS_WORKSPACE_H */

@@ -538,6 +538,8 @@ typedef struct batch {
     int n_batch;        /* most tokens one forward runs (the model's prefill step; the
                            scratch is sized for it) */
     float *logits;      /* [cap][n_vocab], host */
+    float *cand_logits; /* [cap][ENG_TOPK_MAX], host: sampling candidates (eng_gen_candidates_k) */
+    int32_t *cand_ids;  /* [cap][ENG_TOPK_MAX], host */
 } batch;
 
 /* Blocks a request's whole context takes (eng_gen_create's session for it). */
@@ -602,6 +604,11 @@ static void batch_admit(worker *w, batch *b, request *r)
     if (st == PP_STATUS_OK && !b->logits &&
         !(b->logits = malloc((size_t)b->cap * (size_t)c->n_vocab * sizeof(float))))
         st = eng_fail(&err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    if (st == PP_STATUS_OK && !b->cand_logits &&
+        !(b->cand_logits = malloc((size_t)b->cap * ENG_TOPK_MAX * sizeof(float))))
+        st = eng_fail(&err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
+    if (st == PP_STATUS_OK && !b->cand_ids && !(b->cand_ids = malloc((size_t)b->cap * ENG_TOPK_MAX * sizeof(int32_t))))
+        st = eng_fail(&err, PP_STATUS_OUT_OF_MEMORY, "out of memory");
     if (st == PP_STATUS_OK) {
         x->r = r;
         x->g = (gen_ctx){w, r->stream, false, false, {{0}}};
@@ -657,7 +664,8 @@ static bool batch_step(worker *w, batch *b, step_info *step, char *why, size_t w
     }
     if (n == 0)
         return true;
-    /* a greedy request gets its token picked by the backend (no logits row to the host) */
+    /* a greedy request gets its token picked by the backend, a sampled one with few enough
+     * candidates (eng_gen_candidates_k) those candidates: no logits row to the host */
     eng_batch_seq seqs[MAX_BATCH_LIMIT];
     int32_t picks[MAX_BATCH_LIMIT];
     const eng_config *c = eng_model_config(w->model);
@@ -667,7 +675,10 @@ static bool batch_step(worker *w, batch *b, step_info *step, char *why, size_t w
         seqs[k].session = eng_gen_session(x->gen);
         seqs[k].token_vocab = eng_gen_pick_vocab(x->gen);
         seqs[k].token = seqs[k].token_vocab > 0 ? &picks[k] : NULL;
-        seqs[k].logits = seqs[k].token ? NULL : b->logits + (size_t)k * (size_t)c->n_vocab;
+        seqs[k].cand_k = seqs[k].token ? 0 : eng_gen_candidates_k(x->gen, &seqs[k].token_vocab);
+        seqs[k].cand_logits = b->cand_logits + (size_t)k * ENG_TOPK_MAX;
+        seqs[k].cand_ids = b->cand_ids + (size_t)k * ENG_TOPK_MAX;
+        seqs[k].logits = seqs[k].token || seqs[k].cand_k ? NULL : b->logits + (size_t)k * (size_t)c->n_vocab;
     }
     step->n_decode = (size_t)n_decode;
     step->mixed = n_decode > 0 && n > n_decode;
@@ -683,8 +694,10 @@ static bool batch_step(worker *w, batch *b, step_info *step, char *why, size_t w
         if (st != PP_STATUS_OK) {
             x->g.err = err;
             eng_gen_fail(x->gen, st);
-        } else if (!(seqs[k].token ? eng_gen_advance_token(x->gen, picks[k], &x->g.err)
-                                   : eng_gen_advance(x->gen, seqs[k].logits, &x->g.err))) {
+        } else if (!(seqs[k].token    ? eng_gen_advance_token(x->gen, picks[k], &x->g.err)
+                     : seqs[k].cand_k ? eng_gen_advance_candidates(x->gen, seqs[k].cand_logits, seqs[k].cand_ids,
+                                                                   seqs[k].cand_k, &x->g.err)
+                                      : eng_gen_advance(x->gen, seqs[k].logits, &x->g.err))) {
             killed = killed || x->g.killed;
         }
     }
@@ -775,6 +788,8 @@ static void *worker_main(void *arg)
         b.n = 0;
         eng_kv_cache_free(b.kv);
         free(b.logits);
+        free(b.cand_logits);
+        free(b.cand_ids);
         pthread_mutex_lock(&pool->mu);
         /* this thread ends; the maintenance thread joins it and starts a replacement */
         w->busy = false;
@@ -789,6 +804,8 @@ static void *worker_main(void *arg)
     pthread_mutex_unlock(&pool->mu);
     eng_kv_cache_free(b.kv);
     free(b.logits);
+    free(b.cand_logits);
+    free(b.cand_ids);
     return NULL;
 }
 

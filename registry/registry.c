@@ -456,7 +456,7 @@ static uint64_t cuda_workspace_bytes(const eng_config *c, int n_tokens)
     if (any_moe)
         ws = max_u64(ws, kern_moe_workspace_max(n_tokens, c->d_model, c->d_ff_expert, c->n_expert,
                                                 c->n_expert_used, 0));
-    return ws;
+    return max_u64(ws, kern_topk_workspace_max()); /* the sampling candidates' split rows */
 }
 
 pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, uint64_t n_tensors, int n_ctx,

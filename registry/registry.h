@@ -181,7 +181,7 @@ typedef struct reg_model_info {
     /* GPU workers (the CUDA backend in f32 mode, as the pool runs it): weights uploaded in their
      * stored dtype (each of the n_tensors device copies rounded up to REG_CUDA_ALLOC_ROUND),
      * the f32 KV cache (kv_bytes), the session scratch, the kernels' workspace (the largest of
-     * kernels/workspace.h's attention, MLA and MoE bounds for forwards of
+     * kernels/workspace.h's attention, MLA, MoE and top-k bounds for forwards of
      * max(n_batch, REG_MAX_BATCH) tokens: the backend keeps one workspace, grown to the largest
      * op) and REG_CUDA_DEVICE_RESERVE_BYTES for the first worker of a model.
      *   gpu_act_bytes      = session scratch + kernel workspace

@@ -9,9 +9,12 @@
  * times and the fifth joins late with a multi-token chunk beside the others' single tokens. Every
  * logit row of the batched run must match the lone run within 1e-5 relative L2 (on the CPU the
  * rows are computed by the same code in the same order: they must be equal, and are checked for
- * that). Then: a cache too small for a step fails with OUT_OF_MEMORY and changes nothing; reset
- * sequences give their blocks back and, reusing blocks full of another sequence's keys, compute
- * the same logits again; batches that break the rules are refused with INVALID_ARG.
+ * that). Sequences also ask for their greedy pick (the argmax op) and sampling candidates (the
+ * topk op, k from 1 to ENG_TOPK_MAX, over all or part of the vocabulary), which must be
+ * eng_argmax and eng_topk of the logits returned beside them, bit for bit. Then: a cache too
+ * small for a step fails with OUT_OF_MEMORY and changes nothing; reset sequences give their
+ * blocks back and, reusing blocks full of another sequence's keys, compute the same logits
+ * again; batches that break the rules are refused with INVALID_ARG.
  * PP_TEST_BACKEND=cuda runs it on the CUDA backend (tests/test_backend.h).
  */
 #include <json-c/json.h>
@@ -118,6 +121,7 @@ static int run_alone(eng_model *m, seq *q, int n_vocab)
  * gives every started, unfinished sequence its next token, and a sequence joining at that step
  * its prefill chunk. Compares every row. */
 static int n_picks; /* greedy picks made by the backend and checked */
+static int n_cands; /* candidate lists made by the backend's topk op and checked */
 
 static void run_batched(eng_kv_cache *kv, seq *qs, int n_seq, int n_vocab, const char *what)
 {
@@ -130,6 +134,9 @@ static void run_batched(eng_kv_cache *kv, seq *qs, int n_seq, int n_vocab, const
             CHECK(false, "%s: session: %s", what, err.msg);
             goto out;
         }
+    static float cand_logits[N_SEQ][ENG_TOPK_MAX], want_logits[ENG_TOPK_MAX];
+    static int32_t cand_ids[N_SEQ][ENG_TOPK_MAX], want_ids[ENG_TOPK_MAX];
+    static const int cand_ks[] = {1, 5, 50, 2, ENG_TOPK_MAX};
     for (int step = 0;; step++) {
         eng_batch_seq b[N_SEQ];
         int32_t picks[N_SEQ];
@@ -146,6 +153,15 @@ static void run_batched(eng_kv_cache *kv, seq *qs, int n_seq, int n_vocab, const
             if ((i + step) % 2 == 0) {
                 b[nb].token = &picks[nb];
                 b[nb].token_vocab = (i + step) % 4 == 0 ? 0 : n_vocab - 1 - step % 7;
+            }
+            /* and two sequences in three their sampling candidates (the topk op beside the
+             * logits), neighbours often with the same k and columns (one launch for both) */
+            if ((i + step) % 3 != 2) {
+                b[nb].cand_k = cand_ks[(step + (i >= 3)) % 5];
+                b[nb].cand_logits = cand_logits[nb];
+                b[nb].cand_ids = cand_ids[nb];
+                if (!b[nb].token && (i + step) % 3 == 1)
+                    b[nb].token_vocab = n_vocab - 3 - step % 5;
             }
             idx[nb++] = i;
         }
@@ -166,6 +182,15 @@ static void run_batched(eng_kv_cache *kv, seq *qs, int n_seq, int n_vocab, const
                 CHECK(*b[k].token == eng_argmax(b[k].logits, cols), "%s: sequence %d's pick %d, argmax of its "
                       "logits' first %d: %d", what, i, *b[k].token, cols, eng_argmax(b[k].logits, cols));
                 n_picks++;
+            }
+            if (b[k].cand_k) {
+                int cols = b[k].token_vocab > 0 ? b[k].token_vocab : n_vocab, kk = b[k].cand_k;
+                eng_topk(b[k].logits, cols, kk, want_logits, want_ids);
+                CHECK(memcmp(b[k].cand_ids, want_ids, (size_t)kk * sizeof *want_ids) == 0 &&
+                          memcmp(b[k].cand_logits, want_logits, (size_t)kk * sizeof *want_logits) == 0,
+                      "%s: sequence %d's %d candidates over %d columns differ from eng_topk of its logits (first "
+                      "id %d, want %d)", what, i, kk, cols, b[k].cand_ids[0], want_ids[0]);
+                n_cands++;
             }
         }
     }
@@ -307,6 +332,8 @@ static void check_refusals(eng_model *m, seq *qs)
     CHECK(eng_kv_cache_block_size(k1) == ENG_KV_BLOCK_SIZE, "default block size %d", eng_kv_cache_block_size(k1));
     const int32_t *ids = qs[0].ids;
     int32_t pick = 0;
+    static float cand_v[ENG_TOPK_MAX + 1];
+    static int32_t cand_i[ENG_TOPK_MAX + 1];
     struct {
         const char *what;
         eng_batch_seq b[2];
@@ -321,6 +348,17 @@ static void check_refusals(eng_model *m, seq *qs)
         {"a pick vocabulary past n_vocab",
          {{.session = a, .ids = ids, .n_tokens = 1, .token = &pick, .token_vocab = eng_model_config(m)->n_vocab + 1}},
          1},
+        {"a candidate vocabulary past n_vocab",
+         {{.session = a, .ids = ids, .n_tokens = 1, .cand_k = 3, .cand_logits = cand_v, .cand_ids = cand_i,
+           .token_vocab = eng_model_config(m)->n_vocab + 1}},
+         1},
+        {"more candidates than ENG_TOPK_MAX",
+         {{.session = a, .ids = ids, .n_tokens = 1, .cand_k = ENG_TOPK_MAX + 1, .cand_logits = cand_v,
+           .cand_ids = cand_i}},
+         1},
+        {"negative cand_k", {{.session = a, .ids = ids, .n_tokens = 1, .cand_k = -1, .cand_logits = cand_v,
+                              .cand_ids = cand_i}}, 1},
+        {"candidates without their arrays", {{.session = a, .ids = ids, .n_tokens = 1, .cand_k = 2}}, 1},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         err.msg[0] = 0;
@@ -411,12 +449,14 @@ int main(int argc, char **argv)
     check_exhaustion(m, qs, n_vocab);
     check_refusals(m, qs);
     CHECK(n_picks > 0, "no greedy pick was checked");
+    CHECK(n_cands > 0, "no candidate list was checked");
     double kv16_median = 0;
     int n_kv16 = check_bf16_kv(argv[1], &o, qs, n_vocab, &kv16_median);
 
     printf("%s on %s%s: %d sequences, worst rel L2 vs the lone runs %.3g (bound %g%s); %d greedy picks by the "
            "backend equal to eng_argmax of the logits\n", argv[1], backend, o.mla == ENG_MLA_NAIVE ? " (naive MLA)" : "",
            N_SEQ, worst, REL_L2_MAX, exact_expected ? ", bit-identical required" : "", n_picks);
+    printf("%d candidate lists by the backend's topk op equal to eng_topk of the logits, bit for bit\n", n_cands);
     if (exact_expected)
         printf("bf16 compute mode: %d sequences with a bf16 KV cache bit-identical to an f32 one\n", n_kv16);
     else

@@ -11,6 +11,8 @@
  *   - a stop string that spans several tokens is caught, cut and never emitted, and the
  *     concatenated chunks are the greedy text up to it;
  *   - the same seed gives the same sampled text, chunks are whole UTF-8, usage counts add up;
+ *   - sampled text drawn from the backend's top-k candidates (eng_generate, for samplers with
+ *     eng_gen_candidates_k > 0) equals the text drawn from whole logit rows (eng_gen_advance);
  *   - cancelling from the callback ends the stream with "cancelled";
  *   - bad parameters (NaN temperature, top_p 0, negative repetition penalty, a prompt longer
  *     than the context) are rejected before any chunk.
@@ -91,6 +93,28 @@ static pp_status gen(eng_model *m, eng_tokenizer *tok, const int32_t *ids, size_
     return eng_generate(m, tok, ids, n, p, on_chunk, c, err);
 }
 
+/* eng_generate's loop driven by hand, every step's whole logit row given to eng_gen_advance (the
+ * sampler's full-row path), with the chunks collected as gen does. */
+static pp_status gen_by_rows(eng_model *m, eng_tokenizer *tok, const int32_t *ids, size_t n, const eng_gen_params *p,
+                             collect *c, eng_err *err)
+{
+    memset(c, 0, sizeof *c);
+    eng_gen *g = NULL;
+    float *logits = malloc((size_t)eng_model_config(m)->n_vocab * sizeof *logits);
+    pp_status st = logits ? eng_gen_create(m, NULL, tok, ids, n, p, on_chunk, c, &g, err) : PP_STATUS_OUT_OF_MEMORY;
+    for (bool more = st == PP_STATUS_OK; more;) {
+        const int32_t *in;
+        int n_in;
+        eng_gen_input(g, &in, &n_in);
+        if ((st = eng_session_forward(eng_gen_session(g), in, n_in, logits, false, err)) != PP_STATUS_OK)
+            break;
+        more = eng_gen_advance(g, logits, err);
+    }
+    eng_gen_free(g);
+    free(logits);
+    return st;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -121,7 +145,7 @@ int main(int argc, char **argv)
     eng_gen_params_default(&gp, m);
     gp.n_stop_ids = 0; /* the references generated 48 tokens whatever they were */
     gp.max_tokens = 48;
-    int greedy_ok = 0;
+    int greedy_ok = 0, n_cand_same = 0;
     for (size_t ci = 0; ci < json_object_array_length(cases); ci++) {
         json_object *cs = json_object_array_get_idx(cases, ci);
         const char *prompt = json_object_get_string(json_object_object_get(cs, "prompt"));
@@ -214,6 +238,35 @@ int main(int argc, char **argv)
         st = gen(m, tok, ids, n, &rp, c, &err);
         CHECK(st == PP_STATUS_OK && strcmp(first, c->text) == 0, "case %zu: same seed, different text", ci);
 
+        /* eng_generate draws these from the backend's top-k candidates (eng_gen_candidates_k):
+         * the same text as draws from whole logit rows, for settings up to the cap */
+        static const struct { float t; int k; float p, min_p; } cand_cfg[] = {
+            {0.9f, 50, 0.95f, 0.0f}, {1.3f, 5, 1.0f, 0.05f}, {1.0f, ENG_TOPK_MAX, 1.0f, 0.0f}, {0.6f, 1, 1.0f, 0.0f},
+        };
+        for (size_t k = 0; k < sizeof cand_cfg / sizeof cand_cfg[0]; k++) {
+            eng_gen_params cp2 = gp;
+            cp2.sampling.temperature = cand_cfg[k].t;
+            cp2.sampling.top_k = cand_cfg[k].k;
+            cp2.sampling.top_p = cand_cfg[k].p;
+            cp2.sampling.min_p = cand_cfg[k].min_p;
+            cp2.sampling.seed = 99 + ci * 7 + k;
+            eng_gen *g2 = NULL;
+            int vocab = 0;
+            CHECK(eng_gen_create(m, NULL, tok, ids, n, &cp2, on_chunk, c, &g2, &err) == PP_STATUS_OK &&
+                      eng_gen_candidates_k(g2, &vocab) == (cand_cfg[k].k > 1 ? cand_cfg[k].k : 0) && vocab > 0,
+                  "case %zu: sampling %zu: eng_gen_candidates_k", ci, k);
+            eng_gen_free(g2);
+            char via_op[65536];
+            st = gen(m, tok, ids, n, &cp2, c, &err);
+            memcpy(via_op, c->text, c->len + 1);
+            size_t op_ids = c->n_ids;
+            pp_status st2 = gen_by_rows(m, tok, ids, n, &cp2, c, &err);
+            CHECK(st == PP_STATUS_OK && st2 == PP_STATUS_OK && op_ids == c->n_ids && strcmp(via_op, c->text) == 0,
+                  "case %zu: sampling %zu through the candidates differs from whole rows:\n  op:   %s\n  rows: %s", ci,
+                  k, via_op, c->text);
+            n_cand_same += st == PP_STATUS_OK && strcmp(via_op, c->text) == 0;
+        }
+
         /* cancellation */
         c->cancel_after = 2;
         st = gen(m, tok, ids, n, &gp, c, &err);
@@ -248,6 +301,8 @@ int main(int argc, char **argv)
     printf("%s: greedy text reproduced for %d of %zu prompts%s%s\n", dir, greedy_ok,
            json_object_array_length(cases), check_greedy ? "" : " (not required for this model)",
            failures ? "" : "; stop strings, seeds, cancellation, bad parameters: ok");
+    printf("%s: %d sampled texts drawn from the backend's candidates equal to those drawn from whole rows\n", dir,
+           n_cand_same);
     free(c);
     eng_tokenizer_free(tok);
     eng_model_free(m);

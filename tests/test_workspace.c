@@ -6,8 +6,9 @@
  * contexts up to 128k) on the three families' head shapes: kern_attention_workspace_bytes <=
  * kern_attention_workspace_max(d_v), kern_mla_workspace_bytes <= kern_mla_workspace_max(n_batch,
  * ...), and kern_moe_workspace_bytes == kern_moe_workspace_max for n_tokens up to n_batch (and
- * grows with n_tokens, so the n_batch value bounds a step). Prints the largest ratio seen, so a
- * bound that has grown loose shows.
+ * grows with n_tokens, so the n_batch value bounds a step); kern_topk_workspace_bytes <=
+ * kern_topk_workspace_max() for 1..1200 rows, vocabularies up to 2^20 and every k. Prints the
+ * largest ratio seen, so a bound that has grown loose shows.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -135,9 +136,24 @@ int main(void)
                 prev = got;
             }
         }
+    /* top-k: every row count, vocabularies from 1 to past DeepSeek-V3's and Qwen3's, every k */
+    double worst_topk = 0;
+    int n_topk = 0;
+    const int64_t topk_cols[] = {1, 1000, 4096, 8192, 32000, 129280, 151936, 163840, 1 << 20};
+    for (int rows = 1; rows <= 1200; rows += 1 + rows / 16)
+        for (size_t ci = 0; ci < sizeof topk_cols / sizeof topk_cols[0]; ci++)
+            for (int k = 1; k <= KERN_TOPK_MAX; k += 1 + k / 3) {
+                size_t got = kern_topk_workspace_bytes(rows, topk_cols[ci], k), max = kern_topk_workspace_max();
+                n_topk++;
+                if (got > max && failures++ < 10)
+                    fprintf(stderr, "FAIL topk: %zu bytes > bound %zu (rows %d, cols %lld, k %d)\n", got, max, rows,
+                            (long long)topk_cols[ci], k);
+                if ((double)got / (double)max > worst_topk)
+                    worst_topk = (double)got / (double)max;
+            }
     printf("workspace bounds: attention at most %.1f%% of its bound, MLA at most %.1f%% (20000 random batches); "
-           "MoE equal for 4 shapes x 2 modes\n",
-           100 * worst_attn, 100 * worst_mla);
+           "MoE equal for 4 shapes x 2 modes; top-k at most %.1f%% (%d shapes)\n",
+           100 * worst_attn, 100 * worst_mla, 100 * worst_topk, n_topk);
     if (failures)
         fprintf(stderr, "%d failures\n", failures);
     return failures ? 1 : 0;

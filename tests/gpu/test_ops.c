@@ -33,7 +33,8 @@
  * bf16 NaN 0x7fc0) are checked against the CPU reading the same cache, and must also give bit for
  * bit what the backend under test gives over the same cache widened to f32.
  * moe_route's expert ids must be identical (its logits are drawn without near-ties, see
- * route_logits), and so must argmax's (ties, NaN and infinities on purpose, see case_argmax).
+ * route_logits), and so must argmax's and topk's (ties, NaN and infinities on purpose, see
+ * case_argmax; topk's values bit for bit too).
  * matmul_bf16 gets bf16-representable x (random values rounded to bf16, as the
  * bf16 mode's activations are) and is checked against the CPU's matmul of the same x; a backend
  * without the op (the CPU reference: ops->matmul_bf16 is NULL) reports it "unsup". An op the
@@ -54,6 +55,7 @@
 
 #include "backend.h"
 #include "kernels.h"
+#include "sampler.h"
 
 #define BOUND_ELEMENTWISE 1e-5
 #define BOUND_REDUCTION 1e-4
@@ -185,18 +187,18 @@ typedef struct wfmt_case {
 } wfmt_case;
 
 static const wfmt_case FORMATS[] = {
-    {"f32", ENG_WFMT_F32, ENG_DTYPE_UNKNOWN, 0},
-    {"bf16", ENG_WFMT_BF16, ENG_DTYPE_UNKNOWN, 0},
-    {"f16", ENG_WFMT_F16, ENG_DTYPE_UNKNOWN, 0},
-    {"fp8/f32", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_F32, 0},
-    {"fp8/bf16", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_BF16, 0},
-    {"fp8/f16", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_F16, 0},
-    {"int4g32/bf16", ENG_WFMT_INT4_GROUP, ENG_DTYPE_BF16, 32},
-    {"int4g128/f16", ENG_WFMT_INT4_GROUP, ENG_DTYPE_F16, 128},
-    {"int4g32/f32", ENG_WFMT_INT4_GROUP, ENG_DTYPE_F32, 32},
-    {"int8/f32", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_F32, 0},
-    {"int8/bf16", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_BF16, 0},
-    {"int8/f16", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_F16, 0},
+    {"f32", ENG_WFMT_F32, ENG_DTYPE_UNKNOWN, 0, 0, 0},
+    {"bf16", ENG_WFMT_BF16, ENG_DTYPE_UNKNOWN, 0, 0, 0},
+    {"f16", ENG_WFMT_F16, ENG_DTYPE_UNKNOWN, 0, 0, 0},
+    {"fp8/f32", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_F32, 0, 0, 0},
+    {"fp8/bf16", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_BF16, 0, 0, 0},
+    {"fp8/f16", ENG_WFMT_FP8_BLOCK, ENG_DTYPE_F16, 0, 0, 0},
+    {"int4g32/bf16", ENG_WFMT_INT4_GROUP, ENG_DTYPE_BF16, 32, 0, 0},
+    {"int4g128/f16", ENG_WFMT_INT4_GROUP, ENG_DTYPE_F16, 128, 0, 0},
+    {"int4g32/f32", ENG_WFMT_INT4_GROUP, ENG_DTYPE_F32, 32, 0, 0},
+    {"int8/f32", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_F32, 0, 0, 0},
+    {"int8/bf16", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_BF16, 0, 0, 0},
+    {"int8/f16", ENG_WFMT_INT8_CHANNEL, ENG_DTYPE_F16, 0, 0, 0},
 };
 #define N_FORMATS ((int)(sizeof FORMATS / sizeof FORMATS[0]))
 
@@ -210,8 +212,9 @@ typedef struct test_weight {
 
 /* Random weights of moderate size (dequantized values mostly within +-4):
  *   f32 / bf16 / f16: uniform in [-1, 1] (rounded to the dtype);
- *   fp8: any e4m3 byte but the NaN codes 0x7f / 0xff (subnormals and 448 included), 128x128
- *        blocks (ragged at the edges when n_out, n_in are not multiples), scales in [2^-9, 2^-7];
+ *   fp8: any e4m3 byte but the NaN codes 0x7f / 0xff (subnormals and 448 included), blocks of
+ *        the case's size (128 x 128 unless it says otherwise; ragged at the edges when n_out,
+ *        n_in are not multiples), scales in [2^-9, 2^-7];
  *   int4: random words (the nibbles past n_in too), scales in [2^-5, 2^-3];
  *   int8: random bytes (any of -128 .. 127), one scale per row in [2^-8, 2^-6]. */
 static void weight_make(test_weight *t, const wfmt_case *f, int64_t n_out, int64_t n_in, rng *r)
@@ -1346,10 +1349,11 @@ static void case_attention_op(harness *h, attn_case p, seq_spec sq, int block_si
     layout lo = rows(n_tokens, (int64_t)p.n_head * p.d_v, (int64_t)p.n_head * p.d_v + p.out_pad);
     int64_t k_stride = (int64_t)p.n_head_kv * p.d_qk + p.kv_pad, v_stride = (int64_t)p.n_head_kv * p.d_v + p.kv_pad;
     gbuf q = {0}, k = {0}, v = {0}, o = {0}, kw = {0}, vw = {0}, ow = {0};
-    ok = ok && gbuf_random(&tc, &q, &lq, -1.0f, 1.0f) &&
+    ok = ok && (bf16_op ? gbuf_random_bf16(&tc, &q, &lq, -1.0f, 1.0f) : gbuf_random(&tc, &q, &lq, -1.0f, 1.0f)) &&
          paged_fill(&tc, &k, bf16 ? &kw : NULL, &pg, (int64_t)p.n_head_kv * p.d_qk, k_stride, kv) &&
          paged_fill(&tc, &v, bf16 ? &vw : NULL, &pg, (int64_t)p.n_head_kv * p.d_v, v_stride, kv) &&
-         gbuf_output(&tc, &o, layout_extent(&lo)) && (!bf16 || gbuf_output(&tc, &ow, layout_extent(&lo)));
+         gbuf_output(&tc, &o, layout_extent(&lo)) &&
+         (!bf16 || bf16_op || gbuf_output(&tc, &ow, layout_extent(&lo)));
     eng_attn_args a = {
         .batch = pg.cpu, .n_head = p.n_head, .n_head_kv = p.n_head_kv,
         .d_qk = p.d_qk, .d_v = p.d_v, .scale = 1.0f / sqrtf((float)p.d_qk),
@@ -2245,6 +2249,150 @@ static void run_argmax(harness *h)
         case_argmax(h, (1 << 20) + 3, 2, 3, 1, 0);
 }
 
+/* ---- topk ---------------------------------------------------------------------------------------- */
+
+/* topk over [n_rows][n_cols], rows `stride` apart from element `offset`, k pairs a row. Row r
+ * has pattern (r + pattern0) % ARGMAX_PATTERNS of argmax_row (ties at the first, last and other
+ * columns, NaN at column 0 and elsewhere, +-inf, all -inf, all NaN, signed zeros, subnormals,
+ * integers 0 .. 3). The CPU's first id must be the one argmax_row expects (the candidate order
+ * starts with argmax's pick), and the ids and the values' bits must be the CPU's exactly, the
+ * (-inf, -1) filling past n_cols included. As for argmax, the input's gaps and guard bands hold
+ * +inf, so a read outside a row would rank first and show. */
+static void case_topk(harness *h, int n_rows, int64_t n_cols, int64_t stride, int64_t offset, int k, int pattern0)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "topk", 0.0, "n_rows=%d n_cols=%lld stride=%lld offset=%lld k=%d pattern0=%d", n_rows,
+                    (long long)n_cols, (long long)stride, (long long)offset, k, pattern0))
+        return;
+    layout lx = rows(n_rows, n_cols, stride), lo = rows(n_rows, k, k);
+    lx.offset = offset;
+    size_t nx = layout_extent(&lx);
+    uint32_t *bits = xmalloc(nx * 4);
+    for (size_t i = 0; i < nx; i++)
+        bits[i] = INF_BITS;
+    float *row = xmalloc((size_t)n_cols * sizeof *row);
+    int64_t *expect = xmalloc((size_t)n_rows * sizeof *expect);
+    for (int r = 0; r < n_rows; r++) {
+        expect[r] = argmax_row(&tc.r, (r + pattern0) % ARGMAX_PATTERNS, row, n_cols);
+        memcpy(bits + layout_at(&lx, r, 0, 0), row, (size_t)n_cols * 4);
+    }
+    gbuf x = {0}, vals = {0}, ids = {0};
+    size_t n_out = (size_t)n_rows * (size_t)k;
+    if (gbuf_make(&tc, &x, nx, bits, INF_BITS) && gbuf_output(&tc, &vals, n_out) && gbuf_output(&tc, &ids, n_out) &&
+        op_ok(&tc, h->cpu->ops->topk(h->cpu, (const float *)x.cpu + offset, stride, n_rows, n_cols, k, vals.cpu,
+                                     ids.cpu), true, "topk") &&
+        op_ok(&tc, tc.dut->ops->topk(tc.dut, (const float *)x.dut + offset, stride, n_rows, n_cols, k, vals.dut,
+                                     ids.dut), false, "topk")) {
+        const int32_t *want = ids.cpu;
+        for (int r = 0; r < n_rows; r++)
+            if (expect[r] >= 0 && want[(size_t)r * (size_t)k] != expect[r])
+                fail(&tc, "the CPU reference's first candidate of row %d (pattern %d) is %d, expected %lld", r,
+                     (r + pattern0) % ARGMAX_PATTERNS, want[(size_t)r * (size_t)k], (long long)expect[r]);
+        check_i32(&tc, &ids, &lo, "ids");
+        check_i32(&tc, &vals, &lo, "vals (bits)");
+        uint32_t *got = gbuf_fetch(&tc, &x);
+        if (got) {
+            uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, x.n);
+            check_guards(&tc, &x, got, none, "x"); /* the input is read only */
+            free(none);
+            free(got);
+        }
+    }
+    gbuf_free(&tc, &x);
+    gbuf_free(&tc, &vals);
+    gbuf_free(&tc, &ids);
+    free(expect);
+    free(row);
+    free(bits);
+    case_end(&tc);
+}
+
+/* Bad arguments are refused with INVALID_ARG before anything is written, and n_rows == 0 writes
+ * nothing; both backends, then a good call on the same backend. */
+static void case_topk_bad_args(harness *h)
+{
+    tcase tc;
+    if (!case_begin(h, &tc, "topk", 0.0, "n_rows < 0, n_cols < 1 or > INT32_MAX, stride < n_cols, k outside "
+                    "1 .. ENG_TOPK_MAX refused"))
+        return;
+    static const struct { int n_rows; int64_t n_cols, stride; int k; } bad[] = {
+        {-1, 8, 8, 2}, {2, 0, 8, 2}, {2, -3, 8, 2}, {2, 8, 7, 2},
+        {1, (int64_t)INT32_MAX + 1, (int64_t)INT32_MAX + 1, 2}, {2, 8, 8, 0}, {2, 8, 8, -1}, {2, 8, 8, ENG_TOPK_MAX + 1},
+    };
+    gbuf x = {0}, vals = {0}, ids = {0};
+    float in[2][8] = {{1, 2, 3, 9, 4, 9, 0, -1}, {NAN, 5, 6, 7, 8, 9, 10, 11}};
+    layout lo = rows(2, 3, 3);
+    if (gbuf_values(&tc, &x, in, 16) && gbuf_output(&tc, &vals, 6) && gbuf_output(&tc, &ids, 6)) {
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            pp_status sc = h->cpu->ops->topk(h->cpu, x.cpu, bad[i].stride, bad[i].n_rows, bad[i].n_cols, bad[i].k,
+                                             vals.cpu, ids.cpu);
+            pp_status sd = tc.dut->ops->topk(tc.dut, x.dut, bad[i].stride, bad[i].n_rows, bad[i].n_cols, bad[i].k,
+                                             vals.dut, ids.dut);
+            if (sc != PP_STATUS_INVALID_ARG || sd != PP_STATUS_INVALID_ARG)
+                fail(&tc, "n_rows=%d n_cols=%lld stride=%lld k=%d: cpu %s, %s %s; expected INVALID_ARG", bad[i].n_rows,
+                     (long long)bad[i].n_cols, (long long)bad[i].stride, bad[i].k, pp_status_str(sc), h->dut_name,
+                     pp_status_str(sd));
+        }
+        op_ok(&tc, tc.dut->ops->topk(tc.dut, x.dut, 8, 0, 8, 3, vals.dut, ids.dut), false, "topk of 0 rows");
+        uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, vals.n);
+        const gbuf *outs[2] = {&vals, &ids};
+        for (int o = 0; o < 2; o++) {
+            uint32_t *got = gbuf_fetch(&tc, outs[o]);
+            if (got)
+                check_guards(&tc, outs[o], got, none, "output after refused calls"); /* nothing written */
+            free(got);
+        }
+        free(none);
+        if (op_ok(&tc, h->cpu->ops->topk(h->cpu, x.cpu, 8, 2, 8, 3, vals.cpu, ids.cpu), true, "topk") &&
+            op_ok(&tc, tc.dut->ops->topk(tc.dut, x.dut, 8, 2, 8, 3, vals.dut, ids.dut), false,
+                  "topk after refused calls")) {
+            const int32_t *want = ids.cpu;
+            if (want[0] != 3 || want[1] != 5 || want[2] != 4 || want[3] != 0 || want[4] != 7 || want[5] != 6)
+                fail(&tc, "cpu picked %d %d %d and %d %d %d, expected 3 5 4 (two 9s, the first first) and 0 7 6 "
+                     "(NaN at column 0 first)", want[0], want[1], want[2], want[3], want[4], want[5]);
+            check_i32(&tc, &ids, &lo, "ids");
+            check_i32(&tc, &vals, &lo, "vals (bits)");
+        }
+    }
+    gbuf_free(&tc, &x);
+    gbuf_free(&tc, &vals);
+    gbuf_free(&tc, &ids);
+    case_end(&tc);
+}
+
+/* Sampling's shapes: n_vocab from 1 to Qwen3's 151936 and 163840, k from 1 to ENG_TOPK_MAX (k >
+ * n_cols included), n_seq 1 .. 64; rows contiguous, and with an odd stride from an unaligned
+ * base. Around kernels/sample.cu's split: one row of 8192 and 8193 columns at k 1024 (ranges of
+ * at least 8k columns: none, then two), many rows that need no split, more rows than a grid's y
+ * dimension holds (65535). --small: rows of at most 4097 columns, at most 16 rows. */
+static void run_topk(harness *h)
+{
+    static const int64_t cols[] = {1, 7, 31, 1000, 4097, 151936, 163840};
+    static const int ks[] = {1, 5, 50, ENG_TOPK_MAX};
+    static const int n_rows[] = {1, 3, 16, 64};
+    int pattern0 = 0;
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        for (size_t q = 0; q < sizeof ks / sizeof ks[0]; q++)
+            for (size_t j = 0; j < sizeof n_rows / sizeof n_rows[0]; j++) {
+                if ((h->small && (cols[i] > 4097 || n_rows[j] > 16)) || (cols[i] > 4097 && n_rows[j] == 16))
+                    continue;
+                int64_t n = cols[i];
+                if ((i + q + j) % 2 == 0)
+                    case_topk(h, n_rows[j], n, n, 0, ks[q], pattern0++ % ARGMAX_PATTERNS);
+                else
+                    case_topk(h, n_rows[j], n, n + 2 * (int64_t)j + 1, 1 + 2 * (int64_t)(q % 2), ks[q],
+                              pattern0++ % ARGMAX_PATTERNS);
+            }
+    case_topk(h, 1, 8192, 8192, 0, ENG_TOPK_MAX, 12);
+    case_topk(h, 1, 8193, 8193, 3, ENG_TOPK_MAX, 12);
+    case_topk(h, 2, 4096, 4097, 1, 2, 12);
+    case_topk_bad_args(h);
+    if (!h->small) {
+        case_topk(h, 600, 9000, 9001, 2, 50, 5);
+        case_topk(h, 70000, 3, 3, 1, 2, 0);
+    }
+}
+
 static void run_elementwise(harness *h)
 {
     static const int rms_d[] = {1, 7, 64, 128, 1000, 2051, 7168};
@@ -2574,6 +2722,7 @@ int main(int argc, char **argv)
     run_mla(&h, ENG_KV_BF16);
     run_moe(&h);
     run_argmax(&h);
+    run_topk(&h);
     if (cuda)
         case_shared_cache(&h);
     eng_backend_destroy(h.cpu);
