@@ -312,12 +312,11 @@ extern "C" int kern_attention_tc(const kern_attn_args *a, kern_stream stream)
     if (b->max_seq_tokens < 1 || b->max_seq_tokens > b->n_tokens || b->max_ctx < b->max_seq_tokens ||
         !b->seq_start || !b->seq_pos0 || !b->block_table || !a->q || !a->out)
         return (int)cudaErrorInvalidValue;
-    int dev = 0, major = 0;
-    cudaError_t e;
-    if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
-        (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess)
+    bool tc_ok = false;
+    cudaError_t e = tc_device_ok(&tc_ok);
+    if (e != cudaSuccess)
         return (int)e;
-    if (major < 8)
+    if (!tc_ok)
         return (int)cudaErrorInvalidDevice; // mma.sync on bf16 needs sm_80
     const int group = a->n_head / a->n_head_kv;
     const int64_t seq_rows = (int64_t)b->max_seq_tokens * group;

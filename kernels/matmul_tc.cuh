@@ -472,17 +472,4 @@ static inline bool tc_weight_ok(const kern_weight *w)
     }
 }
 
-// Whether the device runs mma.sync on bf16 (sm_80 and later): cudaSuccess and *ok, or the
-// error of the query.
-static inline cudaError_t tc_device_ok(bool *ok)
-{
-    int dev = 0, major = 0;
-    cudaError_t e;
-    if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
-        (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess)
-        return e;
-    *ok = major >= 8;
-    return cudaSuccess;
-}
-
 #endif // PP_MATMUL_TC_CUH

@@ -1,8 +1,10 @@
 // mma.cuh: the one tensor-core instruction the bf16 mode's kernels use (matmul_tc.cuh,
-// attention_tc.cu): mma.sync.aligned.m16n8k16 with bf16 inputs and f32 accumulation, sm_80+.
+// attention_tc.cu): mma.sync.aligned.m16n8k16 with bf16 inputs and f32 accumulation, sm_80+,
+// and the device check their launchers make before using it.
 #ifndef PP_MMA_CUH
 #define PP_MMA_CUH
 
+#include <cuda_runtime.h>
 #include <stdint.h>
 
 // d += a * b for one m16n8k16 tile: A 16 x 16 row-major, B 16 x 8 column-major (its columns,
@@ -23,6 +25,19 @@ static __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint3
 #else
     __trap();
 #endif
+}
+
+// Whether the device runs mma.sync on bf16 (sm_80 and later): cudaSuccess and *ok, or the
+// error of the query.
+static inline cudaError_t tc_device_ok(bool *ok)
+{
+    int dev = 0, major = 0;
+    cudaError_t e;
+    if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
+        (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess)
+        return e;
+    *ok = major >= 8;
+    return cudaSuccess;
 }
 
 #endif // PP_MMA_CUH
