@@ -5,10 +5,10 @@
  * (eng_model_fork shares the weights) and a paged KV cache, generating up to PARAPHYM_MAX_BATCH
  * requests at once (continuous batching: each step is one eng_forward_batch of every decoding
  * request's next token and, in the room left under the prefill step, newcomers' prompt chunks)
- * and pushing chunks into each request's stream. Workers run on the CUDA backend (GPU workers)
- * when the governor counts devices, else on the CPU. The governor decides how many workers a
- * cold start gets and holds their memory until the slot is evicted. A maintenance thread evicts idle slots and replaces workers
- * that died (a device fault, or the fault-injection hook: PARAPHYM_FAULT_SPAWN_FAIL,
+ * and pushing chunks into each request's stream. Workers run on the CUDA backend in the bf16
+ * compute mode (GPU workers) when the governor counts devices, else on the CPU in the f32 mode.
+ * The governor decides how many workers a cold start gets and holds their memory until the slot
+ * is evicted. A maintenance thread evicts idle slots and replaces workers that died (a device fault, or the fault-injection hook: PARAPHYM_FAULT_SPAWN_FAIL,
  * PARAPHYM_FAULT_KILL_AFTER_TOKENS).
  *
  * Locking: one pool mutex guards slots, worker queues and counters; each stream has its own
@@ -915,9 +915,11 @@ static pp_status slot_spawn(pp_pool *pool, model_slot *slot, char *msg, size_t m
         return st;
     eng_model_opts opts;
     eng_model_opts_default(&opts);
-    if (slot->grant.device >= 0) { /* a GPU worker: the CUDA backend on the granted device */
+    if (slot->grant.device >= 0) { /* a GPU worker: the CUDA backend on the granted device, in the
+                                      production bf16 mode (bf16 KV cache, tensor-core prefill) */
         opts.backend = "cuda";
         opts.device = slot->grant.device;
+        opts.dtype = ENG_DTYPE_MODE_BF16;
     }
     double t0 = now_s();
     st = eng_model_load(slot->dir, &opts, &slot->base, &err);
@@ -952,8 +954,9 @@ static pp_status slot_spawn(pp_pool *pool, model_slot *slot, char *msg, size_t m
         if (slot->grant.device < 0)
             pool_log("Spawned worker %d for %s (CPU)", i + 1, slot->key);
         else
-            pool_log("Spawned worker %d for %s (GPU %d; weights uploaded, %.1f s since the load began)", i + 1,
-                     slot->key, slot->grant.device, now_s() - t0);
+            pool_log("Spawned worker %d for %s (GPU %d, %s compute, %s KV cache; weights uploaded, %.1f s since "
+                     "the load began)", i + 1, slot->key, slot->grant.device, eng_model_dtype_name(slot->base),
+                     eng_model_kv_name(slot->base), now_s() - t0);
     }
     if (st != PP_STATUS_OK && slot->n_workers == 1) {
         pool_log("warning: %s; %s runs with 1 worker", msg, slot->key);

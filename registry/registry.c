@@ -407,25 +407,39 @@ static uint64_t ceil_mib(uint64_t bytes) { return (bytes + (1u << 20) - 1) >> 20
  * over a cache of n_ctx: every thread's buffer sized for the largest of a matmul's dequantized
  * rows, one attention row of scores, the absorbed-MLA per-head matrices; plus the routed-expert
  * gather buffers cpu_moe_experts allocates for the whole batch. */
-static uint64_t backend_scratch_bytes(const eng_config *c, int n_ctx, int n_batch, int n_threads)
+/* Whether any layer of c has routed experts. */
+static bool any_moe_layer(const eng_config *c)
 {
-    uint64_t D = (uint64_t)c->d_model, H = (uint64_t)c->n_head;
-    uint64_t widest = D; /* the widest input of any linear weight */
-    widest = max_u64(widest, H * (uint64_t)c->d_v); /* o_proj (d_v = d_head outside DeepSeek) */
+    for (int l = 0; l < c->n_layer; l++)
+        if (eng_config_layer_is_moe(c, l))
+            return true;
+    return false;
+}
+
+/* The widest input (n_in) of any linear weight the forward runs as a matmul op: the embedding
+ * width, o_proj (d_v = d_head outside DeepSeek), the MLA low-rank inputs, a dense MLP's down or a
+ * shared expert's (routed experts run inside the experts op). */
+static uint64_t widest_linear_in(const eng_config *c)
+{
+    uint64_t widest = max_u64((uint64_t)c->d_model, (uint64_t)c->n_head * (uint64_t)c->d_v);
     widest = max_u64(widest, (uint64_t)c->q_lora_rank);
     widest = max_u64(widest, (uint64_t)c->kv_lora_rank);
-    bool any_moe = false, any_dense = false;
-    for (int l = 0; l < c->n_layer; l++) {
-        if (eng_config_layer_is_moe(c, l))
-            any_moe = true;
-        else
-            any_dense = true;
-    }
+    bool any_dense = false;
+    for (int l = 0; l < c->n_layer; l++)
+        any_dense = any_dense || !eng_config_layer_is_moe(c, l);
     if (any_dense)
         widest = max_u64(widest, (uint64_t)c->d_ff);
-    if (any_moe)
+    if (any_moe_layer(c))
         widest = max_u64(widest, (uint64_t)c->d_ff_expert *
                                      (uint64_t)(c->n_shared_experts > 1 ? c->n_shared_experts : 1));
+    return widest;
+}
+
+static uint64_t backend_scratch_bytes(const eng_config *c, int n_ctx, int n_batch, int n_threads)
+{
+    uint64_t D = (uint64_t)c->d_model;
+    uint64_t widest = widest_linear_in(c);
+    bool any_moe = any_moe_layer(c);
     uint64_t per_thread = max_u64((uint64_t)REG_CPU_MATMUL_ROWS * widest, (uint64_t)n_ctx);
     if (c->arch == ENG_ARCH_DEEPSEEK_V3) { /* absorbed MLA: W_UK_h, W_UV_h, q/o latents, scores */
         uint64_t r = (uint64_t)c->kv_lora_rank;
@@ -441,8 +455,12 @@ static uint64_t backend_scratch_bytes(const eng_config *c, int n_ctx, int n_batc
     return floats * sizeof(float);
 }
 
-/* The most device workspace the CUDA backend grows to for forwards of up to n_tokens tokens: it
- * keeps one buffer, sized for the largest of its ops' needs (kernels/workspace.h). */
+/* The most device workspace the CUDA backend of a bf16-mode worker holds for forwards of up to
+ * n_tokens tokens. It keeps one buffer for the largest of its ops' needs (kernels/workspace.h's
+ * attention, MLA, MoE and top-k bounds, and matmul_bf16's bf16 copy of a product's input: n_tokens
+ * rows of the widest input, padded to 8 columns), grown to half again the need whenever a need
+ * exceeds it (backend_cuda.c's scratch_reserve), so up to 1.5 times the largest need; plus the
+ * cuBLAS workspace of the bf16 products. */
 static uint64_t cuda_workspace_bytes(const eng_config *c, int n_tokens)
 {
     uint64_t ws = 0;
@@ -450,13 +468,12 @@ static uint64_t cuda_workspace_bytes(const eng_config *c, int n_tokens)
         ws = kern_mla_workspace_max(n_tokens, c->n_head, c->kv_lora_rank);
     else
         ws = kern_attention_workspace_max(c->d_v);
-    bool any_moe = false;
-    for (int l = 0; l < c->n_layer; l++)
-        any_moe = any_moe || eng_config_layer_is_moe(c, l);
-    if (any_moe)
+    if (any_moe_layer(c))
         ws = max_u64(ws, kern_moe_workspace_max(n_tokens, c->d_model, c->d_ff_expert, c->n_expert,
                                                 c->n_expert_used, 0));
-    return max_u64(ws, kern_topk_workspace_max()); /* the sampling candidates' split rows */
+    ws = max_u64(ws, kern_topk_workspace_max()); /* the sampling candidates' split rows */
+    ws = max_u64(ws, (uint64_t)n_tokens * ((widest_linear_in(c) + 7) / 8 * 8) * 2);
+    return ws + ws / 2 + REG_CUDA_ALLOC_ROUND + REG_CUDA_BLAS_WORKSPACE_BYTES;
 }
 
 pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, uint64_t n_tensors, int n_ctx,
@@ -492,12 +509,12 @@ pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, uint
     out->cpu_second.host_mb = ceil_mib(kv + out->act_bytes + out->overhead_bytes);
 
     out->n_tensors = n_tensors;
-    out->gpu_kv_bytes = kv;
+    out->gpu_kv_bytes = kv / 2; /* bf16 elements (GPU workers run the bf16 mode) */
     out->gpu_workspace_bytes = cuda_workspace_bytes(cfg, n_batch > REG_MAX_BATCH ? n_batch : REG_MAX_BATCH);
     out->gpu_act_bytes = scratch + out->gpu_workspace_bytes;
-    out->gpu_first.vram_mb = ceil_mib(weight_bytes + n_tensors * REG_CUDA_ALLOC_ROUND + kv + out->gpu_act_bytes +
-                                      REG_CUDA_DEVICE_RESERVE_BYTES);
-    out->gpu_second.vram_mb = ceil_mib(kv + out->gpu_act_bytes);
+    out->gpu_first.vram_mb = ceil_mib(weight_bytes + n_tensors * REG_CUDA_ALLOC_ROUND + out->gpu_kv_bytes +
+                                      out->gpu_act_bytes + REG_CUDA_DEVICE_RESERVE_BYTES);
+    out->gpu_second.vram_mb = ceil_mib(out->gpu_kv_bytes + out->gpu_act_bytes);
     out->gpu_first.host_mb = ceil_mib(REG_WORKER_OVERHEAD_BYTES + (uint64_t)REG_MAX_BATCH * (uint64_t)cfg->n_vocab *
                                                                       sizeof(float) +
                                       REG_CUDA_HOST_RESERVE_BYTES);

@@ -130,6 +130,9 @@ void reg_count_params(const eng_config *cfg, reg_params *out);
 
 /* GPU workers. backend_cuda.c rounds every device allocation up to this many bytes. */
 #define REG_CUDA_ALLOC_ROUND 256
+/* backend_cuda.c's cuBLAS workspace (BLAS_WS_HOPPER, the larger of its two sizes), which each
+ * GPU worker's backend allocates for the bf16 mode's products. */
+#define REG_CUDA_BLAS_WORKSPACE_BYTES (32ull << 20)
 /* VRAM the first GPU worker of a model reserves beyond its tensors, cache and scratch: the CUDA
  * context (a few hundred MiB on a Hopper card), the rope and expert descriptor tables. An
  * allowance, not yet measured: tests/test_pool.c --gpu prints the device's measured use beside
@@ -178,15 +181,17 @@ typedef struct reg_model_info {
      *                        shares the first one's copy of the weights (the same mapped files) */
     reg_cost cpu_first, cpu_second;
 
-    /* GPU workers (the CUDA backend in f32 mode, as the pool runs it): weights uploaded in their
-     * stored dtype (each of the n_tensors device copies rounded up to REG_CUDA_ALLOC_ROUND),
-     * the f32 KV cache (kv_bytes), the session scratch, the kernels' workspace (the largest of
-     * kernels/workspace.h's attention, MLA, MoE and top-k bounds for forwards of
-     * max(n_batch, REG_MAX_BATCH) tokens: the backend keeps one workspace, grown to the largest
-     * op) and REG_CUDA_DEVICE_RESERVE_BYTES for the first worker of a model.
+    /* GPU workers (the CUDA backend in the bf16 mode, as the pool runs it): weights uploaded in
+     * their stored dtype (each of the n_tensors device copies rounded up to REG_CUDA_ALLOC_ROUND),
+     * the bf16 KV cache (gpu_kv_bytes = kv_bytes / 2), the session scratch, the kernels'
+     * workspace (gpu_workspace_bytes: 1.5 times the largest of kernels/workspace.h's attention,
+     * MLA, MoE and top-k bounds and matmul_bf16's bf16 copy of the widest product input, for
+     * forwards of max(n_batch, REG_MAX_BATCH) tokens, as the backend grows its one workspace;
+     * plus REG_CUDA_BLAS_WORKSPACE_BYTES) and REG_CUDA_DEVICE_RESERVE_BYTES for the first worker
+     * of a model.
      *   gpu_act_bytes      = session scratch + kernel workspace
-     *   gpu_first.vram_mb  = ceil((weights + n_tensors * 256 + kv + gpu_act + device reserve) / MiB)
-     *   gpu_second.vram_mb = ceil((kv + gpu_act) / MiB) (weights and context shared on one device)
+     *   gpu_first.vram_mb  = ceil((weights + n_tensors * 256 + gpu_kv + gpu_act + device reserve) / MiB)
+     *   gpu_second.vram_mb = ceil((gpu_kv + gpu_act) / MiB) (weights and context shared on one device)
      *   host_mb of either  = ceil((overhead + REG_CUDA_HOST_RESERVE_BYTES) / MiB): the weights'
      *                        mapped file pages are read once for the upload and are then page
      *                        cache the kernel may reclaim, so they are not counted */

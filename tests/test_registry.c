@@ -476,11 +476,14 @@ static void test_full_size(void)
         CHECK(b.cpu_second.host_mb == (b.kv_bytes + b.act_bytes + b.overhead_bytes + mib - 1) / mib,
               "cpu_second");
         CHECK(b.cpu_first.vram_mb == 0 && b.cpu_second.vram_mb == 0, "CPU workers use no VRAM");
-        /* GPU workers: f32 KV as the CUDA backend keeps it; scratch plus the kernels' workspace */
+        /* GPU workers (bf16 mode): a bf16 KV cache; scratch plus the kernels' workspace, which
+         * holds at least the cuBLAS workspace and matmul_bf16's bf16 copy of a 256-token input */
         uint64_t kv_b = 0, scratch_b = 0;
         CHECK(eng_session_bytes(&cfg, ENG_MLA_ABSORBED, 4096, 256, &kv_b, &scratch_b) == PP_STATUS_OK &&
-                  b.gpu_kv_bytes == kv_b && b.gpu_act_bytes == scratch_b + b.gpu_workspace_bytes &&
-                  b.gpu_workspace_bytes > 0 && b.n_tensors == 1000,
+                  b.gpu_kv_bytes == kv_b / 2 && b.gpu_kv_bytes == 4096 * models[i].kv_bf16_per_token &&
+                  b.gpu_act_bytes == scratch_b + b.gpu_workspace_bytes &&
+                  b.gpu_workspace_bytes >= REG_CUDA_BLAS_WORKSPACE_BYTES + 256 * (uint64_t)cfg.d_model * 2 &&
+                  b.n_tensors == 1000,
               "%s: GPU KV, scratch and workspace", models[i].name);
         CHECK(b.gpu_first.vram_mb == (w + 1000 * REG_CUDA_ALLOC_ROUND + b.gpu_kv_bytes + b.gpu_act_bytes +
                                       REG_CUDA_DEVICE_RESERVE_BYTES + mib - 1) / mib,
