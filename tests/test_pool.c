@@ -340,7 +340,9 @@ static void test_faults(pp_model *a, const pp_model_info *info)
 }
 
 /* GPU workers: the pool counts the device, loads the model onto it (the weights uploaded during
- * the cold start), serves greedy prompts equal to the references (the f32 CUDA path), concurrent
+ * the cold start), serves greedy prompts equal to the references (the bf16 CUDA path; both
+ * continuations are the same in the bf16 mode as in f32: `paraphym run --dtype bf16` on the CPU
+ * gives them to the byte), concurrent
  * ones too, replaces a killed worker on the device, and its VRAM reservation covers what the
  * device has in use (measured device-wide: the GPU machine runs nothing else). */
 static int test_gpu(const char *nano)
