@@ -263,6 +263,25 @@ typedef struct eng_backend_ops {
     pp_status (*topk)(eng_backend *be, const float *x, int64_t stride, int n_rows, int64_t n_cols, int k,
                       float *vals, int32_t *ids);
 
+    /* Optional, both or neither (NULL on the CPU reference): recording a run of ops to run them
+     * as one unit (CUDA: stream capture into a CUDA graph, launched whole, so the kernels run
+     * back to back without a launch gap between them). model.c records each decode step's
+     * device work, from the first layer to the sampling picks.
+     * record_begin: from now on this backend's ops are recorded, not run. OK when recording
+     * began; any other status means nothing is being recorded and the ops run as usual (not a
+     * failure: graphs off, or the backend dead, which its next op reports).
+     * While recording, the caller issues only device-side ops (no upload, download or host
+     * read); an op that cannot be recorded (it would allocate, upload a weight on first use or
+     * wait for the device) returns PP_STATUS_UNSUPPORTED having done nothing, and so does every
+     * op after it until record_end. The ops' outputs exist only once record_end has run them.
+     * record_end(be, run): ends the recording. With run true and every op recorded, runs the
+     * recorded ops (queued in issue order, as if issued one by one now) and returns OK, or a
+     * device failure. Otherwise runs nothing and returns PP_STATUS_UNSUPPORTED: the caller that
+     * still wants the ops issues them again without recording (they have not run, so their
+     * inputs are as they were). */
+    pp_status (*record_begin)(eng_backend *be);
+    pp_status (*record_end)(eng_backend *be, bool run);
+
     /* Optional (may be NULL): the backend's message for its last failed op, "" when the last op
      * succeeded (for CUDA: the call, the CUDA error's name and text, and whether the device is
      * lost). Owned by the backend, valid until its next op. */
@@ -292,6 +311,14 @@ int eng_backend_cuda_device_count(char *why, size_t why_len);
  * then. After a sticky device fault (illegal address, launch failure) every op of the backend
  * returns PP_STATUS_DEVICE; last_error says what happened. */
 pp_status eng_backend_cuda_create(int device, eng_backend *share_with, eng_backend **out, eng_err *err);
+
+/* Decode steps be has run as one CUDA graph (record_end launched them), and recordings that
+ * fell back to issuing the ops one by one (an op could not be recorded, or capture,
+ * instantiation or launch failed); both 0 for a backend that is not CUDA. Graphs are on unless
+ * the environment has PARAPHYM_CUDA_GRAPHS=0 when the backend is created; a backend turns them
+ * off for itself after GRAPH_MAX_FAILURES (backend_cuda.c) fallbacks in a row that were not
+ * merely a first use (an upload, a workspace to grow). */
+void eng_backend_cuda_graph_counts(const eng_backend *be, size_t *launched, size_t *fallbacks);
 
 /* Device bytes held by be's weight cache (shared with the backends it was created with or for);
  * 0 for a backend that is not CUDA. Thread-safe. */

@@ -312,6 +312,20 @@ static pp_status bf16_topk(eng_backend *be, const float *x, int64_t stride, int 
     return in->ops->topk(in, x, stride, n_rows, n_cols, k, vals, ids);
 }
 
+/* ---- recording: the inner backend's, whose ops are the ones recorded -------------------------- */
+
+static pp_status bf16_record_begin(eng_backend *be)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->record_begin ? in->ops->record_begin(in) : PP_STATUS_UNSUPPORTED;
+}
+
+static pp_status bf16_record_end(eng_backend *be, bool run)
+{
+    eng_backend *in = inner_of(be);
+    return in->ops->record_end ? in->ops->record_end(in, run) : PP_STATUS_UNSUPPORTED;
+}
+
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
 static const char *bf16_last_error(eng_backend *be)
@@ -354,6 +368,8 @@ static const eng_backend_ops bf16_ops = {
     .round_bf16 = bf16_round_bf16,
     .argmax = bf16_argmax,
     .topk = bf16_topk,
+    .record_begin = bf16_record_begin,
+    .record_end = bf16_record_end,
     .last_error = bf16_last_error,
 };
 

@@ -18,6 +18,16 @@
  *     stream with a workspace the backend allocated, so cuBLAS allocates nothing while a product
  *     runs; a cuBLAS failure is recorded as a CUDA one, its status name in last_error), FP8 /
  *     INT8 / INT4 weights through kern_matmul_tc.
+ *   - record_begin / record_end (backend.h) capture the ops between them on the stream
+ *     (cudaStreamBeginCapture, thread-local mode, so other threads' workers are not restricted)
+ *     into a CUDA graph and launch it whole. The executable graphs are kept (GRAPH_SLOTS, keyed
+ *     by node count) and updated in place with the next capture's parameters
+ *     (cudaGraphExecUpdate: pointers, grid sizes and scalars may change, the topology may not;
+ *     when it changed, the graph is instantiated anew). While capturing, nothing that cannot be
+ *     captured runs: an allocation, a weight's first upload, a wait or a host copy makes the op
+ *     return PP_STATUS_UNSUPPORTED instead (record_blocks), a non-sticky CUDA or cuBLAS failure
+ *     does the same, and record_end then launches nothing so the caller reissues the ops one by
+ *     one. Buffers freed while capturing (cuda_free) are freed at record_end.
  * A backend is used by one thread at a time; backends sharing a cache may run on two threads.
  */
 #include <cublas_v2.h>
@@ -27,6 +37,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend.h"
 #include "kernels.h"
@@ -59,6 +70,20 @@
  * Hopper (compute capability 9.x) and later, 4 MiB before. */
 #define BLAS_WS_HOPPER ((size_t)32 << 20)
 #define BLAS_WS_OTHER ((size_t)4 << 20)
+
+/* Executable decode-step graphs a backend keeps, keyed by their node count (a decode step's
+ * count depends on the batch's composition, e.g. how many runs of sampling settings it has, so a
+ * pool worker meets a few); the least recently used is replaced. */
+#define GRAPH_SLOTS 4
+
+/* Recordings in a row that fell back for a failure (capture, instantiation or launch; not a
+ * first use's upload or allocation) after which a backend stops recording. */
+#define GRAPH_MAX_FAILURES 3
+
+/* Buffers cuda_free may be handed while recording (freed at record_end); one recording frees at
+ * most one (the bf16 decorator growing its activation buffer: the allocation after the free
+ * breaks the recording, and every op after it returns at once). */
+#define DEFERRED_FREES 8
 
 static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
@@ -171,6 +196,12 @@ typedef struct rope_slot {
     float *dev;        /* [d_rope / 2] device */
 } rope_slot;
 
+typedef struct graph_slot {
+    cudaGraphExec_t exec; /* NULL: empty */
+    size_t n_nodes;       /* of the graph exec was made or last updated from */
+    uint64_t last_use;
+} graph_slot;
+
 typedef struct cuda_backend {
     eng_backend base;
     int device;
@@ -189,6 +220,18 @@ typedef struct cuda_backend {
     size_t ids_cap;
     rope_slot rope[ROPE_SLOTS];
     int rope_next;  /* slot replaced next when none matches */
+    /* recording (record_begin / record_end) */
+    bool graphs_on;     /* PARAPHYM_CUDA_GRAPHS was not "0" at creation, and fewer than
+                           GRAPH_MAX_FAILURES failed recordings in a row since */
+    bool recording;     /* the stream is capturing */
+    bool record_broken; /* an op of this recording was not recorded */
+    bool record_failed; /* ... because a CUDA / cuBLAS call failed (not a first use) */
+    int graph_failures; /* failed recordings in a row */
+    graph_slot graphs[GRAPH_SLOTS];
+    uint64_t graph_clock;
+    size_t graphs_launched, graph_fallbacks;
+    void *deferred[DEFERRED_FREES]; /* cuda_free'd while recording */
+    int n_deferred;
 } cuda_backend;
 
 static const eng_backend_ops cuda_ops;
@@ -230,6 +273,12 @@ static pp_status cuda_fail(cuda_backend *cb, cudaError_t e, const char *what, in
     snprintf(cb->msg, sizeof cb->msg, "cuda backend (device %d): %.160s failed: %s (%s) at backend_cuda.c:%d%s",
              cb->device, what, cudaGetErrorName(e), cudaGetErrorString(e), line,
              sticky ? "; the CUDA context is lost, the backend is dead" : "");
+    if (cb->recording && !sticky) { /* (e.g. a call capture does not allow): the op runs again,
+                                       unrecorded, where a real failure shows */
+        cudaGetLastError();
+        cb->record_broken = cb->record_failed = true;
+        return PP_STATUS_UNSUPPORTED;
+    }
     if (sticky)
         cb->dead = true;
     else
@@ -258,6 +307,10 @@ static pp_status cublas_fail(cuda_backend *cb, cublasStatus_t s, const char *wha
              cb->device, what, cublasGetStatusName(s), cublasGetStatusString(s),
              e != cudaSuccess ? "; CUDA error " : "", e != cudaSuccess ? cudaGetErrorName(e) : "", line,
              sticky ? "; the CUDA context is lost, the backend is dead" : "");
+    if (cb->recording && !sticky) { /* as cuda_fail */
+        cb->record_broken = cb->record_failed = true;
+        return PP_STATUS_UNSUPPORTED;
+    }
     if (sticky)
         cb->dead = true;
     return s == CUBLAS_STATUS_ALLOC_FAILED ? PP_STATUS_OUT_OF_MEMORY : PP_STATUS_DEVICE;
@@ -284,12 +337,26 @@ static pp_status set_fail(cuda_backend *cb, pp_status st, const char *fmt, ...)
     return st;
 }
 
-/* Every op starts here: a dead backend fails at once; otherwise the message is cleared and the
+/* While recording: marks the recording broken and returns true, for a step that capture cannot
+ * take (an allocation, an upload, a wait); the caller then returns PP_STATUS_UNSUPPORTED having
+ * done nothing. False when not recording. */
+static bool record_blocks(cuda_backend *cb)
+{
+    if (!cb->recording)
+        return false;
+    cb->record_broken = true;
+    return true;
+}
+
+/* Every op starts here: a dead backend fails at once, an op after a broken recording's first
+ * unrecordable op returns PP_STATUS_UNSUPPORTED; otherwise the message is cleared and the
  * calling thread is put on the backend's device. */
 static pp_status op_begin(cuda_backend *cb)
 {
     if (cb->dead)
         return PP_STATUS_DEVICE;
+    if (cb->recording && cb->record_broken)
+        return PP_STATUS_UNSUPPORTED;
     cb->msg[0] = '\0';
     int cur = -1;
     CUDA_TRY(cb, cudaGetDevice(&cur));
@@ -302,6 +369,8 @@ static pp_status op_begin(cuda_backend *cb)
 static pp_status dev_alloc(cuda_backend *cb, size_t bytes, void **out)
 {
     *out = NULL;
+    if (record_blocks(cb))
+        return PP_STATUS_UNSUPPORTED;
     CUDA_TRY(cb, cudaMalloc(out, round_up(bytes ? bytes : 1, ALLOC_ROUND)));
     return PP_STATUS_OK;
 }
@@ -323,6 +392,8 @@ static pp_status scratch_reserve(cuda_backend *cb, void **buf, size_t *cap, size
 {
     if (bytes <= *cap && *buf)
         return PP_STATUS_OK;
+    if (record_blocks(cb))
+        return PP_STATUS_UNSUPPORTED;
     dev_free_after_stream(cb, *buf);
     *buf = NULL;
     *cap = 0;
@@ -560,6 +631,8 @@ static pp_status rope_resolve(cuda_backend *cb, const eng_rope *rope, const floa
         if (!slot)
             slot = &cb->rope[cb->rope_next++ % ROPE_SLOTS];
     }
+    if (record_blocks(cb))
+        return PP_STATUS_UNSUPPORTED;
     /* replace the slot: kernels queued earlier may still read its device copy */
     dev_free_after_stream(cb, slot->dev);
     free(slot->values);
@@ -606,6 +679,20 @@ static void cuda_free(eng_backend *be, void *ptr)
     cuda_backend *cb = as_cuda(be);
     if (!ptr)
         return;
+    if (cb->recording) { /* freed at record_end, after the stream's earlier work */
+        record_blocks(cb);
+        if (cb->n_deferred < DEFERRED_FREES) {
+            cb->deferred[cb->n_deferred++] = ptr;
+            return;
+        }
+        /* never so many (DEFERRED_FREES says why); end the capture rather than leak */
+        cudaGraph_t g = NULL;
+        cudaStreamEndCapture(cb->stream, &g);
+        if (g)
+            cudaGraphDestroy(g);
+        cudaGetLastError();
+        cb->record_failed = true;
+    }
     int cur = -1;
     if (cudaGetDevice(&cur) == cudaSuccess && cur != cb->device)
         cudaSetDevice(cb->device);
@@ -618,6 +705,8 @@ static pp_status cuda_upload(eng_backend *be, void *dst, const void *src, size_t
     pp_status st = op_begin(cb);
     if (st != PP_STATUS_OK || bytes == 0)
         return st;
+    if (record_blocks(cb))
+        return PP_STATUS_UNSUPPORTED;
     CUDA_TRY(cb, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
     CUDA_TRY(cb, cudaStreamSynchronize(cb->stream)); /* src may be reused on return */
     return PP_STATUS_OK;
@@ -629,6 +718,8 @@ static pp_status cuda_download(eng_backend *be, void *dst, const void *src, size
     pp_status st = op_begin(cb);
     if (st != PP_STATUS_OK || bytes == 0)
         return st;
+    if (record_blocks(cb))
+        return PP_STATUS_UNSUPPORTED;
     CUDA_TRY(cb, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cb->stream));
     CUDA_TRY(cb, cudaStreamSynchronize(cb->stream));
     return PP_STATUS_OK;
@@ -653,6 +744,8 @@ static pp_status cuda_embedding(eng_backend *be, const eng_weight *table, const 
     pp_status st = op_begin(cb);
     if (st != PP_STATUS_OK || n_tokens <= 0)
         return st;
+    if (record_blocks(cb)) /* the ids are the caller's host memory */
+        return PP_STATUS_UNSUPPORTED;
     for (int t = 0; t < n_tokens; t++)
         if (ids[t] < 0 || ids[t] >= table->n_out)
             return set_fail(cb, PP_STATUS_INVALID_ARG, "embedding: token id %d at index %d is outside [0, %lld)",
@@ -693,6 +786,8 @@ static pp_status blas_ready(cuda_backend *cb)
 {
     if (cb->blas)
         return PP_STATUS_OK;
+    if (record_blocks(cb))
+        return PP_STATUS_UNSUPPORTED;
     if (!cb->blas_ws) {
         size_t bytes = cb->cc_major >= 9 ? BLAS_WS_HOPPER : BLAS_WS_OTHER;
         pp_status st = dev_alloc(cb, bytes, &cb->blas_ws);
@@ -1106,6 +1201,110 @@ static pp_status cuda_topk(eng_backend *be, const float *x, int64_t stride, int 
     return PP_STATUS_OK;
 }
 
+/* ---- recording: decode steps as CUDA graphs --------------------------------------------------- */
+
+static pp_status cuda_record_begin(eng_backend *be)
+{
+    cuda_backend *cb = as_cuda(be);
+    if (!cb->graphs_on || cb->recording)
+        return PP_STATUS_UNSUPPORTED;
+    pp_status st = op_begin(cb);
+    if (st != PP_STATUS_OK)
+        return st;
+    cudaError_t e = cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal);
+    if (e != cudaSuccess) {
+        if (++cb->graph_failures >= GRAPH_MAX_FAILURES)
+            cb->graphs_on = false;
+        return cuda_fail(cb, e, "cudaStreamBeginCapture", __LINE__);
+    }
+    cb->recording = true;
+    cb->record_broken = cb->record_failed = false;
+    cb->n_deferred = 0;
+    return PP_STATUS_OK;
+}
+
+/* Launches graph g (a complete capture) through the slot keeping an executable graph of g's node
+ * count: updated in place from g when it has one (cudaGraphExecUpdate), instantiated from g when
+ * it has none or the update is refused (the topology changed). PP_STATUS_UNSUPPORTED when a
+ * non-sticky failure left nothing launched (record_failed set). */
+static pp_status graph_launch(cuda_backend *cb, cudaGraph_t g)
+{
+    size_t n_nodes = 0;
+    cudaError_t e = cudaGraphGetNodes(g, NULL, &n_nodes);
+    if (e != cudaSuccess)
+        goto failed;
+    graph_slot *slot = NULL;
+    for (int i = 0; i < GRAPH_SLOTS && !slot; i++)
+        if (cb->graphs[i].exec && cb->graphs[i].n_nodes == n_nodes)
+            slot = &cb->graphs[i];
+    if (slot) {
+        cudaGraphExecUpdateResultInfo info;
+        if (cudaGraphExecUpdate(slot->exec, g, &info) != cudaSuccess) {
+            cudaGetLastError(); /* refused: made anew below */
+            cudaGraphExecDestroy(slot->exec);
+            slot->exec = NULL;
+        }
+    } else { /* an empty slot, else the least recently used (destroyed: freed when its launches end) */
+        slot = &cb->graphs[0];
+        for (int i = 1; i < GRAPH_SLOTS; i++)
+            if (!cb->graphs[i].exec || (slot->exec && cb->graphs[i].last_use < slot->last_use))
+                slot = &cb->graphs[i];
+        if (slot->exec)
+            cudaGraphExecDestroy(slot->exec);
+        slot->exec = NULL;
+    }
+    if (!slot->exec) {
+        if ((e = cudaGraphInstantiate(&slot->exec, g, 0)) != cudaSuccess) {
+            slot->exec = NULL;
+            goto failed;
+        }
+        slot->n_nodes = n_nodes;
+    }
+    slot->last_use = ++cb->graph_clock;
+    if ((e = cudaGraphLaunch(slot->exec, cb->stream)) != cudaSuccess)
+        goto failed;
+    return PP_STATUS_OK;
+failed:
+    if (error_is_sticky(e))
+        return cuda_fail(cb, e, "launching a decode step's CUDA graph", __LINE__);
+    cudaGetLastError();
+    cb->record_failed = true;
+    return PP_STATUS_UNSUPPORTED;
+}
+
+static pp_status cuda_record_end(eng_backend *be, bool run)
+{
+    cuda_backend *cb = as_cuda(be);
+    if (!cb->recording)
+        return PP_STATUS_UNSUPPORTED;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(cb->stream, &g);
+    cb->recording = false;
+    pp_status st = PP_STATUS_UNSUPPORTED;
+    if (e != cudaSuccess && error_is_sticky(e)) {
+        st = cuda_fail(cb, e, "cudaStreamEndCapture", __LINE__);
+    } else if (e != cudaSuccess || !g) {
+        cudaGetLastError(); /* the capture was invalidated (by a call it does not allow) */
+        cb->record_failed = true;
+    } else if (run && !cb->record_broken) {
+        st = graph_launch(cb, g);
+    }
+    if (g)
+        cudaGraphDestroy(g);
+    for (int i = 0; i < cb->n_deferred; i++)
+        dev_free_after_stream(cb, cb->deferred[i]);
+    cb->n_deferred = 0;
+    if (st == PP_STATUS_OK) {
+        cb->graphs_launched++;
+        cb->graph_failures = 0;
+    } else if (run || cb->record_broken) { /* (not when only the caller's own work failed) */
+        cb->graph_fallbacks++;
+        if (cb->record_failed && ++cb->graph_failures >= GRAPH_MAX_FAILURES)
+            cb->graphs_on = false;
+    }
+    return st;
+}
+
 /* ---- lifetime -------------------------------------------------------------------------------- */
 
 static const char *cuda_last_error(eng_backend *be) { return as_cuda(be)->msg; }
@@ -1118,8 +1317,19 @@ static void cuda_destroy(eng_backend *be)
     int cur = -1;
     if (cudaGetDevice(&cur) == cudaSuccess && cur != cb->device)
         cudaSetDevice(cb->device);
+    if (cb->recording) { /* destroyed mid-recording (a caller's early return): end the capture */
+        cudaGraph_t g = NULL;
+        if (cudaStreamEndCapture(cb->stream, &g) == cudaSuccess && g)
+            cudaGraphDestroy(g);
+        cb->recording = false;
+    }
     if (cb->stream)
         cudaStreamSynchronize(cb->stream);
+    for (int i = 0; i < cb->n_deferred; i++)
+        cudaFree(cb->deferred[i]);
+    for (int i = 0; i < GRAPH_SLOTS; i++)
+        if (cb->graphs[i].exec)
+            cudaGraphExecDestroy(cb->graphs[i].exec);
     if (cb->blas)
         cublasDestroy(cb->blas); /* before its workspace is freed */
     cudaFree(cb->blas_ws);
@@ -1161,6 +1371,8 @@ static const eng_backend_ops cuda_ops = {
     .round_bf16 = cuda_round_bf16,
     .argmax = cuda_argmax,
     .topk = cuda_topk,
+    .record_begin = cuda_record_begin,
+    .record_end = cuda_record_end,
     .last_error = cuda_last_error,
 };
 
@@ -1199,6 +1411,8 @@ pp_status eng_backend_cuda_create(int device, eng_backend *share_with, eng_backe
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "cuda backend: out of memory");
     cb->base.ops = &cuda_ops;
     cb->device = device;
+    const char *graphs = getenv("PARAPHYM_CUDA_GRAPHS");
+    cb->graphs_on = !(graphs && strcmp(graphs, "0") == 0);
     cudaError_t e = cudaSetDevice(device);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&cb->cc_major, cudaDevAttrComputeCapabilityMajor, device);
@@ -1240,4 +1454,11 @@ size_t eng_backend_cuda_weight_bytes(const eng_backend *be)
     size_t bytes = wc->device_bytes;
     pthread_mutex_unlock(&wc->mu);
     return bytes;
+}
+
+void eng_backend_cuda_graph_counts(const eng_backend *be, size_t *launched, size_t *fallbacks)
+{
+    bool cuda = be && be->ops == &cuda_ops;
+    *launched = cuda ? ((const cuda_backend *)be)->graphs_launched : 0;
+    *fallbacks = cuda ? ((const cuda_backend *)be)->graph_fallbacks : 0;
 }

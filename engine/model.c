@@ -321,6 +321,15 @@ const char *eng_model_kv_name(const eng_model *m) { return m->kv_dtype == ENG_KV
 
 const char *eng_model_backend_name(const eng_model *m) { return eng_backend_bf16_inner(m->be)->ops->name; }
 const char *eng_model_dtype_name(const eng_model *m) { return eng_dtype_mode_name(m->opts.dtype); }
+void eng_model_graph_counts(const eng_model *m, size_t *launched, size_t *fallbacks)
+{
+    *launched = *fallbacks = 0;
+#ifdef PP_HAVE_CUDA
+    eng_backend_cuda_graph_counts(eng_backend_bf16_inner(m->be), launched, fallbacks);
+#else
+    (void)m;
+#endif
+}
 size_t eng_model_weight_bytes(const eng_model *m) { return eng_st_total_bytes(m->st); }
 
 /* ---- shared blocks: SwiGLU MLP and routed experts ------------------------------------------- */
@@ -743,6 +752,85 @@ static pp_status batch_check(const eng_batch_seq *seqs, int n_seq, int *blocks_n
     return PP_STATUS_OK;
 }
 
+/* A forward's device work after the embedding, and where its results go. */
+typedef struct step_device {
+    const eng_batch_seq *seqs;
+    int n_seq;
+    bool all_logits;
+    eng_model *m;
+    const eng_fwd *f;
+    const int32_t *seq_start; /* [n_seq + 1] host */
+    int n_tokens;
+    float *h;                 /* [n_tokens][d_model]: the embedded rows */
+    float *g;                 /* [n_seq][d_model]: each sequence's last row gathered (batches) */
+    float *lg;                /* [n_out][n_vocab] logits, then n_logits floats of family scratch */
+    size_t n_logits;
+    int32_t *dpick;           /* [n_seq] greedy picks */
+    float *dcand_logits;      /* the candidates' logits and ids, in batch order */
+    int32_t *dcand_ids;
+    bool any_pick;            /* out: some sequence asked for a greedy pick */
+} step_device;
+
+/* The layers, the final norm and lm_head over the rows that get logits (all, the last one, or
+ * each sequence's last, gathered), then the greedy picks and sampling candidates made where the
+ * logits are. Device-side ops only (no upload, download or host read of their results), so a
+ * decode step can record it whole. */
+static pp_status forward_device(step_device *d, eng_err *err)
+{
+    eng_model *m = d->m;
+    const eng_config *c = &m->cfg;
+    eng_backend *be = m->be;
+    const eng_batch_seq *seqs = d->seqs;
+    int n_seq = d->n_seq, n_tokens = d->n_tokens;
+    int n_out = d->all_logits ? n_tokens : n_seq;
+    float *lg = d->lg;
+    pp_status st = m->family->forward(m, d->f, d->h, n_tokens, lg + d->n_logits, err);
+    if (st != PP_STATUS_OK)
+        return st;
+    float *hf = d->h;
+    if (!d->all_logits && n_seq == 1) {
+        hf = d->h + (size_t)(n_tokens - 1) * (size_t)c->d_model;
+    } else if (!d->all_logits) {
+        for (int i = 0; i < n_seq; i++)
+            ENG_TRY(be->ops->copy(be, d->g + (size_t)i * (size_t)c->d_model,
+                                  d->h + (size_t)(d->seq_start[i + 1] - 1) * (size_t)c->d_model, (size_t)c->d_model));
+        hf = d->g;
+    }
+    ENG_TRY(be->ops->rmsnorm(be, hf, c->d_model, &m->final_norm, c->norm_eps, hf, c->d_model, n_out));
+    ENG_TRY(be->ops->matmul(be, hf, c->d_model, &m->lm_head, lg, c->n_vocab, n_out));
+    d->any_pick = false;
+    for (int i = 0; i < n_seq;) { /* one launch per run of sequences picking from the same columns */
+        if (!seqs[i].token) {
+            i++;
+            continue;
+        }
+        int cols = seqs[i].token_vocab > 0 ? seqs[i].token_vocab : c->n_vocab, j = i + 1;
+        while (j < n_seq && seqs[j].token && (seqs[j].token_vocab > 0 ? seqs[j].token_vocab : c->n_vocab) == cols)
+            j++;
+        const float *row = lg + (size_t)(d->all_logits ? n_tokens - 1 : i) * (size_t)c->n_vocab;
+        ENG_TRY(be->ops->argmax(be, row, c->n_vocab, j - i, cols, d->dpick + i));
+        d->any_pick = true;
+        i = j;
+    }
+    /* the candidates of the sequences asking for them, in batch order, k apart: a run of
+     * sequences with the same columns and k is one launch writing consecutive rows */
+    size_t at = 0;
+    for (int i = 0; i < n_seq;) {
+        if (!seqs[i].cand_k) {
+            i++;
+            continue;
+        }
+        int cols = seqs[i].token_vocab > 0 ? seqs[i].token_vocab : c->n_vocab, k = seqs[i].cand_k, j = i + 1;
+        while (j < n_seq && seqs[j].cand_k == k && (seqs[j].token_vocab > 0 ? seqs[j].token_vocab : c->n_vocab) == cols)
+            j++;
+        const float *row = lg + (size_t)(d->all_logits ? n_tokens - 1 : i) * (size_t)c->n_vocab;
+        ENG_TRY(be->ops->topk(be, row, c->n_vocab, j - i, cols, k, d->dcand_logits + at, d->dcand_ids + at));
+        at += (size_t)(j - i) * (size_t)k;
+        i = j;
+    }
+    return PP_STATUS_OK;
+}
+
 /* The forward pass proper. With all_logits (one sequence only) every row's logits go to
  * seqs[0].logits, else each sequence's last row to its own logits. */
 static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_logits, eng_err *err)
@@ -837,20 +925,29 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
     };
 
     ENG_TRY(be->ops->embedding(be, &m->embed, ids, n_tokens, h));
-    if ((st = m->family->forward(m, &f, h, n_tokens, lg + n_logits, err)) != PP_STATUS_OK)
-        return st;
-    /* the rows that get logits: all, the last one, or each sequence's last gathered */
-    float *hf = h;
-    if (!all_logits && n_seq == 1) {
-        hf = h + (size_t)(n_tokens - 1) * (size_t)c->d_model;
-    } else if (!all_logits) {
-        for (int i = 0; i < n_seq; i++)
-            ENG_TRY(be->ops->copy(be, g + (size_t)i * (size_t)c->d_model,
-                                  h + (size_t)(seq_start[i + 1] - 1) * (size_t)c->d_model, (size_t)c->d_model));
-        hf = g;
+    int32_t *dpick = dmeta + n_meta;
+    step_device dev = {
+        .seqs = seqs, .n_seq = n_seq, .all_logits = all_logits, .m = m, .f = &f, .seq_start = seq_start,
+        .n_tokens = n_tokens, .h = h, .g = g, .lg = lg, .n_logits = n_logits,
+        .dpick = dpick, .dcand_logits = (float *)(dpick + n_seq), .dcand_ids = dpick + n_seq + n_cand,
+    };
+    /* a decode step (one token per sequence: the same kernels step after step) runs its device
+     * work as one recorded unit (a CUDA graph); when recording falls short (a first use
+     * uploads or allocates, backend.h) nothing of it ran, and it runs op by op */
+    bool recording = max_seq_tokens == 1 && be->ops->record_begin && be->ops->record_begin(be) == PP_STATUS_OK;
+    st = forward_device(&dev, err);
+    if (recording) {
+        pp_status end = be->ops->record_end(be, st == PP_STATUS_OK);
+        if (end == PP_STATUS_UNSUPPORTED && (st == PP_STATUS_OK || st == PP_STATUS_UNSUPPORTED)) {
+            if (err)
+                err->msg[0] = '\0';
+            st = forward_device(&dev, err);
+        } else if (st == PP_STATUS_OK && end != PP_STATUS_OK) {
+            st = eng_fail(err, end, "running the recorded decode step failed (%s)", pp_status_str(end));
+        }
     }
-    ENG_TRY(be->ops->rmsnorm(be, hf, c->d_model, &m->final_norm, c->norm_eps, hf, c->d_model, n_out));
-    ENG_TRY(be->ops->matmul(be, hf, c->d_model, &m->lm_head, lg, c->n_vocab, n_out));
+    if (st != PP_STATUS_OK)
+        return st;
     if (all_logits) {
         if (seqs[0].logits)
             ENG_TRY(be->ops->download(be, seqs[0].logits, lg, n_logits * sizeof(float)));
@@ -860,44 +957,10 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
                 ENG_TRY(be->ops->download(be, seqs[i].logits, lg + (size_t)i * (size_t)c->n_vocab,
                                           (size_t)c->n_vocab * sizeof(float)));
     }
-    /* greedy picks and sampling candidates: made where the logits are, then one download of
-     * n_seq picks and the candidates' n_cand logits and n_cand ids */
-    int32_t *dpick = dmeta + n_meta;
-    float *dcand_logits = (float *)(dpick + n_seq);
-    int32_t *dcand_ids = dpick + n_seq + n_cand;
-    bool any_pick = false;
-    for (int i = 0; i < n_seq;) { /* one launch per run of sequences picking from the same columns */
-        if (!seqs[i].token) {
-            i++;
-            continue;
-        }
-        int cols = seqs[i].token_vocab > 0 ? seqs[i].token_vocab : c->n_vocab, j = i + 1;
-        while (j < n_seq && seqs[j].token && (seqs[j].token_vocab > 0 ? seqs[j].token_vocab : c->n_vocab) == cols)
-            j++;
-        const float *row = lg + (size_t)(all_logits ? n_tokens - 1 : i) * (size_t)c->n_vocab;
-        ENG_TRY(be->ops->argmax(be, row, c->n_vocab, j - i, cols, dpick + i));
-        any_pick = true;
-        i = j;
-    }
-    /* the candidates of the sequences asking for them, in batch order, k apart: a run of
-     * sequences with the same columns and k is one launch writing consecutive rows */
-    size_t at = 0;
-    for (int i = 0; i < n_seq;) {
-        if (!seqs[i].cand_k) {
-            i++;
-            continue;
-        }
-        int cols = seqs[i].token_vocab > 0 ? seqs[i].token_vocab : c->n_vocab, k = seqs[i].cand_k, j = i + 1;
-        while (j < n_seq && seqs[j].cand_k == k && (seqs[j].token_vocab > 0 ? seqs[j].token_vocab : c->n_vocab) == cols)
-            j++;
-        const float *row = lg + (size_t)(all_logits ? n_tokens - 1 : i) * (size_t)c->n_vocab;
-        ENG_TRY(be->ops->topk(be, row, c->n_vocab, j - i, cols, k, dcand_logits + at, dcand_ids + at));
-        at += (size_t)(j - i) * (size_t)k;
-        i = j;
-    }
-    if (any_pick || n_cand) {
+    /* one download of n_seq picks and the candidates' n_cand logits and n_cand ids */
+    if (dev.any_pick || n_cand) {
         ENG_TRY(be->ops->download(be, kv->meta, dpick, n_picked * sizeof(int32_t)));
-        at = 0;
+        size_t at = 0;
         for (int i = 0; i < n_seq; i++) {
             if (seqs[i].token)
                 *seqs[i].token = kv->meta[i];

@@ -103,6 +103,9 @@ int eng_model_device(const eng_model *model);
 const char *eng_model_kv_name(const eng_model *model);
 /* The compute mode: "f32" or "bf16" (eng_dtype_mode_name of opts.dtype). */
 const char *eng_model_dtype_name(const eng_model *model);
+/* Decode steps the model's backend ran as one CUDA graph, and recordings that fell back to
+ * running op by op (eng_backend_cuda_graph_counts); 0 and 0 on the CPU. */
+void eng_model_graph_counts(const eng_model *model, size_t *launched, size_t *fallbacks);
 /* Bytes of weights as stored (what the model maps). */
 size_t eng_model_weight_bytes(const eng_model *model);
 

@@ -12,13 +12,13 @@ build=$root/build-gpu
 jobs=$(nproc)
 cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPP_CUDA=ON -DPP_CUDA_ARCHITECTURES=90a \
     -DPP_WERROR=ON -DPP_KERNELS_SHARED=ON >/dev/null
-targets="test_gpu_device test_ops test_fixtures test_batch test_nano test_perplexity test_pool paraphym bench_kernels"
+targets="test_gpu_device test_ops test_fixtures test_batch test_nano test_perplexity test_pool paraphym bench_kernels bench_decode"
 cmake --build "$build" -j"$jobs" --target $targets
 # only what the check runs travels: drop objects, static libraries, CMake's compiler probes
 find "$build" \( -name '*.o' -o -name '*.a' \) -delete
 rm -rf "$build"/CMakeFiles/*/CompilerId*
 for exe in tests/test_gpu_device tests/test_ops tests/test_fixtures tests/test_batch tests/test_nano tests/test_perplexity \
-    tests/test_pool paraphym bench/bench_kernels; do
+    tests/test_pool paraphym bench/bench_kernels bench/bench_decode; do
     strip "$build/$exe"
 done
 strip "$build"/libpp_kernels.so "$build"/libparaphym.so.*.*

@@ -14,7 +14,8 @@
  * eng_argmax and eng_topk of the logits returned beside them, bit for bit. Then: a cache too
  * small for a step fails with OUT_OF_MEMORY and changes nothing; reset sequences give their
  * blocks back and, reusing blocks full of another sequence's keys, compute the same logits
- * again; batches that break the rules are refused with INVALID_ARG.
+ * again; batches that break the rules are refused with INVALID_ARG. Decode steps launched as CUDA
+ * graphs equal the same steps op by op, bit for bit (check_graphs).
  * PP_TEST_BACKEND=cuda runs it on the CUDA backend (tests/test_backend.h).
  */
 #include <json-c/json.h>
@@ -273,6 +274,107 @@ static int check_bf16_kv(const char *dir, const eng_model_opts *base, seq *qs, i
     return n;
 }
 
+/* Decode-only steps in a fresh cache: every sequence's tokens one at a time, all sequences in
+ * each step until they finish (the batch shrinks as the shorter ones do), every sequence asking
+ * for its greedy pick and most for sampling candidates. Writes each step's logits, picks and
+ * candidates to *out (malloc'd, *out_len bytes), in order. The model's first forward is such a
+ * step when m is fresh. */
+static void decode_steps(eng_model *m, seq *qs, int n_vocab, const char *what, unsigned char **out, size_t *out_len)
+{
+    enum { K = 7 };
+    size_t per_seq = (size_t)n_vocab * sizeof(float) + sizeof(int32_t) + K * (sizeof(float) + sizeof(int32_t));
+    size_t cap = (size_t)N_SEQ * MAX_TOK * per_seq, len = 0;
+    unsigned char *buf = malloc(cap);
+    eng_kv_cache *kv = NULL;
+    eng_session *ss[N_SEQ] = {0};
+    eng_err err = {{0}};
+    pp_status st = eng_kv_cache_create(m, 40, 3, &kv, &err);
+    for (int i = 0; i < N_SEQ && st == PP_STATUS_OK; i++)
+        st = eng_session_create_in(kv, qs[i].n, &ss[i], &err);
+    CHECK(st == PP_STATUS_OK, "%s: cache or session: %s", what, err.msg);
+    for (int t = 0; st == PP_STATUS_OK; t++) {
+        eng_batch_seq b[N_SEQ];
+        float *logits = malloc((size_t)N_SEQ * (size_t)n_vocab * sizeof(float));
+        int32_t picks[N_SEQ], cand_ids[N_SEQ][K];
+        float cand_logits[N_SEQ][K];
+        int nb = 0;
+        for (int i = 0; i < N_SEQ; i++) {
+            if (t >= qs[i].n)
+                continue;
+            b[nb] = (eng_batch_seq){.session = ss[i], .ids = qs[i].ids + t, .n_tokens = 1,
+                                    .logits = logits + (size_t)nb * n_vocab, .token = &picks[nb],
+                                    .cand_k = i % 3 == 2 ? 0 : K, .cand_logits = cand_logits[nb],
+                                    .cand_ids = cand_ids[nb]};
+            nb++;
+        }
+        if (nb == 0) {
+            free(logits);
+            break;
+        }
+        st = eng_forward_batch(b, nb, &err);
+        CHECK(st == PP_STATUS_OK, "%s: decode step %d (%d sequences): %s", what, t, nb, err.msg);
+        for (int k = 0; k < nb && st == PP_STATUS_OK && len + per_seq <= cap; k++) {
+            memcpy(buf + len, b[k].logits, (size_t)n_vocab * sizeof(float));
+            len += (size_t)n_vocab * sizeof(float);
+            memcpy(buf + len, &picks[k], sizeof(int32_t));
+            len += sizeof(int32_t);
+            memcpy(buf + len, cand_logits[k], (size_t)b[k].cand_k * sizeof(float));
+            len += (size_t)b[k].cand_k * sizeof(float);
+            memcpy(buf + len, cand_ids[k], (size_t)b[k].cand_k * sizeof(int32_t));
+            len += (size_t)b[k].cand_k * sizeof(int32_t);
+        }
+        free(logits);
+    }
+    for (int i = 0; i < N_SEQ; i++)
+        eng_session_free(ss[i]);
+    eng_kv_cache_free(kv);
+    *out = buf;
+    *out_len = len;
+}
+
+/* CUDA graphs: decode steps recorded and launched as one graph each (the default) give the
+ * logits, picks and candidates of the same steps issued op by op (PARAPHYM_CUDA_GRAPHS=0) bit for
+ * bit (the same kernels with the same arguments), in the f32 and the bf16 modes. The fresh
+ * model's first forward is a decode step whose recording falls back (a weight's first upload
+ * cannot be recorded), so both paths run. On the CPU (no recording) both runs are op by op and
+ * no graph is counted. */
+static void check_graphs(const char *dir, const eng_model_opts *base, seq *qs, int n_vocab)
+{
+    for (int mode = 0; mode < 2; mode++) {
+        eng_model_opts o = *base;
+        o.dtype = mode ? ENG_DTYPE_MODE_BF16 : ENG_DTYPE_MODE_F32;
+        unsigned char *run[2] = {NULL, NULL};
+        size_t len[2] = {0, 0}, launched[2] = {0, 0}, fallbacks[2] = {0, 0};
+        for (int graphs = 0; graphs < 2; graphs++) {
+            setenv("PARAPHYM_CUDA_GRAPHS", graphs ? "1" : "0", 1); /* read when the backend is made */
+            eng_model *m = NULL;
+            eng_err err = {{0}};
+            if (eng_model_load(dir, &o, &m, &err) != PP_STATUS_OK) {
+                CHECK(false, "graphs: load: %s", err.msg);
+                continue;
+            }
+            decode_steps(m, qs, n_vocab, graphs ? "graphs on" : "graphs off", &run[graphs], &len[graphs]);
+            eng_model_graph_counts(m, &launched[graphs], &fallbacks[graphs]);
+            eng_model_free(m);
+        }
+        unsetenv("PARAPHYM_CUDA_GRAPHS");
+        const char *name = mode ? "bf16" : "f32";
+        CHECK(len[0] > 0 && len[0] == len[1] && memcmp(run[0], run[1], len[0]) == 0,
+              "graphs (%s mode): decode steps launched as CUDA graphs differ from the same steps op by op", name);
+        CHECK(launched[0] == 0 && fallbacks[0] == 0, "graphs (%s mode): PARAPHYM_CUDA_GRAPHS=0 still recorded (%zu "
+              "launched, %zu fallbacks)", name, launched[0], fallbacks[0]);
+        if (exact_expected) /* the CPU */
+            CHECK(launched[1] == 0 && fallbacks[1] == 0, "graphs (%s mode): the CPU counted graphs", name);
+        else
+            CHECK(launched[1] > 0 && fallbacks[1] > 0, "graphs (%s mode): %zu decode steps launched as graphs and %zu "
+                  "fallbacks (want both: the first step uploads weights)", name, launched[1], fallbacks[1]);
+        printf("graphs (%s mode): %zu bytes of decode results equal with and without graphs; %zu steps launched as "
+               "graphs, %zu fell back\n", name, len[0], launched[1], fallbacks[1]);
+        free(run[0]);
+        free(run[1]);
+    }
+}
+
 /* A cache with too few blocks: the step that needs one more than is free fails and changes
  * nothing; after another sequence resets, it goes on. */
 static void check_exhaustion(eng_model *m, seq *qs, int n_vocab)
@@ -452,6 +554,7 @@ int main(int argc, char **argv)
     CHECK(n_cands > 0, "no candidate list was checked");
     double kv16_median = 0;
     int n_kv16 = check_bf16_kv(argv[1], &o, qs, n_vocab, &kv16_median);
+    check_graphs(argv[1], &o, qs, n_vocab);
 
     printf("%s on %s%s: %d sequences, worst rel L2 vs the lone runs %.3g (bound %g%s); %d greedy picks by the "
            "backend equal to eng_argmax of the logits\n", argv[1], backend, o.mla == ENG_MLA_NAIVE ? " (naive MLA)" : "",

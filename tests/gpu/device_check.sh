@@ -14,6 +14,7 @@
 #               PP_TEST_BACKEND=cuda (gpu_batch: batched sequences over the paged cache)
 #   gpu_pool    test_pool --gpu: the worker pool's GPU workers (VRAM reserved vs in use)
 #   bench       bench/bench_kernels: kernel rates beside the copy bandwidth and cuBLAS of the run
+#   decode      bench/bench_decode: the nano model's decode steps per second, CUDA graphs off and on
 #   memcheck, racecheck      compute-sanitizer on test_ops --small
 # Each step's output goes to $OUT/<step>.log (OUT defaults to ./device_out); a table of step,
 # status, seconds and the step's key number comes last (also in $OUT/summary.txt). Exits 0 when
@@ -105,7 +106,7 @@ else
     fi
     run_step build 240 bash -c "cmake -S '$root' -B '$build' -DCMAKE_BUILD_TYPE=Release -DPP_CUDA=ON \
         -DPP_CUDA_ARCHITECTURES=90a && cmake --build '$build' -j$jobs --target test_gpu_device test_ops \
-        test_fixtures test_batch test_nano test_perplexity test_pool paraphym bench_kernels"
+        test_fixtures test_batch test_nano test_perplexity test_pool paraphym bench_kernels bench_decode"
     record build "$(grep -ciE 'warning' "$out/build.log") warning lines"
 fi
 built=$step_rc
@@ -138,6 +139,11 @@ else
 
     run_step bench 150 "$build/bench/bench_kernels" --budget 120
     record bench "$(grep -c '^{' "$out/bench.log") measurements"
+
+    run_step decode 60 bash -c "'$build/bench/bench_decode' --model models/qwen3_coder_nano --backend cuda \
+        --dtype bf16 --batch 1,16,64 && '$build/bench/bench_decode' --model models/qwen3_coder_nano --backend cuda \
+        --dtype f32 --batch 1,16"
+    record decode "$(grep -m1 '"graphs": "off", "batch": 1,' "$out/decode.log" | grep -o '"tokens_per_s": [0-9.]*') graphs off, $(grep -m1 '"graphs": "on", "batch": 1,' "$out/decode.log" | grep -o '"tokens_per_s": [0-9.]*') on (bf16, batch 1)"
 
     sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer \
         /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -n 1)
