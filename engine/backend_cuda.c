@@ -89,10 +89,20 @@ static size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
 /* ---- the shared weight cache ----------------------------------------------------------------- */
 
+/* What the experts op needs to know of an expert array besides its device descriptors, worked
+ * out once when the array is first resolved: whether kern_matmul_tc takes every expert (one
+ * format it supports, one shape). */
+typedef struct experts_tc_verdict {
+    bool ok;
+    kern_wfmt fmt;
+    int64_t n_out, n_in;
+} experts_tc_verdict;
+
 typedef struct cache_slot {
     const void *host; /* key: host address of the tensor (or expert array); NULL: empty slot */
     void *dev;        /* device copy */
     size_t bytes;     /* bytes uploaded (the allocation is rounded up to ALLOC_ROUND) */
+    experts_tc_verdict tc; /* expert arrays only */
 } cache_slot;
 
 /* Open addressing with linear probing; cap is a power of two and at most half the slots are
@@ -130,7 +140,7 @@ static cache_slot *map_find(const cache_map *m, const void *key)
 }
 
 /* Adds key (not present); false when out of host memory (nothing changes then). */
-static bool map_insert(cache_map *m, const void *key, void *dev, size_t bytes)
+static bool map_insert(cache_map *m, const void *key, void *dev, size_t bytes, experts_tc_verdict tc)
 {
     if (2 * (m->n + 1) > m->cap) {
         size_t cap = m->cap ? 2 * m->cap : 64;
@@ -152,7 +162,7 @@ static bool map_insert(cache_map *m, const void *key, void *dev, size_t bytes)
     size_t i = map_hash(key, m->cap - 1);
     while (m->slots[i].host)
         i = (i + 1) & (m->cap - 1);
-    m->slots[i] = (cache_slot){key, dev, bytes};
+    m->slots[i] = (cache_slot){key, dev, bytes, tc};
     m->n++;
     return true;
 }
@@ -482,7 +492,7 @@ static pp_status cache_tensor(cuda_backend *cb, const void *host, size_t bytes, 
     } else {
         void *d = NULL;
         st = upload_new(cb, host, bytes, &d);
-        if (st == PP_STATUS_OK && !map_insert(&wc->tensors, host, d, bytes)) {
+        if (st == PP_STATUS_OK && !map_insert(&wc->tensors, host, d, bytes, (experts_tc_verdict){0})) {
             cudaFree(d);
             st = set_fail(cb, PP_STATUS_OUT_OF_MEMORY, "weight cache: out of host memory");
         }
@@ -553,9 +563,26 @@ static pp_status vec_resolve(cuda_backend *cb, const eng_vec *v, kern_vec *kv)
     return cache_tensor(cb, v->data, (size_t)v->n * eng_dtype_size(v->dtype), &kv->data);
 }
 
+/* Whether kern_matmul_tc takes every expert of ws[0 .. n): one format it supports, one shape. */
+static experts_tc_verdict experts_tc_of(const eng_weight *ws, int n)
+{
+    experts_tc_verdict v = {.ok = n > 0};
+    for (int e = 0; e < n && v.ok; e++) {
+        kern_weight kw;
+        v.ok = weight_desc(&ws[e], &kw) && ws[e].fmt == ws[0].fmt && ws[e].n_out == ws[0].n_out &&
+               ws[e].n_in == ws[0].n_in && kern_matmul_tc_supported(&kw);
+        v.fmt = kw.fmt;
+    }
+    v.n_out = n > 0 ? ws[0].n_out : 0;
+    v.n_in = n > 0 ? ws[0].n_in : 0;
+    return v;
+}
+
 /* The device array of kern_weight describing experts host[0 .. n), built and uploaded on first
- * use (every expert's tensors made resident) and cached under the host array's address. */
-static pp_status experts_resolve(cuda_backend *cb, const eng_weight *host, int n, const kern_weight **dev)
+ * use (every expert's tensors made resident) and cached under the host array's address, with
+ * its experts_tc_of verdict (*tc). */
+static pp_status experts_resolve(cuda_backend *cb, const eng_weight *host, int n, const kern_weight **dev,
+                                 experts_tc_verdict *tc)
 {
     weight_cache *wc = cb->wc;
     size_t bytes = (size_t)n * sizeof(kern_weight);
@@ -563,6 +590,8 @@ static pp_status experts_resolve(cuda_backend *cb, const eng_weight *host, int n
     cache_slot *s = map_find(&wc->experts, host);
     const kern_weight *found = s ? s->dev : NULL;
     size_t found_bytes = s ? s->bytes : 0;
+    if (s)
+        *tc = s->tc;
     pthread_mutex_unlock(&wc->mu);
     if (found && found_bytes == bytes) {
         *dev = found;
@@ -579,24 +608,27 @@ static pp_status experts_resolve(cuda_backend *cb, const eng_weight *host, int n
     pp_status st = PP_STATUS_OK;
     for (int e = 0; e < n && st == PP_STATUS_OK; e++)
         st = weight_resolve(cb, &host[e], &kw[e]);
+    experts_tc_verdict verdict = experts_tc_of(host, n);
     if (st == PP_STATUS_OK) {
         pthread_mutex_lock(&wc->mu);
         s = map_find(&wc->experts, host);
         if (s && s->bytes == bytes) {
             *dev = s->dev;
+            *tc = s->tc;
         } else if (s) {
             st = set_fail(cb, PP_STATUS_INTERNAL, "weight cache: expert array %p cached twice with "
                           "different sizes", (const void *)host);
         } else {
             void *d = NULL;
             st = upload_new(cb, kw, bytes, &d);
-            if (st == PP_STATUS_OK && !map_insert(&wc->experts, host, d, bytes)) {
+            if (st == PP_STATUS_OK && !map_insert(&wc->experts, host, d, bytes, verdict)) {
                 cudaFree(d);
                 st = set_fail(cb, PP_STATUS_OUT_OF_MEMORY, "weight cache: out of host memory");
             }
             if (st == PP_STATUS_OK) {
                 wc->device_bytes += round_up(bytes, ALLOC_ROUND);
                 *dev = d;
+                *tc = verdict;
             }
         }
         pthread_mutex_unlock(&wc->mu);
@@ -1077,32 +1109,20 @@ static pp_status cuda_moe_route(eng_backend *be, const eng_route_args *a)
     return PP_STATUS_OK;
 }
 
-/* Whether every weight of ws[0 .. n) (and of ws2, when not NULL) is [n_out][n_in] of one format
- * kern_matmul_tc takes; *fmt gets that format. */
-static bool experts_tc_fmt(const eng_weight *ws, const eng_weight *ws2, int n, int64_t n_out, int64_t n_in,
-                           kern_wfmt *fmt)
-{
-    for (int e = 0; e < n; e++)
-        for (int j = 0; j < (ws2 ? 2 : 1); j++) {
-            const eng_weight *w = j ? &ws2[e] : &ws[e];
-            kern_weight kw;
-            if (!weight_desc(w, &kw) || w->fmt != ws[0].fmt || w->n_out != n_out || w->n_in != n_in ||
-                !kern_matmul_tc_supported(&kw))
-                return false;
-            *fmt = kw.fmt;
-        }
-    return n > 0;
-}
-
 /* Sets which expert products may run on tensor cores (kern_moe_args.tc_gate_up / tc_down): an
  * sm_80+ device, no activation quantization, bf16 inputs (x_bf16 for gate/up, h_bf16 for down)
- * and weights experts_tc_fmt takes. */
-static void experts_tc(const cuda_backend *cb, const eng_moe_args *a, kern_moe_args *ka)
+ * and expert arrays kern_matmul_tc takes whole (the verdicts experts_resolve cached), gate and up
+ * of one format, each of the op's shapes. */
+static void experts_tc(const cuda_backend *cb, const eng_moe_args *a, const experts_tc_verdict *gate,
+                       const experts_tc_verdict *up, const experts_tc_verdict *down, kern_moe_args *ka)
 {
     if (cb->cc_major < 8 || a->act_quant_group != 0)
         return;
-    ka->tc_gate_up = a->x_bf16 && experts_tc_fmt(a->gate, a->up, a->n_expert, a->d_ff_expert, a->d_model, &ka->tc_fmt);
-    ka->tc_down = a->h_bf16 && experts_tc_fmt(a->down, NULL, a->n_expert, a->d_model, a->d_ff_expert, &ka->tc_down_fmt);
+    ka->tc_gate_up = a->x_bf16 && gate->ok && up->ok && gate->fmt == up->fmt && gate->n_out == a->d_ff_expert &&
+                     gate->n_in == a->d_model && up->n_out == a->d_ff_expert && up->n_in == a->d_model;
+    ka->tc_fmt = gate->fmt;
+    ka->tc_down = a->h_bf16 && down->ok && down->n_out == a->d_model && down->n_in == a->d_ff_expert;
+    ka->tc_down_fmt = down->fmt;
 }
 
 static pp_status cuda_moe_experts(eng_backend *be, const eng_moe_args *a)
@@ -1112,9 +1132,10 @@ static pp_status cuda_moe_experts(eng_backend *be, const eng_moe_args *a)
     if (st != PP_STATUS_OK || a->n_tokens <= 0)
         return st;
     const kern_weight *gate = NULL, *up = NULL, *down = NULL;
-    if ((st = experts_resolve(cb, a->gate, a->n_expert, &gate)) != PP_STATUS_OK ||
-        (st = experts_resolve(cb, a->up, a->n_expert, &up)) != PP_STATUS_OK ||
-        (st = experts_resolve(cb, a->down, a->n_expert, &down)) != PP_STATUS_OK)
+    experts_tc_verdict gate_tc, up_tc, down_tc;
+    if ((st = experts_resolve(cb, a->gate, a->n_expert, &gate, &gate_tc)) != PP_STATUS_OK ||
+        (st = experts_resolve(cb, a->up, a->n_expert, &up, &up_tc)) != PP_STATUS_OK ||
+        (st = experts_resolve(cb, a->down, a->n_expert, &down, &down_tc)) != PP_STATUS_OK)
         return st;
     kern_moe_args ka = {
         .n_tokens = a->n_tokens, .d_model = a->d_model, .d_ff_expert = a->d_ff_expert,
@@ -1126,7 +1147,7 @@ static pp_status cuda_moe_experts(eng_backend *be, const eng_moe_args *a)
         .act_quant_group = a->act_quant_group,
     };
     ka.h_bf16 = a->h_bf16;
-    experts_tc(cb, a, &ka);
+    experts_tc(cb, a, &gate_tc, &up_tc, &down_tc, &ka);
     size_t ws = kern_moe_workspace_bytes(&ka);
     if (ws && (st = scratch_reserve(cb, &cb->work, &cb->work_bytes, ws)) != PP_STATUS_OK)
         return st;

@@ -22,6 +22,7 @@
 
 #include "dequant.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 #include "reduce.cuh"
 #include "workspace.h"
 
@@ -432,10 +433,10 @@ extern "C" int kern_attention(const kern_attn_args *args, void *workspace, kern_
     attention_flash_fn fn =
         attention_flash_kernels[a->kv_dtype == KERN_DT_BF16][(a->d_v + 31) / 32 - 1];
     size_t smem = attn_smem_bytes(a->d_qk, a->d_v);
+    int dev = 0;
     cudaError_t e = cudaSuccess;
-    if (smem > 48 * 1024 && (e = cudaFuncSetAttribute((const void *)fn,
-                                                      cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                      (int)smem)) != cudaSuccess)
+    if (smem > LAUNCH_SMEM_DEFAULT &&
+        ((e = cudaGetDevice(&dev)) != cudaSuccess || (e = launch_smem_limit((const void *)fn, smem, dev)) != cudaSuccess))
         return (int)e;
     dim3 grid((unsigned)(b->n_seq * pl.n_row_tiles), (unsigned)a->n_head_kv,
               (unsigned)pl.n_split);

@@ -346,9 +346,9 @@ extern "C" int kern_attention_tc(const kern_attn_args *a, kern_stream stream)
 
     ta_fn fn = ta_kernel_for(a->d_qk, a->d_v);
     const size_t smem = ta_smem_bytes(a->d_qk, a->d_v);
-    if (smem > 48 * 1024 &&
-        (e = cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)smem)) != cudaSuccess)
+    int dev = 0;
+    if (smem > LAUNCH_SMEM_DEFAULT &&
+        ((e = cudaGetDevice(&dev)) != cudaSuccess || (e = launch_smem_limit((const void *)fn, smem, dev)) != cudaSuccess))
         return (int)e;
     dim3 grid((unsigned)(b->n_seq * n_row_tiles), (unsigned)a->n_head_kv);
     fn<<<grid, TA_THREADS, smem, (cudaStream_t)stream>>>(p);

@@ -23,6 +23,7 @@
 
 #include "dequant.cuh"
 #include "kernels.h"
+#include "launch.cuh"
 #include "reduce.cuh"
 #include "workspace.h"
 
@@ -508,9 +509,9 @@ extern "C" int kern_mla_absorbed(const kern_mla_args *args, void *workspace, ker
     mla_attn_fn fn =
         mla_attn_kernels[a->kv_dtype == KERN_DT_BF16][(r + MLA_THREADS - 1) / MLA_THREADS - 1];
     size_t smem = mla_attn_smem_bytes(r, a->d_rope);
-    if (smem > 48 * 1024 &&
-        (e = cudaFuncSetAttribute((const void *)fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)smem)) != cudaSuccess)
+    int dev = 0;
+    if (smem > LAUNCH_SMEM_DEFAULT &&
+        ((e = cudaGetDevice(&dev)) != cudaSuccess || (e = launch_smem_limit((const void *)fn, smem, dev)) != cudaSuccess))
         return (int)e;
     fn<<<dim3((unsigned)pl.n_row_tiles, (unsigned)pl.n_split, (unsigned)b->n_seq), MLA_THREADS,
          smem, st>>>(p);

@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "launch.cuh"
+
 // d += a * b for one m16n8k16 tile: A 16 x 16 row-major, B 16 x 8 column-major (its columns,
 // e.g. weight rows or keys, with their 16 k values contiguous), D 16 x 8 f32. Fragments per lane
 // (g = lane / 4, q = lane % 4; a register holds two bf16, the lower column in its low half):
@@ -27,14 +29,13 @@ static __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], const uint3
 #endif
 }
 
-// Whether the device runs mma.sync on bf16 (sm_80 and later): cudaSuccess and *ok, or the
-// error of the query.
+// Whether the current device runs mma.sync on bf16 (sm_80 and later; launch.cuh caches the
+// device's compute capability): cudaSuccess and *ok, or the error of the query.
 static inline cudaError_t tc_device_ok(bool *ok)
 {
     int dev = 0, major = 0;
-    cudaError_t e;
-    if ((e = cudaGetDevice(&dev)) != cudaSuccess ||
-        (e = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev)) != cudaSuccess)
+    cudaError_t e = launch_device(&dev, nullptr, &major);
+    if (e != cudaSuccess)
         return e;
     *ok = major >= 8;
     return cudaSuccess;
