@@ -886,8 +886,10 @@ static pp_status cuda_matmul_bf16(eng_backend *be, const float *x, int64_t x_str
     if ((st = weight_resolve(cb, w, &kw)) != PP_STATUS_OK)
         return st;
     bf16_path path = bf16_path_of(cb, w, &kw, y_stride, n_tokens);
-    if (path == BF16_PATH_NONE)
-        return cuda_matmul(be, x, x_stride, w, y, y_stride, n_tokens);
+    if (path == BF16_PATH_NONE) { /* cuda_matmul's launch, w resolved already */
+        CUDA_TRY(cb, kern_matmul(x, x_stride, &kw, y, y_stride, n_tokens, cb->stream));
+        return PP_STATUS_OK;
+    }
     if (path == BF16_PATH_CUBLAS && (st = blas_ready(cb)) != PP_STATUS_OK)
         return st;
     int64_t ld = (w->n_in + BF16_LD_ALIGN - 1) / BF16_LD_ALIGN * BF16_LD_ALIGN;
