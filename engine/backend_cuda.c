@@ -1304,8 +1304,8 @@ static pp_status cuda_record_end(eng_backend *be, bool run)
     cudaError_t e = cudaStreamEndCapture(cb->stream, &g);
     cb->recording = false;
     pp_status st = PP_STATUS_UNSUPPORTED;
-    if (e != cudaSuccess && error_is_sticky(e)) {
-        st = cuda_fail(cb, e, "cudaStreamEndCapture", __LINE__);
+    if (e != cudaSuccess && error_is_sticky(e)) { /* (an op's fault may have said so already) */
+        st = cb->dead ? PP_STATUS_DEVICE : cuda_fail(cb, e, "cudaStreamEndCapture", __LINE__);
     } else if (e != cudaSuccess || !g) {
         cudaGetLastError(); /* the capture was invalidated (by a call it does not allow) */
         cb->record_failed = true;

@@ -16,6 +16,7 @@
 
 #include "model.h"
 #include "safetensors.h"
+#include "sampler.h"
 #include "workspace.h"
 
 /* ---- built-in keys --------------------------------------------------------------------------- */
@@ -502,8 +503,10 @@ pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, uint
     out->weight_bytes = weight_bytes;
     out->kv_bytes = kv;
     out->act_bytes = scratch + backend_scratch_bytes(cfg, n_ctx, n_batch, n_threads);
-    out->overhead_bytes = REG_WORKER_OVERHEAD_BYTES + (uint64_t)n_threads * REG_THREAD_OVERHEAD_BYTES +
-                          (uint64_t)REG_MAX_BATCH * (uint64_t)cfg->n_vocab * sizeof(float);
+    /* the batch's host rows: logits, and sampling candidates (ENG_TOPK_MAX logits and ids) */
+    uint64_t batch_host = (uint64_t)REG_MAX_BATCH * ((uint64_t)cfg->n_vocab * sizeof(float) +
+                                                    (uint64_t)ENG_TOPK_MAX * (sizeof(float) + sizeof(int32_t)));
+    out->overhead_bytes = REG_WORKER_OVERHEAD_BYTES + (uint64_t)n_threads * REG_THREAD_OVERHEAD_BYTES + batch_host;
 
     out->cpu_first.host_mb = ceil_mib(weight_bytes + kv + out->act_bytes + out->overhead_bytes);
     out->cpu_second.host_mb = ceil_mib(kv + out->act_bytes + out->overhead_bytes);
@@ -515,9 +518,7 @@ pp_status reg_estimate_config(const eng_config *cfg, uint64_t weight_bytes, uint
     out->gpu_first.vram_mb = ceil_mib(weight_bytes + n_tensors * REG_CUDA_ALLOC_ROUND + out->gpu_kv_bytes +
                                       out->gpu_act_bytes + REG_CUDA_DEVICE_RESERVE_BYTES);
     out->gpu_second.vram_mb = ceil_mib(out->gpu_kv_bytes + out->gpu_act_bytes);
-    out->gpu_first.host_mb = ceil_mib(REG_WORKER_OVERHEAD_BYTES + (uint64_t)REG_MAX_BATCH * (uint64_t)cfg->n_vocab *
-                                                                      sizeof(float) +
-                                      REG_CUDA_HOST_RESERVE_BYTES);
+    out->gpu_first.host_mb = ceil_mib(REG_WORKER_OVERHEAD_BYTES + batch_host + REG_CUDA_HOST_RESERVE_BYTES);
     out->gpu_second.host_mb = out->gpu_first.host_mb;
     return PP_STATUS_OK;
 }

@@ -122,8 +122,9 @@ void reg_count_params(const eng_config *cfg, reg_params *out);
  * extra thread, 1 -> 64 threads); its dequantization scratch is counted in act_bytes. */
 #define REG_THREAD_OVERHEAD_BYTES (16u << 10)
 /* Requests a pool worker generates together by default (PARAPHYM_MAX_BATCH): the worker keeps
- * host logits for that many rows, counted in overhead_bytes (a larger PARAPHYM_MAX_BATCH takes
- * n_vocab * 4 bytes more per extra request than the estimate says). */
+ * host logits and sampling candidates (ENG_TOPK_MAX logits and ids) for that many rows, counted
+ * in overhead_bytes (a larger PARAPHYM_MAX_BATCH takes n_vocab * 4 + ENG_TOPK_MAX * 8 bytes more
+ * per extra request than the estimate says). */
 #define REG_MAX_BATCH POOL_MAX_BATCH_DEFAULT
 /* backend_cpu.c's MATMUL_ROWS: rows of a weight each thread dequantizes to f32 at once. */
 #define REG_CPU_MATMUL_ROWS 16
@@ -172,7 +173,8 @@ typedef struct reg_model_info {
                                 region the engine reserves for an all-MoE Qwen: 1 MiB for the nano
                                 at n_batch 256) makes it an upper bound of what becomes resident */
     uint64_t overhead_bytes; /* REG_WORKER_OVERHEAD_BYTES + n_threads REG_THREAD_OVERHEAD_BYTES
-                                + the batch's host logits, REG_MAX_BATCH * n_vocab floats */
+                                + the batch's host rows: REG_MAX_BATCH * (n_vocab floats of
+                                logits + ENG_TOPK_MAX candidate logits and ids) */
 
     /* CPU workers (a build without CUDA, a machine without a GPU, or PARAPHYM_WORKER_BACKEND=cpu):
      * host RAM only, vram_mb 0.

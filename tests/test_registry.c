@@ -27,6 +27,7 @@
 #include "model.h"
 #include "registry.h"
 #include "safetensors.h"
+#include "sampler.h"
 
 static int n_fail;
 
@@ -490,12 +491,14 @@ static void test_full_size(void)
               "gpu_first");
         CHECK(b.gpu_second.vram_mb == (b.gpu_kv_bytes + b.gpu_act_bytes + mib - 1) / mib, "gpu_second");
         CHECK(b.gpu_first.host_mb == b.gpu_second.host_mb &&
-                  b.gpu_first.host_mb * mib >= REG_CUDA_HOST_RESERVE_BYTES + (uint64_t)REG_MAX_BATCH * cfg.n_vocab * 4 &&
+                  b.gpu_first.host_mb * mib >= REG_CUDA_HOST_RESERVE_BYTES + (uint64_t)REG_MAX_BATCH *
+                                                   ((uint64_t)cfg.n_vocab * 4 + ENG_TOPK_MAX * 8) &&
                   b.gpu_first.host_mb < b.cpu_second.host_mb + (REG_CUDA_HOST_RESERVE_BYTES >> 20) + 1,
               "gpu host: the logits and the CUDA allowance, no weights");
         CHECK(b.n_threads == 4 && b.overhead_bytes == REG_WORKER_OVERHEAD_BYTES + 4 * REG_THREAD_OVERHEAD_BYTES +
-                                                        (uint64_t)REG_MAX_BATCH * (uint64_t)cfg.n_vocab * 4,
-              "overhead: structures, threads, the batch's host logits");
+                                                        (uint64_t)REG_MAX_BATCH *
+                                                            ((uint64_t)cfg.n_vocab * 4 + ENG_TOPK_MAX * 8),
+              "overhead: structures, threads, the batch's host logits and sampling candidates");
         CHECK(b.arch == cfg.arch && strcmp(b.family, eng_arch_name(cfg.arch)) == 0, "family");
         CHECK(reg_estimate_config(&cfg, w, 1000, 0, 1, 4, &b) == PP_STATUS_INVALID_ARG, "n_ctx 0");
         CHECK(reg_estimate_config(&cfg, w, 1000, 1, -1, 4, &b) == PP_STATUS_INVALID_ARG, "n_batch -1");
