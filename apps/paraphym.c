@@ -700,6 +700,12 @@ static int cmd_run(const cli_opts *o)
             eng_finish_name(rs.finish), rs.prompt_tokens, rs.completion_tokens, t1 - t0,
             (rs.t_first > 0 ? rs.t_first : t1) - t0,
             rs.completion_tokens > 1 && decode_s > 0 ? (double)(rs.completion_tokens - 1) / decode_s : 0.0);
+    if (strcmp(eng_model_backend_name(model), "cuda") == 0) {
+        size_t graphs = 0, fallbacks = 0;
+        eng_model_graph_counts(model, &graphs, &fallbacks);
+        fprintf(stderr, "paraphym: %zu decode steps ran as CUDA graphs, %zu op by op (a first use, or a capture that failed) "
+                        "(PARAPHYM_CUDA_GRAPHS=0 turns graphs off)\n", graphs, fallbacks);
+    }
     rc = 0;
     goto out;
 fail:
