@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "backend.h"
 #include "kernels.h"
@@ -1434,8 +1435,9 @@ pp_status eng_backend_cuda_create(int device, eng_backend *share_with, eng_backe
         return eng_fail(err, PP_STATUS_OUT_OF_MEMORY, "cuda backend: out of memory");
     cb->base.ops = &cuda_ops;
     cb->device = device;
-    const char *graphs = getenv("PARAPHYM_CUDA_GRAPHS");
-    cb->graphs_on = !(graphs && strcmp(graphs, "0") == 0);
+    const char *graphs = getenv("PARAPHYM_CUDA_GRAPHS"); /* "0", "off", "false" or "no": off */
+    cb->graphs_on = !(graphs && (strcmp(graphs, "0") == 0 || strcasecmp(graphs, "off") == 0 ||
+                                 strcasecmp(graphs, "false") == 0 || strcasecmp(graphs, "no") == 0));
     cudaError_t e = cudaSetDevice(device);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&cb->cc_major, cudaDevAttrComputeCapabilityMajor, device);
