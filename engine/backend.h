@@ -315,10 +315,9 @@ pp_status eng_backend_cuda_create(int device, eng_backend *share_with, eng_backe
 /* Decode steps be has run as one CUDA graph (record_end launched them), and recordings that
  * fell back to issuing the ops one by one (an op could not be recorded, or capture,
  * instantiation or launch failed); both 0 for a backend that is not CUDA. Graphs are on unless
- * the environment has PARAPHYM_CUDA_GRAPHS=0 (or off, false, no) when the backend is created; a
- * backend turns them
- * off for itself after GRAPH_MAX_FAILURES (backend_cuda.c) fallbacks in a row that were not
- * merely a first use (an upload, a workspace to grow). */
+ * the environment has PARAPHYM_CUDA_GRAPHS=0 (or off, false, no) when the backend is created;
+ * a backend turns them off for itself after GRAPH_MAX_FAILURES (backend_cuda.c) fallbacks in a
+ * row that were not merely a first use (an upload, a workspace to grow). */
 void eng_backend_cuda_graph_counts(const eng_backend *be, size_t *launched, size_t *fallbacks);
 
 /* Device bytes held by be's weight cache (shared with the backends it was created with or for);
