@@ -16,34 +16,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "model.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* "a,b,c" -> out (at most 16 values); returns the count. */
-static int parse_list(const char *p, int *out)
-{
-    int n = 0;
-    while (*p && n < 16) {
-        out[n++] = atoi(p);
-        p = strchr(p, ',');
-        if (!p)
-            break;
-        p++;
-    }
-    return n;
-}
 
 /* B sequences prefilled with ctx tokens each, then n_decode batched steps. Returns 0, or -1 after
  * printing the error. */
@@ -70,19 +44,19 @@ static int bench_batch(eng_model *m, const int32_t *ids, int n_ids, int B, int c
         if (eng_forward_batch(&one, 1, &err) != PP_STATUS_OK)
             goto out;
     }
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (int i = 0; i < n_decode; i++) {
         for (int b = 0; b < B; b++) {
             bs[b].ids = ids + (b * 7) % (n_ids - n_ctx + 1) + ctx + i;
             bs[b].n_tokens = 1;
         }
-        double t1 = now_s();
+        double t1 = bench_now_s();
         if (eng_forward_batch(bs, B, &err) != PP_STATUS_OK)
             goto out;
-        lat[i] = now_s() - t1;
+        lat[i] = bench_now_s() - t1;
     }
-    *tokens_per_s = (double)B * n_decode / (now_s() - t0);
-    qsort(lat, (size_t)n_decode, sizeof *lat, cmp_double);
+    *tokens_per_s = (double)B * n_decode / (bench_now_s() - t0);
+    qsort(lat, (size_t)n_decode, sizeof *lat, bench_cmp_double);
     *p50 = lat[n_decode / 2] * 1e3;
     *p99 = lat[(n_decode * 99) / 100] * 1e3;
     rc = 0;
@@ -132,7 +106,7 @@ int main(int argc, char **argv)
     }
     const eng_config *c = eng_model_config(m);
     int prefills[16], batches[16];
-    int n_prefill = parse_list(prefill_list, prefills), n_batch = parse_list(batch_list, batches);
+    int n_prefill = bench_parse_list(prefill_list, prefills, 16), n_batch = bench_parse_list(batch_list, batches, 16);
     int max_ctx = 0;
     for (int i = 0; i < n_prefill; i++)
         max_ctx = prefills[i] > max_ctx ? prefills[i] : max_ctx;
@@ -160,12 +134,12 @@ int main(int argc, char **argv)
         double best = 1e30;
         for (int r = 0; r < reps; r++) {
             eng_session_reset(s);
-            double t0 = now_s();
+            double t0 = bench_now_s();
             if (eng_session_forward(s, ids, prefills[i], logits, false, &err) != PP_STATUS_OK) {
                 fprintf(stderr, "bench_cpu: %s\n", err.msg);
                 return 1;
             }
-            double dt = now_s() - t0;
+            double dt = bench_now_s() - t0;
             best = dt < best ? dt : best;
         }
         printf("%s{\"tokens\": %d, \"seconds\": %.6f, \"tokens_per_s\": %.1f}", i ? ", " : "", prefills[i], best,
@@ -177,17 +151,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench_cpu: %s\n", err.msg);
         return 1;
     }
-    double t0 = now_s();
+    double t0 = bench_now_s();
     for (int i = 0; i < n_decode; i++) {
-        double t1 = now_s();
+        double t1 = bench_now_s();
         if (eng_session_forward(s, ids + ctx_decode + i, 1, logits, false, &err) != PP_STATUS_OK) {
             fprintf(stderr, "bench_cpu: %s\n", err.msg);
             return 1;
         }
-        lat[i] = now_s() - t1;
+        lat[i] = bench_now_s() - t1;
     }
-    double total = now_s() - t0;
-    qsort(lat, (size_t)n_decode, sizeof *lat, cmp_double);
+    double total = bench_now_s() - t0;
+    qsort(lat, (size_t)n_decode, sizeof *lat, bench_cmp_double);
     double p50 = lat[n_decode / 2] * 1e3, p99 = lat[(n_decode * 99) / 100] * 1e3;
     printf("], \"decode\": {\"context\": %d, \"steps\": %d, \"tokens_per_s\": %.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f}",
            ctx_decode, n_decode, n_decode / total, p50, p99);

@@ -20,36 +20,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "model.h"
 
 #define MAX_LIST 16
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-/* "a,b,c" -> out (at most MAX_LIST values); returns the count. */
-static int parse_list(const char *p, int *out)
-{
-    int n = 0;
-    while (*p && n < MAX_LIST) {
-        out[n++] = atoi(p);
-        p = strchr(p, ',');
-        if (!p)
-            break;
-        p++;
-    }
-    return n;
-}
 
 typedef struct result {
     double tokens_per_s, p50_ms, p99_ms;
@@ -94,19 +68,19 @@ static int run_batch(eng_model *m, int B, int ctx, int n_decode, result *r)
     for (int i = -WARMUP; i < n_decode; i++) {
         if (i == 0) {
             eng_model_graph_counts(m, &g0, &f0);
-            t0 = now_s();
+            t0 = bench_now_s();
         }
-        double t1 = now_s();
+        double t1 = bench_now_s();
         if (eng_forward_batch(bs, B, &err) != PP_STATUS_OK) /* reads next, then overwrites it */
             goto out;
         if (i >= 0)
-            lat[i] = now_s() - t1;
+            lat[i] = bench_now_s() - t1;
     }
-    r->tokens_per_s = (double)B * n_decode / (now_s() - t0);
+    r->tokens_per_s = (double)B * n_decode / (bench_now_s() - t0);
     eng_model_graph_counts(m, &g1, &f1);
     r->graphs = g1 - g0;
     r->fallbacks = f1 - f0;
-    qsort(lat, (size_t)n_decode, sizeof *lat, cmp_double);
+    qsort(lat, (size_t)n_decode, sizeof *lat, bench_cmp_double);
     r->p50_ms = lat[n_decode / 2] * 1e3;
     r->p99_ms = lat[(n_decode * 99) / 100] * 1e3;
     rc = 0;
@@ -146,7 +120,7 @@ int main(int argc, char **argv)
         else
             dir = NULL, i = argc; /* unknown option: usage */
     }
-    int batches[MAX_LIST], n_batch = parse_list(batch_list, batches);
+    int batches[MAX_LIST], n_batch = bench_parse_list(batch_list, batches, MAX_LIST);
     bool graph_set[2] = {strstr(graphs_list, "off") != NULL, strstr(graphs_list, "on") != NULL};
     bool batches_ok = n_batch > 0;
     for (int i = 0; i < n_batch; i++)

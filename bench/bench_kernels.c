@@ -39,6 +39,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "bench_util.h"
 #include "kernels.h"
 
 /* Graph sizing, not timing: 3.0e6 bytes/us is the H100 copy bandwidth (PERFORMANCE.md) and
@@ -195,13 +196,6 @@ typedef struct bench {
     int n_res, cap_res;
     int n_failed, n_skipped;
 } bench;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void result_init(result *r, const char *name, const char *shape, const char *format)
 {
@@ -1740,7 +1734,7 @@ static int run_matmul_bf16_op(bench *b, const char *name)
         reps = reps_default(b);
         for (int i = -3; i < reps; i++) {
             CK(cudaDeviceSynchronize());
-            double t0 = now_s();
+            double t0 = bench_now_s();
             for (int c = 0; c < OP_CALLS; c++) {
                 pp_status st = be->ops->matmul_bf16(be, x[c % n_x], sh->n_in, &w, y, sh->n_out, m);
                 if (st != PP_STATUS_OK) {
@@ -1751,7 +1745,7 @@ static int run_matmul_bf16_op(bench *b, const char *name)
             }
             CK(cudaDeviceSynchronize());
             if (i >= 0)
-                t[i] = (float)((now_s() - t0) * 1e6 / OP_CALLS);
+                t[i] = (float)((bench_now_s() - t0) * 1e6 / OP_CALLS);
         }
         qsort(t, (size_t)reps, sizeof t[0], cmp_float);
         result_init(&r, name, shape, "bf16");
@@ -1787,7 +1781,7 @@ static bool group_begin(bench *b, const char *name)
 {
     if (b->only && !strstr(name, b->only))
         return false;
-    if (now_s() - b->t_start > b->budget_s) {
+    if (bench_now_s() - b->t_start > b->budget_s) {
         fprintf(stderr, "bench_kernels: [%s] skipped: past the %.0f s budget\n", name,
                 b->budget_s);
         b->n_skipped++;
@@ -1804,7 +1798,7 @@ static bool group_end(bench *b, const char *name, int rc, double t0)
 {
     cudaError_t e;
     fprintf(stderr, "bench_kernels: [%s] %s in %.2f s\n", name, rc ? "FAILED" : "done",
-            now_s() - t0);
+            bench_now_s() - t0);
     g_measure = "driver";
     if (rc == 0)
         return true;
@@ -1904,7 +1898,7 @@ int main(int argc, char **argv)
                e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount returned 0");
         return 77;
     }
-    b.t_start = now_s();
+    b.t_start = bench_now_s();
     if (bench_init(&b)) {
         bench_free(&b);
         return 1;
@@ -1912,28 +1906,28 @@ int main(int argc, char **argv)
 
     /* The ceilings: always, first (every pct below divides by them). */
     g_measure = "ceiling_copy";
-    t0 = now_s();
+    t0 = bench_now_s();
     alive = group_end(&b, "ceiling_copy", run_ceiling_copy(&b), t0);
     if (alive) {
         g_measure = "ceiling_gemm_cublas";
-        t0 = now_s();
+        t0 = bench_now_s();
         alive = group_end(&b, "ceiling_gemm_cublas", run_ceiling_gemm(&b), t0);
     }
     if (alive && group_begin(&b, "ceiling_gemv_cublas_bf16")) {
-        t0 = now_s();
+        t0 = bench_now_s();
         alive = group_end(&b, "ceiling_gemv_cublas_bf16", run_cublas_gemv(&b), t0);
     }
     for (int fi = 0; alive && fi < N_DECODE_FMTS; fi++) {
         snprintf(name, sizeof name, "matmul_decode_%s", DECODE_FMTS[fi].name);
         if (group_begin(&b, name)) {
-            t0 = now_s();
+            t0 = bench_now_s();
             alive = group_end(&b, name, run_matmul_decode(&b, &DECODE_FMTS[fi], name), t0);
         }
     }
     for (int fi = 0; alive && fi < N_DECODE_FMTS; fi++) {
         snprintf(name, sizeof name, "phi4_layer_decode_%s", DECODE_FMTS[fi].name);
         if (group_begin(&b, name)) {
-            t0 = now_s();
+            t0 = bench_now_s();
             alive = group_end(&b, name, run_layer(&b, &DECODE_FMTS[fi], name), t0);
         }
     }
@@ -1942,7 +1936,7 @@ int main(int argc, char **argv)
             snprintf(name, sizeof name, "moe_experts_%s_%s", MOE_MODELS[mi].name,
                      MOE_FMTS[fi].name);
             if (group_begin(&b, name)) {
-                t0 = now_s();
+                t0 = bench_now_s();
                 alive = group_end(&b, name, run_moe(&b, &MOE_MODELS[mi], &MOE_FMTS[fi], name),
                                   t0);
             }
@@ -1953,7 +1947,7 @@ int main(int argc, char **argv)
         const kern_dtype kv = ai % 2 ? KERN_DT_BF16 : KERN_DT_F32;
         snprintf(name, sizeof name, "attn_decode_%s%s", ATTN_CFGS[ai / 2].name, ai % 2 ? "_bf16_kv" : "");
         if (group_begin(&b, name)) {
-            t0 = now_s();
+            t0 = bench_now_s();
             alive = group_end(&b, name, run_attn_decode(&b, &ATTN_CFGS[ai / 2], kv, name), t0);
         }
     }
@@ -1964,36 +1958,36 @@ int main(int argc, char **argv)
         const kern_dtype kv = fi < 2 ? KERN_DT_F32 : KERN_DT_BF16;
         snprintf(name, sizeof name, "mla_decode_kimi_k2_%s%s", f->name, fi < 2 ? "" : "_bf16_kv");
         if (group_begin(&b, name)) {
-            t0 = now_s();
+            t0 = bench_now_s();
             alive = group_end(&b, name, run_mla(&b, f, kv, name), t0);
         }
     }
     if (alive && group_begin(&b, "attn_prefill_qwen3_coder")) {
-        t0 = now_s();
+        t0 = bench_now_s();
         alive = group_end(&b, "attn_prefill_qwen3_coder",
                           run_attn_prefill(&b, false, "attn_prefill_qwen3_coder"), t0);
     }
     if (alive && group_begin(&b, "attn_tc_prefill_qwen3_coder")) {
-        t0 = now_s();
+        t0 = bench_now_s();
         alive = group_end(&b, "attn_tc_prefill_qwen3_coder",
                           run_attn_prefill(&b, true, "attn_tc_prefill_qwen3_coder"), t0);
     }
     if (alive && group_begin(&b, "cublas_prefill_bf16")) {
-        t0 = now_s();
+        t0 = bench_now_s();
         alive = group_end(&b, "cublas_prefill_bf16",
                           run_matmul_prefill(&b, true, "cublas_prefill_bf16"), t0);
     }
     if (alive && group_begin(&b, "matmul_prefill_bf16")) {
-        t0 = now_s();
+        t0 = bench_now_s();
         alive = group_end(&b, "matmul_prefill_bf16",
                           run_matmul_prefill(&b, false, "matmul_prefill_bf16"), t0);
     }
     if (alive && group_begin(&b, "matmul_tc_prefill")) {
-        t0 = now_s();
+        t0 = bench_now_s();
         alive = group_end(&b, "matmul_tc_prefill", run_matmul_tc(&b, "matmul_tc_prefill"), t0);
     }
     if (alive && group_begin(&b, "matmul_bf16_op_prefill")) {
-        t0 = now_s();
+        t0 = bench_now_s();
         alive = group_end(&b, "matmul_bf16_op_prefill",
                           run_matmul_bf16_op(&b, "matmul_bf16_op_prefill"), t0);
     }
@@ -2001,7 +1995,7 @@ int main(int argc, char **argv)
     table_print(&b);
     fprintf(stderr, "bench_kernels: %d measurements, %d groups failed, %d skipped (budget), "
                     "%.1f s%s\n",
-            b.n_res, b.n_failed, b.n_skipped, now_s() - b.t_start,
+            b.n_res, b.n_failed, b.n_skipped, bench_now_s() - b.t_start,
             alive ? "" : "; stopped early: the device is in an error state");
     bench_free(&b);
     return b.n_failed ? 1 : 0;

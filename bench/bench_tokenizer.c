@@ -12,14 +12,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "tokenizer.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static char *read_all(const char *path, size_t *n)
 {
@@ -85,33 +79,33 @@ int main(int argc, char **argv)
     }
     eng_err err;
     eng_tokenizer *tok = NULL;
-    double t0 = now_s();
+    double t0 = bench_now_s();
     if (eng_tokenizer_load(dir, &tok, &err) != PP_STATUS_OK) {
         fprintf(stderr, "load %s: %s\n", dir, err.msg);
         free(text);
         return 1;
     }
-    double load_s = now_s() - t0;
+    double load_s = bench_now_s() - t0;
 
     double best_enc = 1e30, best_dec = 1e30;
     size_t n_tokens = 0;
     for (int r = 0; r < reps; r++) {
         int32_t *ids = NULL;
         size_t n_ids = 0;
-        t0 = now_s();
+        t0 = bench_now_s();
         if (eng_tokenizer_encode(tok, text, n, false, &ids, &n_ids, &err) != PP_STATUS_OK) {
             fprintf(stderr, "encode: %s\n", err.msg);
             eng_tokenizer_free(tok);
             free(text);
             return 1;
         }
-        double dt = now_s() - t0;
+        double dt = bench_now_s() - t0;
         if (dt < best_enc)
             best_enc = dt;
         n_tokens = n_ids;
         char *dec = NULL;
         size_t dec_len = 0;
-        t0 = now_s();
+        t0 = bench_now_s();
         if (eng_tokenizer_decode(tok, ids, n_ids, &dec, &dec_len, &err) != PP_STATUS_OK) {
             fprintf(stderr, "decode: %s\n", err.msg);
             free(ids);
@@ -119,7 +113,7 @@ int main(int argc, char **argv)
             free(text);
             return 1;
         }
-        dt = now_s() - t0;
+        dt = bench_now_s() - t0;
         if (dt < best_dec)
             best_dec = dt;
         free(dec);
