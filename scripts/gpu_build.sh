@@ -14,9 +14,11 @@ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DPP_CUDA=ON -DPP_CUDA_A
     -DPP_WERROR=ON -DPP_KERNELS_SHARED=ON >/dev/null
 targets="test_gpu_device test_ops test_fixtures test_batch test_nano test_perplexity test_pool paraphym bench_kernels bench_decode"
 cmake --build "$build" -j"$jobs" --target $targets
-# only what the check runs travels: drop objects, static libraries, CMake's compiler probes
+# only what the check runs travels: drop objects and static libraries
 find "$build" \( -name '*.o' -o -name '*.a' \) -delete
-rm -rf "$build"/CMakeFiles/*/CompilerId*
+# nor CMake's own records (dependency scans, makefiles): ctest needs only the CTestTestfile.cmake
+# files and CMakeCache.txt; the working tree and build-gpu travel within 64 MiB together
+find "$build" -name CMakeFiles -type d -prune -exec rm -rf {} +
 for exe in tests/test_gpu_device tests/test_ops tests/test_fixtures tests/test_batch tests/test_nano tests/test_perplexity \
     tests/test_pool paraphym bench/bench_kernels bench/bench_decode; do
     strip "$build/$exe"

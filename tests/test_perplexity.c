@@ -1,5 +1,6 @@
-/* test_perplexity.c: a nano model's perplexity on its heldout.txt with our tokenizer on the CPU
- * backend.
+/* test_perplexity.c: a nano model's perplexity on its heldout.txt with our tokenizer, on the CPU
+ * backend, or on CUDA with PP_TEST_BACKEND=cuda (tests/test_backend.h: gpu_perplexity_* and
+ * gpu_quant_perplexity_*, the same bounds; skipped, exit 77, without a device).
  *
  *   test_perplexity MODEL_DIR
  *       against reference.json (protocol: the first 32768 tokens, windows of 256, tokens 1..255
@@ -26,11 +27,13 @@
 #include <sys/stat.h>
 
 #include "eval.h"
+#include "test_backend.h"
 #include "tokenizer.h"
 
 #define REL_MAX 1e-3
 
 static bool act_quant; /* --act-quant fp8: W8A8 for FP8 weights in the bf16 mode */
+static const char *backend; /* PP_TEST_BACKEND: "cpu" or "cuda" */
 
 /* Perplexity of dir over ids with on-load quantization q in compute mode dtype; *n_quant:
  * weights quantized. */
@@ -39,6 +42,7 @@ static int perplexity(const char *dir, eng_load_quant q, eng_dtype_mode dtype, c
 {
     eng_model_opts mo;
     eng_model_opts_default(&mo);
+    mo.backend = backend;
     mo.quant = q;
     mo.dtype = dtype;
     mo.fp8_act_quant = act_quant;
@@ -63,6 +67,9 @@ int main(int argc, char **argv)
                         "[--max-rel PCT]]\n");
         return 2;
     }
+    int rc = test_backend_pick(&backend);
+    if (rc != 0)
+        return rc;
     const char *dir = argv[1];
     eng_load_quant quant = ENG_LOADQ_NONE;
     double max_rise = 0.0, max_rel_pct = -1.0;
@@ -130,10 +137,10 @@ int main(int argc, char **argv)
         double rel = fabs(ppl - want) / want;
         double bound = dtype == ENG_DTYPE_MODE_BF16 ? max_rel_pct / 100.0 : REL_MAX;
         ok = rel <= bound && (int)n_pred == want_n;
-        printf("%s: %s compute: perplexity %.6f over %zu tokens, reference %.6f over %d (relative difference "
-               "%.2e = %+.4f%%, bound %.2g)%s\n",
-               dir, eng_dtype_mode_name(dtype), ppl, n_pred, want, want_n, rel, 100.0 * (ppl - want) / want, bound,
-               ok ? ": ok" : "");
+        printf("%s: %s backend, %s compute: perplexity %.6f over %zu tokens, reference %.6f over %d (relative "
+               "difference %.2e = %+.4f%%, bound %.2g)%s\n",
+               dir, backend, eng_dtype_mode_name(dtype), ppl, n_pred, want, want_n, rel, 100.0 * (ppl - want) / want,
+               bound, ok ? ": ok" : "");
     } else {
         double base;
         size_t n_base_quant;
@@ -144,9 +151,9 @@ int main(int argc, char **argv)
             return 1;
         double rise = 100.0 * (ppl / base - 1.0);
         ok = rise <= max_rise && n_quant > 0 && n_base_quant == 0;
-        printf("%s: %s, %s compute%s: perplexity %.6f vs %.6f unquantized over %zu tokens (%+.3f%%, bound "
-               "+%.1f%%), %zu weights quantized%s\n",
-               dir, eng_load_quant_name(quant), eng_dtype_mode_name(dtype), act_quant ? " (W8A8)" : "", ppl, base,
+        printf("%s: %s, %s backend, %s compute%s: perplexity %.6f vs %.6f unquantized over %zu tokens (%+.3f%%, "
+               "bound +%.1f%%), %zu weights quantized%s\n",
+               dir, eng_load_quant_name(quant), backend, eng_dtype_mode_name(dtype), act_quant ? " (W8A8)" : "", ppl, base,
                n_pred, rise, max_rise, n_quant, ok ? ": ok" : "");
     }
     free(ids);

@@ -13,6 +13,8 @@
 #   gpu_fixtures, gpu_batch, gpu_nano   ctest -L gpu: the end-to-end checks with
 #               PP_TEST_BACKEND=cuda (gpu_batch: batched sequences over the paged cache)
 #   gpu_pool    test_pool --gpu: the worker pool's GPU workers (VRAM reserved vs in use)
+#   gpu_perplexity  ctest -L gpu: the nano models' perplexity on CUDA, f32 and bf16 modes, and
+#               after on-load fp8 / int8 / int4 quantization (bf16 mode)
 #   bench       bench/bench_kernels: kernel rates beside the copy bandwidth and cuBLAS of the run
 #   decode      bench/bench_decode: the nano model's decode steps per second, CUDA graphs off and on
 #   memcheck, racecheck      compute-sanitizer on test_ops --small
@@ -136,6 +138,10 @@ else
 
     run_step gpu_nano 90 bash -c "cd '$build' && ctest -L gpu -R '^gpu_nano_' -j2 --output-on-failure"
     record gpu_nano "$(ctest_key "$out/gpu_nano.log")"
+
+    run_step gpu_perplexity 120 bash -c "cd '$build' && ctest -L gpu -R '^gpu_(quant_)?perplexity_' -j2 \
+        --output-on-failure -V"
+    record gpu_perplexity "$(ctest_key "$out/gpu_perplexity.log")"
 
     run_step bench 150 "$build/bench/bench_kernels" --budget 120
     record bench "$(grep -c '^{' "$out/bench.log") measurements"
