@@ -68,7 +68,7 @@ record() {
     200) status=not-run; any_fail=1 ;;
     *) status="FAIL($step_rc)"; any_fail=1 ;;
     esac
-    summary+=("$(printf '%-13s %-10s %7s  %s' "$name" "$status" "$step_s" "$key")")
+    summary+=("$(printf '%-15s %-10s %7s  %s' "$name" "$status" "$step_s" "$key")")
 }
 
 # ctest_key LOG: "N passed, M failed, K skipped of T".
@@ -171,7 +171,7 @@ fi
 
 {
     echo
-    printf '%-13s %-10s %7s  %s\n' step status seconds "key number"
+    printf '%-15s %-10s %7s  %s\n' step status seconds "key number"
     for row in "${summary[@]}"; do
         echo "$row"
     done
