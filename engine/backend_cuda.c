@@ -657,6 +657,8 @@ static pp_status rope_resolve(cuda_backend *cb, const eng_rope *rope, const floa
             slot = r;
         }
     }
+    if (record_blocks(cb)) /* (before the choice below moves rope_next) */
+        return PP_STATUS_UNSUPPORTED;
     if (!slot) {
         for (int i = 0; i < ROPE_SLOTS && !slot; i++)
             if (!cb->rope[i].host)
@@ -664,8 +666,6 @@ static pp_status rope_resolve(cuda_backend *cb, const eng_rope *rope, const floa
         if (!slot)
             slot = &cb->rope[cb->rope_next++ % ROPE_SLOTS];
     }
-    if (record_blocks(cb))
-        return PP_STATUS_UNSUPPORTED;
     /* replace the slot: kernels queued earlier may still read its device copy */
     dev_free_after_stream(cb, slot->dev);
     free(slot->values);

@@ -942,7 +942,7 @@ static pp_status batch_forward(const eng_batch_seq *seqs, int n_seq, bool all_lo
             if (err)
                 err->msg[0] = '\0';
             st = forward_device(&dev, err);
-        } else if (st == PP_STATUS_OK && end != PP_STATUS_OK) {
+        } else if (end != PP_STATUS_OK && end != PP_STATUS_UNSUPPORTED) { /* a device fault */
             st = eng_fail(err, end, "running the recorded decode step failed (%s)", pp_status_str(end));
         }
     }

@@ -52,24 +52,29 @@ static inline cudaError_t launch_device(int *dev, int *n_sm, int *cc_major)
     return cudaSuccess;
 }
 
+// Entries of a launch_occupancy cache (direct-mapped by shared-memory size: one kernel
+// instantiation meets a few sizes in a decode step, one per distinct input width).
+#define LAUNCH_OCC_SLOTS 16
+
 // fn's resident blocks per SM (*per_sm) for `threads` threads and `smem` bytes of dynamic shared
-// memory on device dev. *cache is the caller's, one per kernel instantiation launched with one
-// thread count: it keeps the last answer, keyed by device and smem (a launcher's smem changes
-// with the batch, rarely from one decode step to the next).
+// memory on device dev. cache[LAUNCH_OCC_SLOTS] is the caller's, one per kernel instantiation
+// launched with one thread count: each entry keeps an answer with its key (device and smem)
+// packed into one word, so a reader never pairs an answer with another key.
 template <typename F>
 static inline cudaError_t launch_occupancy(F fn, int threads, size_t smem, int dev, std::atomic<uint64_t> *cache,
                                            int *per_sm)
 {
     bool keyable = dev >= 0 && dev < 0xfffe && smem < (1ull << 32);
     uint64_t key = ((uint64_t)(dev + 1) << 48) | ((uint64_t)smem << 16);
-    uint64_t c = cache->load(std::memory_order_relaxed);
+    std::atomic<uint64_t> *slot = &cache[(uint32_t)(((smem >> 2) + (size_t)dev) * 2654435761u) >> 28];
+    uint64_t c = slot->load(std::memory_order_relaxed);
     if (keyable && (c & ~0xffffull) == key) {
         *per_sm = (int)(c & 0xffff);
         return cudaSuccess;
     }
     cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(per_sm, fn, threads, smem);
     if (e == cudaSuccess && keyable && *per_sm >= 0 && *per_sm < 0x10000)
-        cache->store(key | (uint64_t)*per_sm, std::memory_order_relaxed);
+        slot->store(key | (uint64_t)*per_sm, std::memory_order_relaxed);
     return e;
 }
 
@@ -108,6 +113,10 @@ static inline cudaError_t launch_smem_limit(const void *fn, size_t smem, int dev
         int have = ent->limit[dev].load(std::memory_order_relaxed);
         if (have >= want)
             return cudaSuccess;
+    } else { // no record of what was set: the device's most, which no launch can exceed
+        int most = 0;
+        if (cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) == cudaSuccess && most > want)
+            want = most;
     }
     cudaError_t e = cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, want);
     if (e == cudaSuccess && cached)

@@ -331,11 +331,11 @@ static cudaError_t gemv_launch(const float *x, int64_t x_stride, const kern_weig
     const size_t smem = (size_t)n_tokens * (size_t)slab * sizeof(float);
     const int64_t n_groups = (w->n_out + GEMV_WARPS * R - 1) / (GEMV_WARPS * R);
     int dev = 0, n_sm = 0, per_sm = 0;
-    static std::atomic<uint64_t> occupancy{0}; // this instantiation's, launch.cuh
+    static std::atomic<uint64_t> occupancy[LAUNCH_OCC_SLOTS]; // this instantiation's, launch.cuh
     cudaError_t e;
     if ((e = launch_device(&dev, &n_sm, nullptr)) != cudaSuccess ||
         (e = launch_occupancy(gemv_warp_per_row_kernel<FMT, VEC, NT, R>, GEMV_WARPS * 32, smem, dev,
-                              &occupancy, &per_sm)) != cudaSuccess)
+                              occupancy, &per_sm)) != cudaSuccess)
         return e;
     // one wave of resident blocks; each strides over the row groups (x staged once per block)
     int64_t blocks = (int64_t)n_sm * (per_sm > 0 ? per_sm : 1);
