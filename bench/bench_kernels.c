@@ -1515,6 +1515,25 @@ done:
     return rc;
 }
 
+/* A prefill product's row (name, format): M = PREFILL_M[mi] rows times sh, graph-timed (us,
+ * us_min over reps replays of one call), its TFLOP/s, and with vs_cublas the ratio to the same
+ * run's cuBLAS time for that M (when measured). */
+static void result_prefill(const bench *b, result *r, const char *name, const char *format, const mat_shape *sh,
+                           int mi, double us, double us_min, int reps, bool vs_cublas)
+{
+    char shape[64];
+    shape_str(shape, sizeof shape, sh->n_out, sh->n_in);
+    result_init(r, name, shape, format);
+    r->m = PREFILL_M[mi];
+    r->us = us;
+    r->us_min = us_min;
+    r->tflops = 2.0 * r->m * (double)sh->n_out * (double)sh->n_in / us / 1e6;
+    r->reps = reps;
+    r->calls = 1;
+    if (vs_cublas && b->cublas_prefill_us[mi] > 0.0)
+        r->vs_cublas = b->cublas_prefill_us[mi] / us;
+}
+
 /* Prefill products at 7680x5120 (Phi-4 qkv), M = 512 and 2048: cuBLAS bf16 (cublas = true) or
  * kern_matmul with bf16 weights and f32 activations; TFLOP/s against the GEMM ceiling. */
 static int run_matmul_prefill(bench *b, bool cublas, const char *name)
@@ -1537,29 +1556,16 @@ static int run_matmul_prefill(bench *b, bool cublas, const char *name)
         double us = 0.0, us_min = 0.0;
         int reps = 0;
         result r;
-        char shape[64];
         void *const wd[1] = {(void *)w.data};
         blas_ctx bc = {b, wd, 1, 1, m, sh->n_out, sh->n_in, x, y};
         mm_ctx mc = {&w, 1, 1, 1, m, x, y};
         if (graph_time(b, cublas ? blas_enqueue : mm_enqueue, cublas ? (void *)&bc : (void *)&mc,
                        b->quick ? 3 : 10, &us, &us_min, &reps))
             goto done;
-        shape_str(shape, sizeof shape, sh->n_out, sh->n_in);
-        result_init(&r, name, shape, "bf16");
-        r.m = m;
-        r.us = us;
-        r.us_min = us_min;
-        r.tflops = 2.0 * m * (double)sh->n_out * (double)sh->n_in / us / 1e6;
-        r.reps = reps;
-        r.calls = 1;
-        if (cublas) {
+        result_prefill(b, &r, name, "bf16", sh, mi, us, us_min, reps, !cublas);
+        if (cublas)
             b->cublas_prefill_us[mi] = us;
-            snprintf(r.note, sizeof r.note, "phi4 qkv, cublasGemmEx bf16 x and out");
-        } else {
-            if (b->cublas_prefill_us[mi] > 0.0)
-                r.vs_cublas = b->cublas_prefill_us[mi] / us;
-            snprintf(r.note, sizeof r.note, "phi4 qkv, f32 x and out");
-        }
+        snprintf(r.note, sizeof r.note, cublas ? "phi4 qkv, cublasGemmEx bf16 x and out" : "phi4 qkv, f32 x and out");
         result_pct(b, &r);
         result_emit(b, &r);
     }
@@ -1614,20 +1620,10 @@ static int run_matmul_tc(bench *b, const char *name)
             double us = 0.0, us_min = 0.0;
             int reps = 0;
             result r;
-            char shape[64];
             tc_ctx tc = {&w, m, xb, y};
             if (graph_time(b, tc_enqueue, &tc, b->quick ? 3 : 10, &us, &us_min, &reps))
                 goto done;
-            shape_str(shape, sizeof shape, sh->n_out, sh->n_in);
-            result_init(&r, name, shape, DECODE_FMTS[fi].name);
-            r.m = m;
-            r.us = us;
-            r.us_min = us_min;
-            r.tflops = 2.0 * m * (double)sh->n_out * (double)sh->n_in / us / 1e6;
-            r.reps = reps;
-            r.calls = 1;
-            if (b->cublas_prefill_us[mi] > 0.0)
-                r.vs_cublas = b->cublas_prefill_us[mi] / us;
+            result_prefill(b, &r, name, DECODE_FMTS[fi].name, sh, mi, us, us_min, reps, true);
             snprintf(r.note, sizeof r.note, "phi4 qkv, kern_matmul_tc, bf16 x, f32 out");
             result_pct(b, &r);
             result_emit(b, &r);

@@ -999,6 +999,21 @@ static pp_status cuda_swiglu(eng_backend *be, const float *gate, int64_t gate_st
     return PP_STATUS_OK;
 }
 
+/* The kernels' twin of the attention arguments, with the cache's element type as kdt. */
+static kern_attn_args attn_args_of(const eng_attn_args *a, kern_dtype kdt)
+{
+    kern_attn_args ka = {
+        .batch = kv_batch_of(&a->batch), .n_head = a->n_head, .n_head_kv = a->n_head_kv,
+        .d_qk = a->d_qk, .d_v = a->d_v, .scale = a->scale,
+        .q = a->q, .q_stride = a->q_stride,
+        .kv_dtype = kdt,
+        .k = a->k, .k_stride = a->k_stride,
+        .v = a->v, .v_stride = a->v_stride,
+        .out = a->out, .out_stride = a->out_stride,
+    };
+    return ka;
+}
+
 static pp_status cuda_attention(eng_backend *be, const eng_attn_args *a)
 {
     cuda_backend *cb = as_cuda(be);
@@ -1010,15 +1025,7 @@ static pp_status cuda_attention(eng_backend *be, const eng_attn_args *a)
         return set_fail(cb, PP_STATUS_INVALID_ARG, "attention: unknown KV cache dtype %d", (int)a->kv_dtype);
     if (a->batch.n_tokens <= 0)
         return PP_STATUS_OK;
-    kern_attn_args ka = {
-        .batch = kv_batch_of(&a->batch), .n_head = a->n_head, .n_head_kv = a->n_head_kv,
-        .d_qk = a->d_qk, .d_v = a->d_v, .scale = a->scale,
-        .q = a->q, .q_stride = a->q_stride,
-        .kv_dtype = kdt,
-        .k = a->k, .k_stride = a->k_stride,
-        .v = a->v, .v_stride = a->v_stride,
-        .out = a->out, .out_stride = a->out_stride,
-    };
+    kern_attn_args ka = attn_args_of(a, kdt);
     size_t ws = kern_attention_workspace_bytes(&ka);
     if (ws && (st = scratch_reserve(cb, &cb->work, &cb->work_bytes, ws)) != PP_STATUS_OK)
         return st;
@@ -1039,15 +1046,7 @@ static pp_status cuda_attention_bf16(eng_backend *be, const eng_attn_args *a)
     cuda_backend *cb = as_cuda(be);
     if (a->kv_dtype != ENG_KV_BF16 || a->batch.max_seq_tokens < ATTN_TC_MIN_SEQ_TOKENS || cb->cc_major < 8)
         return cuda_attention(be, a);
-    kern_attn_args ka = {
-        .batch = kv_batch_of(&a->batch), .n_head = a->n_head, .n_head_kv = a->n_head_kv,
-        .d_qk = a->d_qk, .d_v = a->d_v, .scale = a->scale,
-        .q = a->q, .q_stride = a->q_stride,
-        .kv_dtype = KERN_DT_BF16,
-        .k = a->k, .k_stride = a->k_stride,
-        .v = a->v, .v_stride = a->v_stride,
-        .out = a->out, .out_stride = a->out_stride,
-    };
+    kern_attn_args ka = attn_args_of(a, KERN_DT_BF16);
     if (!kern_attention_tc_supported(&ka))
         return cuda_attention(be, a);
     pp_status st = op_begin(cb);

@@ -304,20 +304,15 @@ extern "C" int kern_attention_tc(const kern_attn_args *a, kern_stream stream)
     if (!kern_attention_tc_supported(a))
         return (int)cudaErrorInvalidValue;
     const kern_kv_batch *b = &a->batch;
-    if (b->n_seq < 1 || b->n_tokens < 0 || b->block_size < 1 || b->max_blocks < 0 ||
-        (int64_t)b->max_blocks * b->block_size < (int64_t)b->max_ctx)
+    if (!kern_kv_batch_ok(b))
         return (int)cudaErrorInvalidValue;
     if (b->n_tokens == 0)
         return 0;
-    if (b->max_seq_tokens < 1 || b->max_seq_tokens > b->n_tokens || b->max_ctx < b->max_seq_tokens ||
-        !b->seq_start || !b->seq_pos0 || !b->block_table || !a->q || !a->out)
+    if (!a->q || !a->out)
         return (int)cudaErrorInvalidValue;
-    bool tc_ok = false;
-    cudaError_t e = tc_device_ok(&tc_ok);
+    cudaError_t e = tc_device_require();
     if (e != cudaSuccess)
         return (int)e;
-    if (!tc_ok)
-        return (int)cudaErrorInvalidDevice; // mma.sync on bf16 needs sm_80
     const int group = a->n_head / a->n_head_kv;
     const int64_t seq_rows = (int64_t)b->max_seq_tokens * group;
     if (seq_rows > INT_MAX - TA_ROWS)

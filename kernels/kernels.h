@@ -234,6 +234,17 @@ typedef struct kern_kv_batch {
     const int32_t *block_table; /* device [n_seq][max_blocks] block ids */
 } kern_kv_batch;
 
+/* The host checks every launcher over a kern_kv_batch makes: the counts in range, the block table
+ * covering max_ctx, and for a batch with tokens the rules above and its device arrays given. */
+static inline bool kern_kv_batch_ok(const kern_kv_batch *b)
+{
+    if (b->n_seq < 1 || b->n_tokens < 0 || b->max_seq_tokens < 0 || b->max_ctx < 0 || b->block_size < 1 ||
+        b->max_blocks < 0 || (int64_t)b->max_blocks * b->block_size < (int64_t)b->max_ctx)
+        return false;
+    return b->n_tokens == 0 || (b->max_seq_tokens >= 1 && b->max_seq_tokens <= b->n_tokens &&
+                                b->max_ctx >= b->max_seq_tokens && b->seq_start && b->seq_pos0 && b->block_table);
+}
+
 /* Causal attention over a paged KV cache for a batch of sequences (kern_kv_batch): query head h
  * reads KV head h / (n_head / n_head_kv). Softmax in f32 with the running max. Any
  * d_qk, d_v <= 256. */

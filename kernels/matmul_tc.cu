@@ -73,12 +73,9 @@ extern "C" int kern_matmul_tc(const uint16_t *xb, int64_t xb_stride, const kern_
                                           (size_t)w->n_out * sizeof(float), (size_t)n_tokens, stream);
         return 0;
     }
-    bool ok = false;
-    cudaError_t e = tc_device_ok(&ok);
+    cudaError_t e = tc_device_require();
     if (e != cudaSuccess)
         return (int)e;
-    if (!ok)
-        return (int)cudaErrorInvalidDevice; // mma.sync on bf16 needs sm_80
     switch (w->fmt) {
     case KERN_W_BF16: return (int)tc_launch<KERN_W_BF16>(xb, xb_stride, w, y, y_stride, n_tokens, stream);
     case KERN_W_FP8_BLOCK:

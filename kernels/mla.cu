@@ -108,19 +108,16 @@ static bool mla_args_ok(const kern_mla_args *a)
         a->kv_lora_rank > MLA_MAX_RANK)
         return false;
     const kern_kv_batch *b = &a->batch;
-    if (b->n_seq < 1 || b->n_tokens < 0 || b->max_seq_tokens < 0 || b->max_ctx < 0 ||
-        b->block_size < 1 || b->max_blocks < 0 ||
-        (int64_t)b->max_blocks * b->block_size < b->max_ctx)
+    if (!kern_kv_batch_ok(b))
         return false;
     if (b->n_tokens == 0)
         return true;
-    if (b->n_seq > MLA_MAX_GRID_YZ || b->max_seq_tokens < 1 || b->max_seq_tokens > b->n_tokens ||
-        b->max_ctx < b->max_seq_tokens || (int64_t)b->n_tokens * a->n_head > INT32_MAX ||
+    if (b->n_seq > MLA_MAX_GRID_YZ || (int64_t)b->n_tokens * a->n_head > INT32_MAX ||
         ceil_div(b->n_tokens, QA_TOKENS) > MLA_MAX_GRID_YZ ||
         ceil_div(b->n_tokens, OUT_TOKENS) > MLA_MAX_GRID_YZ)
         return false;
     const kern_weight *w = a->kv_b;
-    return b->seq_start && b->seq_pos0 && b->block_table && a->q && a->ckv &&
+    return a->q && a->ckv &&
            (a->kpe || a->d_rope == 0) && a->out && dq_weight_valid(w) &&
            w->n_in == a->kv_lora_rank &&
            w->n_out >= (int64_t)a->n_head * (a->d_nope + a->d_v);

@@ -41,4 +41,13 @@ static inline cudaError_t tc_device_ok(bool *ok)
     return cudaSuccess;
 }
 
+// tc_device_ok for a launcher with no other path: cudaErrorInvalidDevice before sm_80, or the
+// error of the query.
+static inline cudaError_t tc_device_require(void)
+{
+    bool ok = false;
+    cudaError_t e = tc_device_ok(&ok);
+    return e != cudaSuccess ? e : ok ? cudaSuccess : cudaErrorInvalidDevice;
+}
+
 #endif // PP_MMA_CUH

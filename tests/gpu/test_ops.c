@@ -662,6 +662,19 @@ static void check_guards(tcase *tc, const gbuf *b, const uint32_t *got, const ui
     }
 }
 
+/* check_guards over the whole buffer: every element, inside the buffer too, is as it started
+ * (an input read only, or an output a refused call must not write). */
+static void check_untouched(tcase *tc, const gbuf *b, const char *what)
+{
+    uint32_t *got = gbuf_fetch(tc, b);
+    if (!got)
+        return;
+    uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, b->n);
+    check_guards(tc, b, got, none, what);
+    free(none);
+    free(got);
+}
+
 /* Checks an f32 output against the CPU's: NaN/Inf positions, relative L2 per row, guard bands. */
 static void check_f32(tcase *tc, const gbuf *b, const layout *l, const char *what)
 {
@@ -777,12 +790,7 @@ static void case_embedding_bad_ids(harness *h)
                 fail(&tc, "ids {%d, %d, %d}: got %s with message '%s', expected INVALID_ARG and a message",
                      bad[i][0], bad[i][1], bad[i][2], pp_status_str(st), msg);
         }
-        uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, out.n);
-        uint32_t *got = gbuf_fetch(&tc, &out);
-        if (got)
-            check_guards(&tc, &out, got, none, "out after refused ids"); /* nothing written */
-        free(got);
-        free(none);
+        check_untouched(&tc, &out, "out after refused ids"); /* nothing written */
         if (op_ok(&tc, h->cpu->ops->embedding(h->cpu, &tw.w, good, 3, out.cpu), true, "embedding") &&
             op_ok(&tc, tc.dut->ops->embedding(tc.dut, &tw.w, good, 3, out.dut), false, "embedding after refused ids"))
             check_f32(&tc, &out, &l, "out");
@@ -2166,13 +2174,7 @@ static void case_argmax(harness *h, int n_rows, int64_t n_cols, int64_t stride, 
                 fail(&tc, "the CPU reference picked %d for row %d (pattern %d), expected %lld", want[r], r,
                      (r + pattern0) % ARGMAX_PATTERNS, (long long)expect[r]);
         check_i32(&tc, &out, &lo, "out");
-        uint32_t *got = gbuf_fetch(&tc, &x);
-        if (got) {
-            uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, x.n);
-            check_guards(&tc, &x, got, none, "x"); /* the input is read only */
-            free(none);
-            free(got);
-        }
+        check_untouched(&tc, &x, "x"); /* the input is read only */
     }
     gbuf_free(&tc, &x);
     gbuf_free(&tc, &out);
@@ -2205,12 +2207,7 @@ static void case_argmax_bad_args(harness *h)
                      pp_status_str(sd));
         }
         op_ok(&tc, tc.dut->ops->argmax(tc.dut, x.dut, 8, 0, 8, out.dut), false, "argmax of 0 rows");
-        uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, out.n);
-        uint32_t *got = gbuf_fetch(&tc, &out);
-        if (got)
-            check_guards(&tc, &out, got, none, "out after refused calls"); /* nothing written */
-        free(got);
-        free(none);
+        check_untouched(&tc, &out, "out after refused calls"); /* nothing written */
         if (op_ok(&tc, h->cpu->ops->argmax(h->cpu, x.cpu, 8, 2, 8, out.cpu), true, "argmax") &&
             op_ok(&tc, tc.dut->ops->argmax(tc.dut, x.dut, 8, 2, 8, out.dut), false, "argmax after refused calls")) {
             const int32_t *want = out.cpu;
@@ -2290,13 +2287,7 @@ static void case_topk(harness *h, int n_rows, int64_t n_cols, int64_t stride, in
                      (r + pattern0) % ARGMAX_PATTERNS, want[(size_t)r * (size_t)k], (long long)expect[r]);
         check_i32(&tc, &ids, &lo, "ids");
         check_i32(&tc, &vals, &lo, "vals (bits)");
-        uint32_t *got = gbuf_fetch(&tc, &x);
-        if (got) {
-            uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, x.n);
-            check_guards(&tc, &x, got, none, "x"); /* the input is read only */
-            free(none);
-            free(got);
-        }
+        check_untouched(&tc, &x, "x"); /* the input is read only */
     }
     gbuf_free(&tc, &x);
     gbuf_free(&tc, &vals);
@@ -2334,15 +2325,8 @@ static void case_topk_bad_args(harness *h)
                      pp_status_str(sd));
         }
         op_ok(&tc, tc.dut->ops->topk(tc.dut, x.dut, 8, 0, 8, 3, vals.dut, ids.dut), false, "topk of 0 rows");
-        uint8_t *none = layout_mask(&(layout){0, 0, 0, 0, 0, 0}, vals.n);
-        const gbuf *outs[2] = {&vals, &ids};
-        for (int o = 0; o < 2; o++) {
-            uint32_t *got = gbuf_fetch(&tc, outs[o]);
-            if (got)
-                check_guards(&tc, outs[o], got, none, "output after refused calls"); /* nothing written */
-            free(got);
-        }
-        free(none);
+        check_untouched(&tc, &vals, "output after refused calls"); /* nothing written */
+        check_untouched(&tc, &ids, "output after refused calls");
         if (op_ok(&tc, h->cpu->ops->topk(h->cpu, x.cpu, 8, 2, 8, 3, vals.cpu, ids.cpu), true, "topk") &&
             op_ok(&tc, tc.dut->ops->topk(tc.dut, x.dut, 8, 2, 8, 3, vals.dut, ids.dut), false,
                   "topk after refused calls")) {
